@@ -1,0 +1,290 @@
+"""Configuration: schema validation with defaults, semantic checks, and the experiment grid.
+
+The JSON schema (``schemas/config.schema.yaml``) is the single place where keys, types
+and defaults are declared; ``workflow/schemas/config.schema.yaml`` links to it.
+Everything derived from the configuration (node counts, GPU counts, DP size, the
+per-rank fill target, point names) is computed here, once, in :class:`Point`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+EPLB_MODES = ("none", "static", "online")
+
+# Server options that the workflow derives from the grid point and node plan. A value
+# for one of them in ``server_args`` would silently fight the plan, so it is an error.
+DERIVED_SERVER_ARGS = frozenset(
+    {
+        "model-path",
+        "tp-size",
+        "tp",
+        "dp-size",
+        "dp",
+        "ep-size",
+        "ep",
+        "attn-dp-size",
+        "enable-dp-attention",
+        "nnodes",
+        "node-rank",
+        "dist-init-addr",
+        "host",
+        "port",
+        "disaggregation-mode",
+        "disaggregation-bootstrap-port",
+        "init-expert-location",
+        "enable-eplb",
+        "expert-distribution-recorder-mode",
+        "expert-distribution-recorder-buffer-size",
+        "served-model-name",
+    }
+)
+
+_POINT_RE = re.compile(r"^p(?P<groups>[1-9])(?:-eplb_(?P<eplb>static|online))?$")
+
+
+@cache
+def schema() -> dict:
+    text = resources.files("pdbench").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class):
+    """A validator class that fills ``default`` values while it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = copy.deepcopy(prop["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _schema_error_message(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"config key {key}: unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    return f"config key {key}: {error.message}"
+
+
+def validate(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict:
+    """Validate ``raw`` against the schema, fill defaults and run semantic checks.
+
+    Returns a new dict; ``raw`` is not modified. Raises ConfigError naming the key.
+    """
+    cfg = copy.deepcopy(dict(raw or {}))
+    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        # The most specific error first: it names the deepest key.
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(f"{source}: {_schema_error_message(best)}")
+    try:
+        _check_semantics(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return validate(raw, source=str(path))
+
+
+def _check_semantics(cfg: dict) -> None:
+    site, grid = cfg["site"], cfg["grid"]
+    gpn = site["gpus_per_node"]
+    for i, ep in enumerate(grid["ep_sizes"]):
+        if ep % gpn:
+            raise ConfigError(
+                f"config key grid.ep_sizes[{i}]: EP {ep} is not a multiple of "
+                f"site.gpus_per_node ({gpn}); decode must fill whole nodes"
+            )
+    if site["container"]["runtime"] != "none" and not site["container"]["image"]:
+        raise ConfigError(
+            "config key site.container.image: required when site.container.runtime is "
+            f"{site['container']['runtime']!r}"
+        )
+    if isinstance(cfg["fill"]["sleep_s"], str) and cfg["fill"]["sleep_s"] != "auto":
+        raise ConfigError("config key fill.sleep_s: must be a number of seconds or 'auto'")
+    if isinstance(cfg["fill"]["sleep_s"], (int, float)) and cfg["fill"]["sleep_s"] <= 0:
+        raise ConfigError("config key fill.sleep_s: must be > 0")
+    rate = cfg["workload"]["request_rate"]
+    if isinstance(rate, str) and rate != "inf" or isinstance(rate, (int, float)) and rate <= 0:
+        raise ConfigError("config key workload.request_rate: must be a positive number or 'inf'")
+    for role in ("common", "prefill", "decode"):
+        for key in cfg["server_args"][role]:
+            if key in DERIVED_SERVER_ARGS:
+                raise ConfigError(
+                    f"config key server_args.{role}.{key}: set by the workflow from the grid "
+                    "point and node plan; remove it (see README, 'What the workflow derives')"
+                )
+    mrr = decode_server_args(cfg).get("max-running-requests")
+    if not isinstance(mrr, int) or isinstance(mrr, bool) or mrr < 1:
+        raise ConfigError(
+            "config key server_args.decode.max-running-requests: a positive integer is "
+            "required (the fill target per DP rank is max-running-requests / dp)"
+        )
+    for point in grid_points(cfg):
+        if mrr < point.decode_dp:
+            raise ConfigError(
+                f"config key server_args.decode.max-running-requests: {mrr} is less than the "
+                f"decode DP size {point.decode_dp} of point {point.experiment}/{point.name}"
+            )
+        if site["max_nodes"] is not None and point.total_nodes > site["max_nodes"]:
+            raise ConfigError(
+                f"config key site.max_nodes: point {point.experiment}/{point.name} needs "
+                f"{point.total_nodes} nodes ({point.prefill_groups} prefill group(s) x "
+                f"{point.nodes_per_prefill_group} + {point.decode_nodes} decode) but only "
+                f"{site['max_nodes']} are available"
+            )
+
+
+def decode_server_args(cfg: Mapping) -> dict:
+    return {**cfg["server_args"]["common"], **cfg["server_args"]["decode"]}
+
+
+def prefill_server_args(cfg: Mapping) -> dict:
+    return {**cfg["server_args"]["common"], **cfg["server_args"]["prefill"]}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: an EP size, a number of prefill groups and an EPLB mode.
+
+    Results live in ``results/{experiment}/{name}/``.
+    """
+
+    ep: int
+    prefill_groups: int
+    eplb: str
+    gpus_per_node: int
+    nodes_per_prefill_group: int
+    decode_max_running_requests: int
+
+    @property
+    def experiment(self) -> str:
+        return f"ep{self.ep}"
+
+    @property
+    def name(self) -> str:
+        return f"p{self.prefill_groups}" + ("" if self.eplb == "none" else f"-eplb_{self.eplb}")
+
+    @property
+    def decode_nodes(self) -> int:
+        return self.ep // self.gpus_per_node
+
+    @property
+    def decode_gpus(self) -> int:
+        return self.ep
+
+    @property
+    def decode_dp(self) -> int:
+        # Wide-EP decode runs DP attention with one attention-DP rank per GPU (tp = dp = ep).
+        return self.ep
+
+    @property
+    def prefill_gpus_per_group(self) -> int:
+        return self.nodes_per_prefill_group * self.gpus_per_node
+
+    @property
+    def total_nodes(self) -> int:
+        return self.prefill_groups * self.nodes_per_prefill_group + self.decode_nodes
+
+    @property
+    def target_batch_per_rank(self) -> int:
+        """The per-DP-rank running batch SGLang admits: max_running_requests // dp."""
+        return self.decode_max_running_requests // self.decode_dp
+
+    @property
+    def target_global_batch(self) -> int:
+        return self.target_batch_per_rank * self.decode_dp
+
+    def as_dict(self) -> dict:
+        return {
+            "experiment": self.experiment,
+            "point": self.name,
+            "ep": self.ep,
+            "prefill_groups": self.prefill_groups,
+            "eplb": self.eplb,
+            "gpus_per_node": self.gpus_per_node,
+            "nodes_per_prefill_group": self.nodes_per_prefill_group,
+            "prefill_gpus_per_group": self.prefill_gpus_per_group,
+            "decode_nodes": self.decode_nodes,
+            "decode_gpus": self.decode_gpus,
+            "decode_dp": self.decode_dp,
+            "total_nodes": self.total_nodes,
+            "decode_max_running_requests": self.decode_max_running_requests,
+            "target_batch_per_rank": self.target_batch_per_rank,
+            "target_global_batch": self.target_global_batch,
+        }
+
+
+def grid_points(cfg: Mapping) -> list[Point]:
+    """Every point of the grid, in a stable order (EP, prefill groups, EPLB mode)."""
+    grid = cfg["grid"]
+    mrr = decode_server_args(cfg)["max-running-requests"]
+    return [
+        Point(
+            ep=ep,
+            prefill_groups=groups,
+            eplb=eplb,
+            gpus_per_node=cfg["site"]["gpus_per_node"],
+            nodes_per_prefill_group=cfg["topology"]["nodes_per_prefill_group"],
+            decode_max_running_requests=mrr,
+        )
+        for ep in sorted(grid["ep_sizes"])
+        for groups in sorted(grid["prefill_groups"])
+        for eplb in sorted(grid["eplb"], key=EPLB_MODES.index)
+    ]
+
+
+def find_point(cfg: Mapping, experiment: str, name: str) -> Point:
+    """The grid point behind ``results/{experiment}/{name}``; ConfigError if not in the grid."""
+    for point in grid_points(cfg):
+        if point.experiment == experiment and point.name == name:
+            return point
+    known = ", ".join(f"{p.experiment}/{p.name}" for p in grid_points(cfg))
+    raise ConfigError(f"{experiment}/{name} is not a point of the configured grid (known: {known})")
+
+
+def experiments(cfg: Mapping) -> list[str]:
+    return [f"ep{ep}" for ep in sorted(cfg["grid"]["ep_sizes"])]
+
