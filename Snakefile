@@ -1,0 +1,31 @@
+# pdbench: SGLang prefill/decode disaggregation with wide expert parallelism on Slurm.
+#
+# Outputs, per grid point (results/{experiment}/{point}/, e.g. results/ep48/p2/):
+#   allocation.json        the Slurm allocation (ephemeral: checked for liveness)
+#   node_list_env.sh       node and port plan, source-able; plan.json the same as JSON
+#   ready/*.json           live prefill groups, decode server and router (ephemeral)
+#   fill/filled.json       decode batch filled under slow_down while the client runs
+#   fill/released.json     slow_down cleared, decode running at full batch
+#   profile/{k}/           torch-profiler traces of snapshot k
+#   bench/bench.jsonl      the benchmark client's result
+#   throughput.csv         one row per snapshot
+# and per experiment (results/{experiment}/): throughput.csv and report.html.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/allocation.smk"
+include: "workflow/rules/nodes.smk"
+include: "workflow/rules/servers.smk"
+include: "workflow/rules/fill.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/throughput.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_output(),

@@ -1,0 +1,156 @@
+"""The ``pdbench`` command line: every subcommand prints JSON on stdout.
+
+Used by the workflow's rules and, standalone, by anyone who ran the runbook by hand and
+wants the number from their own logs and traces::
+
+    pdbench parse-log logs/launch_server_decode_node_rank_*.log
+    pdbench step-time torch_profiler/1760576844.4826152-TP-0.trace.json.gz
+    pdbench throughput --logs logs/launch_server_decode_node_rank_*.log \\
+        --traces torch_profiler --decode-gpus 48
+
+Errors print one line ``pdbench: error: ...`` on stderr (naming the file or key) and exit
+with status 2; nothing is printed on stdout then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import PdbenchError
+
+
+def _dump(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def cmd_parse_log(args) -> None:
+    from .loglines import iter_log
+
+    # Records are collected first so that a bad file later in the list leaves no partial
+    # output on stdout.
+    records = [record for path in args.files for record in iter_log(path)]
+    if args.kind:
+        records = [r for r in records if r["kind"] in args.kind]
+    sys.stdout.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def cmd_step_time(args) -> None:
+    from .trace import step_time
+
+    _dump(step_time(args.trace))
+
+
+def cmd_throughput(args) -> None:
+    from .throughput import measure
+
+    _dump(
+        measure(
+            args.logs,
+            args.traces,
+            decode_gpus=args.decode_gpus,
+            profile_id=args.profile_id,
+            dp_size=args.dp,
+            tolerance=args.tolerance,
+        )
+    )
+
+
+def cmd_validate_config(args) -> None:
+    from . import config
+
+    cfg = config.load(args.config)
+    _dump(
+        {
+            "config": str(args.config),
+            "valid": True,
+            "points": [p.as_dict() for p in config.grid_points(cfg)],
+        }
+    )
+
+
+def cmd_plan(args) -> None:
+    from . import config, topology
+
+    cfg = config.load(args.config)
+    point = config.find_point(cfg, args.experiment, args.point)
+    nodes = topology.expand_nodelist(args.nodelist)
+    addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
+    plan = topology.plan(point, nodes, cfg["ports"], addresses)
+    if args.env_sh:
+        _write_atomic(Path(args.env_sh), plan.to_env_sh())
+    if args.json_out:
+        _write_atomic(Path(args.json_out), plan.to_json())
+    _dump(plan.to_dict())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdbench",
+        description="Reproduce and measure SGLang PD-disaggregated wide-EP serving on Slurm.",
+    )
+    parser.add_argument("--version", action="version", version=f"pdbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("parse-log", help="SGLang log lines as JSON, one object per line")
+    p.add_argument("files", nargs="+", metavar="FILE", help="server log(s), plain or .gz")
+    p.add_argument("--kind", action="append", help="only records of this kind (repeatable)")
+    p.set_defaults(func=cmd_parse_log)
+
+    p = sub.add_parser("step-time", help="per-step decode durations of one trace")
+    p.add_argument("trace", metavar="TRACE", help="*.trace.json.gz written by SGLang")
+    p.set_defaults(func=cmd_step_time)
+
+    p = sub.add_parser("throughput", help="decode tokens/s per GPU of one profile snapshot")
+    p.add_argument("--logs", nargs="+", required=True, metavar="PATH",
+                   help="every decode node's log (all DP ranks)")
+    p.add_argument("--traces", required=True, metavar="DIR", help="directory of the traces")
+    p.add_argument("--profile-id", help="profile id (default: the last one in the logs)")
+    p.add_argument("--decode-gpus", type=int, required=True, metavar="N",
+                   help="GPUs of the decode server (the denominator)")
+    p.add_argument("--dp", type=int, help="decode DP ranks expected (default: decode GPUs)")
+    p.add_argument("--tolerance", type=float, default=0.10,
+                   help="flag trace vs log step time beyond this fraction (default 0.10)")
+    p.set_defaults(func=cmd_throughput)
+
+    p = sub.add_parser("validate-config", help="validate a config and list its grid points")
+    p.add_argument("config", metavar="CONFIG")
+    p.set_defaults(func=cmd_validate_config)
+
+    p = sub.add_parser("plan", help="node and port plan of one grid point")
+    p.add_argument("--config", required=True)
+    p.add_argument("--experiment", required=True, help="e.g. ep48")
+    p.add_argument("--point", required=True, help="e.g. p2")
+    p.add_argument("--nodelist", required=True, help="Slurm hostlist, e.g. gb-[001-016]")
+    p.add_argument("--address", action="append", metavar="NODE=ADDR",
+                   help="address of a node (default: its name); repeatable")
+    p.add_argument("--env-sh", metavar="PATH", help="also write node_list_env.sh here")
+    p.add_argument("--json-out", metavar="PATH", help="also write the plan JSON here")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PdbenchError as exc:
+        print(f"pdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Shared test fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+_DEFAULT_SHARED_FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """The folder of real SGLang output (``PDBENCH_FIXTURES`` overrides the default)."""
+    override = os.environ.get("PDBENCH_FIXTURES")
+    path = Path(override) if override else _DEFAULT_SHARED_FIXTURES
+    if not path.is_dir():
+        pytest.skip(f"shared fixtures not found at {path.resolve()}")
+    return path.resolve()

@@ -1,0 +1,37 @@
+# Stage 4: fill the decode batch under slow_down while the client runs, then release.
+
+
+rule fill:
+    input:
+        router=ancient(f"{RESULTS}/{{experiment}}/{{point}}/ready/router.json"),
+    output:
+        filled=f"{RESULTS}/{{experiment}}/{{point}}/fill/filled.json",
+    log:
+        f"{RESULTS}/{{experiment}}/{{point}}/logs/fill.log",
+    localrule: True
+    conda:
+        "../../envs/pdbench.yaml"
+    params:
+        config=CONFIG_FILE,
+        point_dir=point_dir,
+    shell:
+        "pdbench fill --config {params.config} --point-dir {params.point_dir}"
+        " --out {output.filled} 2> {log}"
+
+
+rule release:
+    input:
+        filled=f"{RESULTS}/{{experiment}}/{{point}}/fill/filled.json",
+    output:
+        released=f"{RESULTS}/{{experiment}}/{{point}}/fill/released.json",
+    log:
+        f"{RESULTS}/{{experiment}}/{{point}}/logs/release.log",
+    localrule: True
+    conda:
+        "../../envs/pdbench.yaml"
+    params:
+        config=CONFIG_FILE,
+        point_dir=point_dir,
+    shell:
+        "pdbench release --config {params.config} --point-dir {params.point_dir}"
+        " --out {output.released} 2> {log}"

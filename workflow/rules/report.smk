@@ -1,0 +1,18 @@
+# Stage 7: the experiment's self-contained HTML report.
+
+
+rule report:
+    input:
+        csv=f"{RESULTS}/{{experiment}}/throughput.csv",
+    output:
+        html=f"{RESULTS}/{{experiment}}/report.html",
+    log:
+        f"{RESULTS}/{{experiment}}/logs/report.log",
+    localrule: True
+    conda:
+        "../../envs/pdbench.yaml"
+    params:
+        config=CONFIG_FILE,
+    shell:
+        "pdbench report --config {params.config} --csv {input.csv} --out {output.html}"
+        " 2> {log}"
