@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import PdbenchError
+from .errors import InputError, PdbenchError
 
 
 def _dump(obj) -> None:
@@ -77,14 +77,34 @@ def cmd_plan(args) -> None:
 
     cfg = config.load(args.config)
     point = config.find_point(cfg, args.experiment, args.point)
-    nodes = topology.expand_nodelist(args.nodelist)
-    addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
+    addresses = None
+    if args.allocation:
+        allocation = _read_json(args.allocation)
+        try:
+            nodes = topology.expand_nodelist(allocation["nodelist"])
+            addresses = allocation.get("addresses")
+        except (KeyError, TypeError):
+            raise InputError(f"{args.allocation}: no 'nodelist' in the allocation record") from None
+    else:
+        nodes = topology.expand_nodelist(args.nodelist)
+    if args.address:
+        addresses = {**(addresses or {}), **dict(a.split("=", 1) for a in args.address)}
     plan = topology.plan(point, nodes, cfg["ports"], addresses)
     if args.env_sh:
         _write_atomic(Path(args.env_sh), plan.to_env_sh())
     if args.json_out:
         _write_atomic(Path(args.json_out), plan.to_json())
     _dump(plan.to_dict())
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -130,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--experiment", required=True, help="e.g. ep48")
     p.add_argument("--point", required=True, help="e.g. p2")
-    p.add_argument("--nodelist", required=True, help="Slurm hostlist, e.g. gb-[001-016]")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--nodelist", help="Slurm hostlist, e.g. gb-[001-016]")
+    where.add_argument("--allocation", metavar="JSON",
+                       help="allocation.json (job_id, nodelist, addresses)")
     p.add_argument("--address", action="append", metavar="NODE=ADDR",
                    help="address of a node (default: its name); repeatable")
     p.add_argument("--env-sh", metavar="PATH", help="also write node_list_env.sh here")

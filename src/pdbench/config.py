@@ -102,9 +102,9 @@ def validate(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict:
     Returns a new dict; ``raw`` is not modified. Raises ConfigError naming the key.
     """
     cfg = copy.deepcopy(dict(raw or {}))
-    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = list(_Validator(schema()).iter_errors(cfg))
     if errors:
-        # The most specific error first: it names the deepest key.
+        # best_match prefers the most specific error, which names the deepest key.
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"{source}: {_schema_error_message(best)}")
     try:

@@ -1,0 +1,91 @@
+"""The Snakemake workflow itself: dry-run DAG, lint, format, config errors before any job."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = [
+    "allocation",
+    "node_list",
+    "prefill_server",
+    "decode_server",
+    "router",
+    "fill",
+    "release",
+    "profile_snapshot",
+    "bench_result",
+    "point_throughput",
+    "experiment_throughput",
+    "report",
+]
+
+
+def snakemake(*args, cwd=REPO):
+    exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_lists_every_stage_for_every_point():
+    result = snakemake("-n", "results/ep48/report.html")
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert set(STAGES) <= set(counts), counts
+    assert counts["allocation"] == counts["fill"] == counts["router"] == 3
+    assert counts["prefill_server"] == 1 + 2 + 3
+    assert counts["profile_snapshot"] == 3 * 3  # snapshots: 3 in the default config
+    for point in ("p1", "p2", "p3"):
+        assert f"results/ep48/{point}/fill/released.json" in result.stdout
+        assert f"results/ep48/{point}/node_list_env.sh" in result.stdout
+    assert "results/ep48/p3/ready/prefill-3.json" in result.stdout
+    assert "results/ep48/p2/ready/prefill-3.json" not in result.stdout
+
+
+def test_slurm_profile_resolves_from_repo_root():
+    result = snakemake("--profile", "slurm", "-n", "results/ep48/report.html")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "report" in job_counts(result.stdout)
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    exe = shutil.which("snakefmt") or str(Path(sys.executable).parent / "snakefmt")
+    result = subprocess.run(
+        [exe, "--check", "Snakefile", "workflow/rules"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda c: c["grid"].update(prefill_groups=[1, 4]), "grid.prefill_groups[1]"),
+        (lambda c: c["grid"].update(ep_sizes=[46]), "grid.ep_sizes[0]"),
+        (lambda c: c.update(typo_key=True), "'typo_key'"),
+        (lambda c: c["site"].update(max_nodes=14), "site.max_nodes"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, mutate, key):
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    mutate(raw)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(bad))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert key in output
+    assert "Job stats" not in output
