@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from pdbench import loglines
 from pdbench.errors import InputError
 from pdbench.loglines import KINDS, iter_log, parse_line
 
@@ -949,9 +950,53 @@ OTHER_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("line", "expected"), DECODE_CASES + PREFILL_CASES + OTHER_CASES)
+ALL_CASES = DECODE_CASES + PREFILL_CASES + OTHER_CASES
+
+
+@pytest.mark.parametrize(("line", "expected"), ALL_CASES)
 def test_parse_line_dialects(line, expected):
+    # First read: the general path.  A batch line whose bracket starts the line also
+    # teaches the parser its layout, and the second read takes that compiled layout.
+    loglines._plans.clear()
     assert parse_line(line) == expected
+    learned = len(loglines._plans)
+    if expected["kind"] in ("decode", "prefill") and line.lstrip("0123456789. ")[0] == "[":
+        assert learned == 1
+    else:
+        assert learned == 0
+    assert parse_line(line) == expected
+    assert parse_line(line + "\n") == expected
+
+
+def test_layouts_do_not_leak_into_each_other():
+    loglines._plans.clear()
+    for _ in range(2):
+        for param in ALL_CASES:
+            line, expected = param.values
+            assert parse_line(line) == expected, param.id
+
+
+def test_layout_with_an_unexpected_value_falls_back():
+    loglines._plans.clear()
+    good = (
+        f"[{T2}] Decode batch, #running-req: 3, #token: 30, token usage: 0.00, "
+        "cuda graph: True, gen throughput (token/s): 9.00, #queue-req: 0"
+    )
+    assert parse_line(good)["running_req"] == 3
+    assert parse_line(good.replace("#running-req: 3", "#running-req: 2.5")) == rec(
+        "decode", T2, E2,
+        iter=None, running_req=2.5, token=30, token_usage=0.0, cuda_graph=True,
+        graph_backend="cuda", gen_throughput=9.0, queue_req=0,
+    )  # fmt: skip
+    assert parse_line(good.replace("token usage: 0.00", "token usage: n/a")) == rec(
+        "decode", T2, E2,
+        iter=None, running_req=3, token=30, token_usage="n/a", cuda_graph=True,
+        graph_backend="cuda", gen_throughput=9.0, queue_req=0,
+    )  # fmt: skip
+    r = parse_line(good)
+    assert (r["running_req"], r["token_usage"]) == (3, 0.0)
+    assert (type(r["running_req"]), type(r["token_usage"])) == (int, float)
+    assert len(loglines._plans) == 1
 
 
 @pytest.mark.parametrize("ending", ["\n", "\r\n"])
@@ -1102,33 +1147,33 @@ def _raises_naming(path):
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.log"
     with _raises_naming(path):
-        list(iter_log(path))
+        iter_log(path)  # raised at the call, before any iteration
 
 
 def test_directory(tmp_path):
     with _raises_naming(tmp_path):
-        list(iter_log(tmp_path))
+        iter_log(tmp_path)
 
 
 def test_binary_garbage(tmp_path):
     path = tmp_path / "garbage.log"
     path.write_bytes(bytes(range(256)) * 64)
     with _raises_naming(path):
-        list(iter_log(path))
+        iter_log(path)  # raised at the call, before any iteration
 
 
 def test_binary_garbage_without_nul(tmp_path):
     path = tmp_path / "garbage.log"
     path.write_bytes(bytes(range(128, 256)) * 64)
     with _raises_naming(path):
-        list(iter_log(path))
+        iter_log(path)  # raised at the call, before any iteration
 
 
 def test_gzip_of_binary_garbage(tmp_path):
     path = tmp_path / "garbage.log.gz"
     path.write_bytes(gzip.compress(bytes(range(256)) * 64))
     with _raises_naming(path):
-        list(iter_log(path))
+        iter_log(path)  # raised at the call, before any iteration
 
 
 def test_truncated_gzip_small(tmp_path):
@@ -1136,7 +1181,14 @@ def test_truncated_gzip_small(tmp_path):
     data = gzip.compress(SAMPLE.encode() * 10)
     path.write_bytes(data[: len(data) // 2])
     with _raises_naming(path):
-        list(iter_log(path))
+        iter_log(path)  # raised at the call, before any iteration
+
+
+def test_corrupt_gzip(tmp_path):
+    path = tmp_path / "bad.log"
+    path.write_bytes(b"\x1f\x8b" + b"not really deflate data" * 10)
+    with _raises_naming(path):
+        iter_log(path)
 
 
 def test_truncated_gzip_large(tmp_path):

@@ -82,10 +82,11 @@ KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "
 # Prefix and timestamp
 
 # Optional arrival epoch, then "[YYYY-MM-DD HH:MM:SS[.mmm][ TOKEN…]] ".
-_HEAD = re.compile(
+_HEAD_PATTERN = (
     r"(?:(\d+(?:\.\d*)?) )?"
     r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)([.,]\d+)?((?: [A-Z][A-Z_]*\d+)*)\] "
 )
+_HEAD = re.compile(_HEAD_PATTERN)
 _HEAD_ANYWHERE = re.compile(
     r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)([.,]\d+)?((?: [A-Z][A-Z_]*\d+)*)\] "
 )
@@ -96,6 +97,8 @@ _RANK_KEYS = ("dp", "tp", "ep", "pp", "attn_cp", "moe_dp")
 _NO_RANKS: dict = dict.fromkeys(_RANK_KEYS)
 
 _prefix_cache: dict[str, dict] = {"": _NO_RANKS}
+_NO_RANK_VALUES = (None, None, None, None, None, None, None)
+_prefix_values_cache: dict[str, tuple] = {"": _NO_RANK_VALUES}
 _second_cache: dict[str, float] = {}
 _UTC = _dt.timezone.utc
 
@@ -111,6 +114,20 @@ def _ranks(prefix: str) -> dict:
             _prefix_cache[""] = _NO_RANKS
         _prefix_cache[prefix] = ranks
     return ranks
+
+
+def _rank_values(prefix: str) -> tuple:
+    """(dp, tp, ep, pp, attn_cp, moe_dp, {other tokens} or None) of a prefix."""
+    values = _prefix_values_cache.get(prefix)
+    if values is None:
+        ranks = _ranks(prefix)
+        other = {k: v for k, v in ranks.items() if k not in _NO_RANKS} or None
+        values = (*(ranks[k] for k in _RANK_KEYS), other)
+        if len(_prefix_values_cache) > 4096:
+            _prefix_values_cache.clear()
+            _prefix_values_cache[""] = _NO_RANK_VALUES
+        _prefix_values_cache[prefix] = values
+    return values
 
 
 def _epoch(second: str, frac: str | None) -> float:
@@ -136,34 +153,14 @@ def _epoch(second: str, frac: str | None) -> float:
 
 # ---------------------------------------------------------------------------------------
 # Batch line fields
-
-
-def _to_bool(value: str) -> bool:
-    value = value.strip()
-    if value == "True":
-        return True
-    if value == "False":
-        return False
-    raise ValueError(value)
-
-
-def _to_percent(value: str) -> float:
-    value = value.strip()
-    if value.endswith("%"):
-        value = value[:-1]
-    return float(value)
-
-
-def _to_str(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError(value)
-    return value
-
-
-def _graph(value: str) -> bool:  # marker: the label names the graph backend
-    return _to_bool(value)
-
+#
+# A body is a sequence of "label: value" pairs.  The general path splits it on ", "
+# and reads each segment with _PAIR (which also copes with pairs separated by a bare
+# space, as in the old prefill tail "#transferring-req: 0 input throughput (token/s):
+# 1.00 ", and with the v0.4.6 "PD: " prefix).  Because one log repeats a handful of
+# line layouts millions of times, the first line of each layout also compiles a
+# _Plan: one anchored regex for the whole line with the labels as literals, and the
+# conversions per group.  Later lines of that layout take a single regex match.
 
 _INT_LABELS = {
     "#running-req": "running_req",
@@ -209,18 +206,19 @@ FIELD_NAMES: dict[str, str] = {
     "timestamp": "timestamp",
 }
 
-_KNOWN: dict[str, tuple[str, object]] = {}
-_KNOWN.update({label: (key, int) for label, key in _INT_LABELS.items()})
-_KNOWN.update({label: (key, float) for label, key in _FLOAT_LABELS.items()})
-_KNOWN.update({label: ("cuda_graph", _graph) for label in _GRAPH_LABELS})
-_KNOWN["fwd occupancy"] = ("fwd_occupancy", _to_percent)
-_KNOWN["timestamp"] = ("timestamp", _to_str)
+# Value kinds.
+_INT, _FLOAT, _PERCENT, _GRAPH, _STR, _ANY = range(6)
+
+_KNOWN: dict[str, tuple[str, int]] = {}
+_KNOWN.update({label: (key, _INT) for label, key in _INT_LABELS.items()})
+_KNOWN.update({label: (key, _FLOAT) for label, key in _FLOAT_LABELS.items()})
+_KNOWN.update({label: ("cuda_graph", _GRAPH) for label in _GRAPH_LABELS})
+_KNOWN["fwd occupancy"] = ("fwd_occupancy", _PERCENT)
+_KNOWN["timestamp"] = ("timestamp", _STR)
 
 # Keys a body field must never overwrite.
 _RESERVED = frozenset(("kind", "time", "epoch", "arrival", "iter", "file", "line", "graph_backend"))
 
-# "label: value" pairs where separators may be ", " or only a space (the old prefill
-# tail "#transferring-req: 0 input throughput (token/s): 1.00 ").
 _PAIR = re.compile(r"\s*([^\s:,][^:,]*?)\s*:\s+([^\s,]+)")
 _SLUG = re.compile(r"[^0-9a-z]+")
 _slug_cache: dict[str, str] = {}
@@ -237,7 +235,7 @@ def _slug(label: str) -> str:
 
 
 def _coerce(value: str):
-    value = value.strip()
+    """An unknown label's value: int, float, bool, percent number, else the string."""
     try:
         return int(value)
     except ValueError:
@@ -258,59 +256,180 @@ def _coerce(value: str):
     return value
 
 
-def _put(rec: dict, label: str, value: str) -> None:
-    """Store one pair, known or not (the slow path)."""
+def _store(rec: dict, label: str, value: str) -> tuple[str, int]:
+    """Convert and store one pair; return (key, kind) as a plan should treat the label.
+
+    A known label keeps its kind even when this value does not fit it (the value is
+    stored coerced): a plan converts strictly and hands such lines back to this path.
+    """
     spec = _KNOWN.get(label)
-    if spec is not None:
-        key, conv = spec
-        try:
-            if conv is _graph:
-                rec["cuda_graph"] = _to_bool(value)
-                rec["graph_backend"] = label[:-6]
-            else:
-                rec[key] = conv(value)
-            return
-        except ValueError:
-            rec[key] = _coerce(value)
-            return
-    if label.endswith(" graph"):
-        try:
-            rec["cuda_graph"] = _to_bool(value)
+    if spec is None:
+        if label.endswith(" graph") and value in ("True", "False"):
+            spec = ("cuda_graph", _GRAPH)
+        else:
+            spec = (_slug(label), _ANY)
+    key, kind = spec
+    if kind == _GRAPH:
+        if value in ("True", "False"):
+            rec["cuda_graph"] = value == "True"
             rec["graph_backend"] = _slug(label[:-6])
-            return
+            return spec
+        key = _slug(label)
+    elif kind == _INT:
+        try:
+            rec[key] = int(value)
+            return spec
         except ValueError:
             pass
-    rec[_slug(label)] = _coerce(value)
-
-
-def _parse_body(body: str, rec: dict) -> bool:
-    """Add the body's fields to ``rec``; False when the body holds no pair at all."""
-    found = False
-    known = _KNOWN
-    for seg in body.split(", "):
-        label, sep, value = seg.partition(": ")
-        spec = known.get(label)
-        if spec is not None:
-            key, conv = spec
+    elif kind == _FLOAT:
+        try:
+            rec[key] = float(value)
+            return spec
+        except ValueError:
+            pass
+    elif kind == _PERCENT:
+        if value.endswith("%"):
             try:
-                if conv is _graph:
-                    rec["cuda_graph"] = _to_bool(value)
-                    rec["graph_backend"] = label[:-6]
-                else:
-                    rec[key] = conv(value)
-                found = True
-                continue
+                rec[key] = float(value[:-1])
+                return spec
             except ValueError:
                 pass
-        # Slow path: unknown label, "PD: " prefix, pairs joined by a bare space.
+    elif kind == _STR:
+        rec[key] = value
+        return spec
+    rec[key] = _coerce(value)
+    return spec
+
+
+def _parse_body(body: str, rec: dict) -> list:
+    """Add the body's fields to ``rec``; return [(label regex, key, kind, label), ...]."""
+    items = []
+    for seg in body.split(", "):
         if not seg or seg.isspace():
             continue
-        if seg.startswith("PD: "):
+        pd = seg.startswith("PD: ")
+        if pd:
             seg = seg[4:]
         for m in _PAIR.finditer(seg):
-            _put(rec, m.group(1), m.group(2))
-            found = True
-    return found
+            label, value = m.groups()
+            key, kind = _store(rec, label, value)
+            pattern = re.escape(label)
+            if pd:
+                pattern = "(?:PD: )?" + pattern
+                pd = False
+            items.append((pattern, key, kind, label))
+    return items
+
+
+_VALUE_PATTERN = {
+    _INT: r"([^\s,]+)",
+    _FLOAT: r"([^\s,]+)",
+    _PERCENT: r"([^\s,%]+)%",
+    _GRAPH: r"(True|False)",
+    _STR: r"([^\s,]+)",
+    _ANY: r"([^\s,]+)",
+}
+
+
+_SEPARATOR = ",? "  # ", " since v0.5.2; a bare " " in the old prefill tail
+
+
+class _Plan:
+    """A compiled layout of one batch line: a regex, and a generated function that
+    turns its groups into the record in one dict display."""
+
+    __slots__ = ("regex", "build")
+
+    def __init__(self, kind: str, word: str, items: list) -> None:
+        parts = [f"{label}: {_VALUE_PATTERN[vkind]}" for label, _key, vkind, _l in items]
+        self.regex = re.compile(
+            _HEAD_PATTERN
+            + re.escape(word)
+            + r"(?: \[(\d+)\])?[.,:]? *"
+            + _SEPARATOR.join(parts)
+            + r"[\s,]*\Z"
+        )
+        names = [f"v{i}" for i in range(len(items))]
+        fields = []
+        for name, (_p, key, vkind, label) in zip(names, items):
+            if vkind == _INT:
+                fields.append(f"{key!r}: int({name})")
+            elif vkind in (_FLOAT, _PERCENT):
+                fields.append(f"{key!r}: float({name})")
+            elif vkind == _GRAPH:
+                fields.append(f"'cuda_graph': {name} == 'True'")
+                fields.append(f"'graph_backend': {_slug(label[:-6])!r}")
+            elif vkind == _STR:
+                fields.append(f"{key!r}: {name}")
+            else:
+                fields.append(f"{key!r}: _coerce({name})")
+        source = "\n".join(
+            [
+                "def build(m):",
+                f"    a, s, f, p, it, {', '.join(names)}, = m.groups()",
+                "    r = _rank_values(p) if p else _NO_RANK_VALUES",
+                "    try:",
+                "        rec = {",
+                f"            'kind': {kind!r},",
+                "            'time': s + f if f else s,",
+                "            'epoch': _epoch(s, f),",
+                "            'arrival': float(a) if a is not None else None,",
+                "            'dp': r[0], 'tp': r[1], 'ep': r[2], 'pp': r[3],",
+                "            'attn_cp': r[4], 'moe_dp': r[5],",
+                "            'iter': int(it) if it is not None else None,",
+                *(f"            {field}," for field in fields),
+                "        }",
+                "    except ValueError:",
+                "        return None",
+                "    if r[6]:",
+                "        rec.update(r[6])",
+                "    return rec",
+            ]
+        )
+        namespace = {
+            "_rank_values": _rank_values,
+            "_NO_RANK_VALUES": _NO_RANK_VALUES,
+            "_epoch": _epoch,
+            "_coerce": _coerce,
+        }
+        exec(compile(source, f"<pdbench.loglines plan: {word}>", "exec"), namespace)
+        self.build = namespace["build"]
+
+
+_MAX_PLANS = 32
+_plans: list[_Plan] = []
+
+
+def _learn_plan(kind: str, word: str, items: list, line: str) -> None:
+    if len(_plans) >= _MAX_PLANS:
+        return
+    try:
+        plan = _Plan(kind, word, items)
+    except re.error:
+        return
+    # Keep it only if it reads this very line (it will not for a record glued to other
+    # output, or a body with text that is not a pair) and is not known already (a line
+    # whose value did not convert comes back here with a known layout).
+    if plan.regex.match(line) is None:
+        return
+    if any(known.regex.pattern == plan.regex.pattern for known in _plans):
+        return
+    _plans.append(plan)
+
+
+def _by_plan(line: str) -> dict | None:
+    """The record of a batch line in a layout seen before, else None."""
+    for i, plan in enumerate(_plans):
+        m = plan.regex.match(line)
+        if m is not None:
+            if i:  # most recently used first
+                try:
+                    _plans.remove(plan)
+                    _plans.insert(0, plan)
+                except ValueError:
+                    pass
+            return plan.build(m)
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,16 +447,14 @@ _SLEEP = re.compile(r"Scheduler\.run_batch sleep (\S+?)s$")
 _READY = "The server is fired up and ready to roll!"
 
 
-def _parse_message(msg: str, rec: dict) -> dict | None:
+def _parse_message(msg: str, rec: dict, line: str | None) -> dict | None:
     c = msg[:1]
     if c == "D":
         if msg.startswith("Decode batch"):
-            rec["kind"] = "decode"
-            return _parse_batch(msg, 12, rec)
+            return _parse_batch(msg, "decode", "Decode batch", rec, line)
     elif c == "P":
         if msg.startswith("Prefill batch"):
-            rec["kind"] = "prefill"
-            return _parse_batch(msg, 13, rec)
+            return _parse_batch(msg, "prefill", "Prefill batch", rec, line)
         if msg.startswith("Profiling starts"):
             m = _PROFILE_START.match(msg.rstrip())
             if m is None:
@@ -387,8 +504,8 @@ def _parse_message(msg: str, rec: dict) -> dict | None:
     return None
 
 
-def _parse_batch(msg: str, n: int, rec: dict) -> dict | None:
-    rest = msg[n:]
+def _parse_batch(msg: str, kind: str, word: str, rec: dict, line: str | None) -> dict | None:
+    rest = msg[len(word) :]
     iteration = None
     if rest.startswith(" ["):
         end = rest.find("]", 2)
@@ -401,9 +518,13 @@ def _parse_batch(msg: str, n: int, rec: dict) -> dict | None:
         rest = rest[end + 1 :]
     if not rest or rest[0] not in ".,: ":
         return None
+    rec["kind"] = kind
     rec["iter"] = iteration
-    if not _parse_body(rest.lstrip(".,: ").rstrip("\r\n"), rec):
+    items = _parse_body(rest.lstrip(".,: ").rstrip("\r\n"), rec)
+    if not items:
         return None
+    if line is not None:
+        _learn_plan(kind, word, items, line)
     return rec
 
 
@@ -417,12 +538,17 @@ def parse_line(line: str) -> dict | None:
     The line may keep its trailing newline.  See the module docstring for the keys.
     """
     # Cheap literal pre-check: every kind's message contains one of these.
-    if "batch" not in line and "rofiling" not in line and "fired up" not in line:
+    if "batch" in line:
+        rec = _by_plan(line)
+        if rec is not None:
+            return rec
+    elif "rofiling" not in line and "fired up" not in line:
         return None
     m = _HEAD.match(line)
     if m is not None:
         arrival, second, frac, prefix = m.groups()
         msg = line[m.end() :]
+        anchored = line
     else:
         # The record may follow other output on the same line (a progress bar).
         m = _HEAD_ANYWHERE.search(line)
@@ -432,6 +558,7 @@ def parse_line(line: str) -> dict | None:
         a = _ARRIVAL.match(line)
         arrival = a.group(1) if a is not None else None
         msg = line[m.end() :]
+        anchored = None
     if msg.endswith("\n"):
         msg = msg.rstrip("\r\n")
     rec = {
@@ -441,7 +568,7 @@ def parse_line(line: str) -> dict | None:
         "arrival": float(arrival) if arrival is not None else None,
     }
     rec.update(_ranks(prefix) if prefix else _NO_RANKS)
-    return _parse_message(msg, rec)
+    return _parse_message(msg, rec, anchored)
 
 
 _SNIFF_BYTES = 1 << 16
@@ -467,8 +594,9 @@ def iter_log(path: str | os.PathLike) -> Iterator[dict]:
 
     ``path`` may be plain text or gzip (recognised by its magic bytes, not its name).
     Each record gets ``file`` (``str(path)``) and ``line`` (1-based).  Raises
-    ``InputError`` naming the file when it is missing, a directory, unreadable, not
-    text, or a gzip stream that is corrupt or truncated.
+    ``InputError`` naming the file when it is missing, a directory, unreadable or not
+    text (checked at the call), or when a gzip stream turns out corrupt or truncated
+    (raised while iterating, after the records before the damage).
     """
     name = os.fspath(path)
     if not isinstance(name, str):
@@ -479,28 +607,28 @@ def iter_log(path: str | os.PathLike) -> Iterator[dict]:
         raise InputError(f"{name}: is a directory, not a log file")
     try:
         compressed = _is_gzip(name)
-        opener = gzip.open if compressed else open
-        with opener(name, "rb") as raw:
+        with (gzip.open if compressed else open)(name, "rb") as raw:
             _check_text(name, raw.read(_SNIFF_BYTES))
-        f = (
-            gzip.open(name, "rt", encoding="utf-8", errors="replace", newline="\n")
-            if compressed
-            else open(name, encoding="utf-8", errors="replace", newline="\n")
-        )
-    except InputError:
-        raise
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{name}: cannot read log: {exc}") from exc
+    return _records(name, compressed)
+
+
+def _records(name: str, compressed: bool) -> Iterator[dict]:
     parse = parse_line
-    with f:
-        n = 0
-        try:
-            for n, line in enumerate(f, 1):  # noqa: B007
+    n = 0
+    try:
+        if compressed:
+            f = gzip.open(name, "rt", encoding="utf-8", errors="replace", newline="\n")
+        else:
+            f = open(name, encoding="utf-8", errors="replace", newline="\n")
+        with f:
+            for n, line in enumerate(f, 1):
                 rec = parse(line)
                 if rec is not None:
                     rec["file"] = name
                     rec["line"] = n
                     yield rec
-        except (OSError, EOFError, zlib.error) as exc:
-            what = "truncated or corrupt gzip" if compressed else "read error"
-            raise InputError(f"{name}: {what} after line {n}: {exc}") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        what = "truncated or corrupt gzip" if compressed else "read error"
+        raise InputError(f"{name}: {what} after line {n}: {exc}") from exc
