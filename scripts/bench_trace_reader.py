@@ -151,17 +151,32 @@ PY_NAMES = [
     "<built-in function isinstance>",
     "threading.py(1162): is_alive",
 ]
-OP_NAMES = ["aten::add", "aten::mul", "aten::index", "aten::slice", "aten::as_strided", "aten::copy_", "aten::to",
-            "aten::empty", "aten::zeros", "aten::cat", "aten::view", "aten::sum"]  # fmt: skip
+OP_NAMES = [
+    "aten::add",
+    "aten::mul",
+    "aten::index",
+    "aten::slice",
+    "aten::as_strided",
+    "aten::copy_",
+    "aten::to",
+    "aten::empty",
+    "aten::zeros",
+    "aten::cat",
+    "aten::view",
+    "aten::sum",
+]
 KERNEL_NAMES = [
     "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctorOnSelf_add<long>, "
-    "std::array<char*, 2ul> >(int, at::native::CUDAFunctorOnSelf_add<long>, std::array<char*, 2ul>)",
+    "std::array<char*, 2ul> >(int, at::native::CUDAFunctorOnSelf_add<long>, "
+    "std::array<char*, 2ul>)",
     "void at::native::index_elementwise_kernel<128, 4, at::native::gpu_index_kernel<at::native::"
     "index_kernel_impl<at::native::OpaqueType<4> >(at::TensorIteratorBase&, c10::ArrayRef<long>, "
     "c10::ArrayRef<long>)::{lambda(char*, char const*, long)#1}>(at::TensorIteratorBase&, "
     "c10::ArrayRef<long>, c10::ArrayRef<long>)::{lambda(int)#1}>(long)",
-    "void cutlass::device_kernel<flashinfer::gemm::GemmUniversal<cute::tuple<int, int, int, int>>>(Params)",
-    "void deep_ep::internode_ll::dispatch<false, 7168, 256>(void*, void*, int*, long*, int, int, int)",
+    "void cutlass::device_kernel<flashinfer::gemm::GemmUniversal<"
+    "cute::tuple<int, int, int, int>>>(Params)",
+    "void deep_ep::internode_ll::dispatch<false, 7168, 256>"
+    "(void*, void*, int*, long*, int, int, int)",
     "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)",
 ]
 SCHED_FRAME = "/sgl-workspace/sglang/python/sglang/srt/managers/scheduler.py(1985): run_batch"
@@ -186,9 +201,24 @@ def generate(path: Path, size_bytes: int, events_per_step: int, seed: int = 1) -
         out.write(comp.compress(b))
 
     devices = ",\n".join(DEVICE % i for i in range(4))
-    dist = json.dumps({"backend": "nccl", "rank": 0, "world_size": 48, "pg_count": 40, "pg_config": [
-        {"pg_name": str(i), "pg_desc": "undefined", "backend_config": "cuda:nccl", "pg_size": 48,
-         "ranks": list(range(48))} for i in range(40)]})  # fmt: skip
+    dist = json.dumps(
+        {
+            "backend": "nccl",
+            "rank": 0,
+            "world_size": 48,
+            "pg_count": 40,
+            "pg_config": [
+                {
+                    "pg_name": str(i),
+                    "pg_desc": "undefined",
+                    "backend_config": "cuda:nccl",
+                    "pg_size": 48,
+                    "ranks": list(range(48)),
+                }
+                for i in range(40)
+            ],
+        }
+    )
     put(HEADER % (devices, dist))
 
     t = 4564592876673.644
@@ -211,7 +241,8 @@ def generate(path: Path, size_bytes: int, events_per_step: int, seed: int = 1) -
             PY_FRAME % (SCHED_FRAME, PID, PID, t, period_us - 10.0, 40, pyid, idx),
             SPAN % ("user_annotation", name, PID, PID, start, period_us * 0.6, ext, idx + 1),
             GRAPH_LAUNCH % (PID, PID, start + 40.0, 1700.0, corr),
-            SPAN % ("gpu_user_annotation", name, 0, 7, start + 200.0, period_us * 0.7, ext, idx + 2),
+            SPAN
+            % ("gpu_user_annotation", name, 0, 7, start + 200.0, period_us * 0.7, ext, idx + 2),
         ]
         ext += 1
         corr += 1
@@ -223,16 +254,22 @@ def generate(path: Path, size_bytes: int, events_per_step: int, seed: int = 1) -
         while n < events_per_step:
             r = rng.random()
             if r < 0.7:
-                parts.append(PY_FRAME % (rng.choice(PY_NAMES), PID, PID, ft, dt * 0.8, pyid - 1, pyid, idx))
+                parts.append(
+                    PY_FRAME % (rng.choice(PY_NAMES), PID, PID, ft, dt * 0.8, pyid - 1, pyid, idx)
+                )
                 pyid += 1
             elif r < 0.85:
                 parts.append(CPU_OP % (rng.choice(OP_NAMES), PID, PID, ft, dt * 0.5, ext, idx))
                 ext += 1
             elif r < 0.93:
-                parts.append(RUNTIME % ("cudaLaunchKernel", PID, PID, ft, 5.1, ext, corr, corr, PID, PID, ft))
+                parts.append(
+                    RUNTIME % ("cudaLaunchKernel", PID, PID, ft, 5.1, ext, corr, corr, PID, PID, ft)
+                )
                 corr += 1
             else:
-                parts.append(KERNEL % (rng.choice(KERNEL_NAMES), ft + 30.0, dt, ext, corr, corr, ft + 30.0))
+                parts.append(
+                    KERNEL % (rng.choice(KERNEL_NAMES), ft + 30.0, dt, ext, corr, corr, ft + 30.0)
+                )
                 corr += 1
             idx += 1
             ft += dt
@@ -247,7 +284,9 @@ def generate(path: Path, size_bytes: int, events_per_step: int, seed: int = 1) -
     out.write(comp.flush())
     out.close()
 
-    periods = [(starts[i + 1] - starts[i]) / 1000.0 for i in range(len(starts) - 1) if modes[i] == "DECODE"]
+    periods = [
+        (starts[i + 1] - starts[i]) / 1000.0 for i in range(len(starts) - 1) if modes[i] == "DECODE"
+    ]
     return {
         "uncompressed_bytes": written,
         "method": "step_spans",
@@ -294,7 +333,10 @@ def _measure(kind: str, path: str) -> dict:
         from pdbench.trace import step_time
 
         r = step_time(path)
-        result = {k: r[k] for k in ("method", "layout", "steps", "step_ms", "median_ms", "batch_sizes", "modes")}
+        result = {
+            k: r[k]
+            for k in ("method", "layout", "steps", "step_ms", "median_ms", "batch_sizes", "modes")
+        }
     elif kind == "json_load":
         import gzip
 
@@ -338,8 +380,17 @@ JSON_LOAD_RSS_FACTOR = 6.0
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size-gb", type=float, default=1.2, help="uncompressed size of the trace (GB = 10^9 bytes)")
-    ap.add_argument("--out", type=Path, help="directory for the trace (kept; reused if present); default a temp dir")
+    ap.add_argument(
+        "--size-gb",
+        type=float,
+        default=1.2,
+        help="uncompressed size of the trace (GB = 10^9 bytes)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="directory for the trace (kept; reused if present); default a temp dir",
+    )
     ap.add_argument("--events-per-step", type=int, default=20000)
     ap.add_argument("--skip-json-load", action="store_true", help="do not measure json.load")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -426,7 +477,11 @@ def main() -> int:
         "steps_in_trace": len(truth["modes"]),
         "rows": {k: {kk: vv for kk, vv in v.items() if kk != "result"} for k, v in rows.items()},
         "step_time_result": {k: res[k] for k in ("method", "layout", "steps", "median_ms")},
-        "targets": {"mb_per_s": TARGET_MBPS, "peak_rss_mb": TARGET_RSS_MB, "ratio_vs_json_load": TARGET_RATIO},
+        "targets": {
+            "mb_per_s": TARGET_MBPS,
+            "peak_rss_mb": TARGET_RSS_MB,
+            "ratio_vs_json_load": TARGET_RATIO,
+        },
         "checks": checks,
     }
     if "result" in rows.get("json_load", {}):
@@ -451,16 +506,30 @@ def main() -> int:
         def verdict(ok: bool | None) -> str:
             return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
-        print(f"step_time >= {TARGET_MBPS:.0f} MB/s:         {verdict(checks['throughput'])} ({ours['mb_per_s']:.0f})")
-        print(
-            f"step_time peak RSS < {TARGET_RSS_MB:.0f} MB:  {verdict(checks['peak_rss'])} ({ours['peak_rss_mb']:.0f})"
-        )
-        print(
-            f"step_time >= {TARGET_RATIO:.0f}x json.load:      {verdict(checks['vs_json_load'])}"
-            + (f" ({ratio:.1f}x)" if ratio is not None else " (json.load not measured)")
-        )
-        print(f"step_time = ground truth:     {verdict(checks['ground_truth'])} "
-              f"({res['method']}, {res['steps']} periods, median {res['median_ms']} ms)")  # fmt: skip
+        lines = [
+            (
+                f"step_time >= {TARGET_MBPS:.0f} MB/s",
+                checks["throughput"],
+                f"{ours['mb_per_s']:.0f}",
+            ),
+            (
+                f"step_time peak RSS < {TARGET_RSS_MB:.0f} MB",
+                checks["peak_rss"],
+                f"{ours['peak_rss_mb']:.0f}",
+            ),
+            (
+                f"step_time >= {TARGET_RATIO:.0f}x json.load",
+                checks["vs_json_load"],
+                f"{ratio:.1f}x" if ratio is not None else "json.load not measured",
+            ),
+            (
+                "step_time = ground truth",
+                checks["ground_truth"],
+                f"{res['method']}, {res['steps']} periods, median {res['median_ms']} ms",
+            ),
+        ]
+        for label, ok, detail in lines:
+            print(f"{label + ':':<30} {verdict(ok)} ({detail})")
     if tmp is not None:
         tmp.cleanup()
     return 0 if all(v is not False for v in checks.values()) else 1

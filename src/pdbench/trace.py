@@ -13,11 +13,13 @@ consecutive steps, measured on the CPU timeline of the scheduler process:
    spans named ``step[MODE bs=N ...]`` that ``ModelRunner.forward`` records around every
    forward (``step[DECODE bs=64]``, ``step[EXTEND bs=1 toks=167]``, ``step[IDLE bs=0]``; with
    detailed annotations extra ``key=value`` aggregates come before ``]``). The mirrored
-   ``gpu_user_annotation`` copies on the GPU timeline are ignored. Spans are sorted by start
+   ``gpu_user_annotation`` copies on the GPU timeline (one per GPU stream that ran work
+   inside the span) are ignored. Spans are sorted by start
    time; the period of step *i* is ``ts[i+1] - ts[i]``. Only periods that start at a DECODE
    step are decode step times: the period after an EXTEND, MIXED or IDLE step is left out.
    ``batch_sizes`` are the ``bs`` of every DECODE step, the last one included (it has no
-   period), and ``modes`` lists the mode of every step in order.
+   period), and ``modes`` lists the mode of every step in order. A span nested in another
+   step span of the same thread is not a step of its own.
 2. ``method="run_batch_frames"`` (older SGLang, no step spans): the scheduler's ``run_batch``
    Python frames (``python_function`` events whose name ends with ``): run_batch`` and
    contains ``scheduler``, recorded with ``with_stack``). Python frames nest, so only the
@@ -29,7 +31,9 @@ consecutive steps, measured on the CPU timeline of the scheduler process:
    one per decode step when decode runs in CUDA graphs. ``batch_sizes`` and ``modes`` are
    ``None``.
 
-The first method with at least two markers is used. ``step_ms`` lists the periods in
+Step spans are used whenever the trace has any (a trace with step spans but no DECODE step
+followed by another step is an error, not a case for the fallbacks); otherwise the first
+fallback with at least two markers is used. ``step_ms`` lists the periods in
 milliseconds, in order, and ``median_ms`` is their median. Nothing is dropped: the first
 captured period is often truncated (profiling starts in the middle of a step, so on a GB200
 decode trace the periods are 58.6, 82.6, 83.7 and 85.5 ms); the median is robust to it, and
@@ -87,12 +91,15 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _STEP_NAME_RE = re.compile(r"step\[(?P<mode>[A-Za-z_]+) bs=(?P<bs>\d+)(?P<rest>[^\]]*)\]")
 
 # Byte strings whose presence in an event block may make it a marker. Every marker name
-# contains one of them; the decoded event is then classified exactly by _classify().
-_NEEDLES = (b'"step[', b'run_batch"', b'"cudaGraphLaunch"')
+# contains one of them; the decoded event is then classified exactly by _classify(). Longer
+# needles are found faster; Kineto always writes a name as ``"name": "..."``.
+_NAME_KEY = b'"name": "'
+_NEEDLES = (_NAME_KEY + b"step[", b'run_batch"', b'"cudaGraphLaunch"')
 
 _EVENT_START = b"\n  {"
 _EVENT_END = b"\n  }"
-_HEADER_LIMIT = 64 << 20  # bytes of header searched for traceEvents before giving up on the fast path
+# Bytes of header searched for "traceEvents" before the fast path gives up.
+_HEADER_LIMIT = 64 << 20
 
 
 def _kineto_list_start(head: bytes) -> int:
@@ -118,7 +125,11 @@ def _kineto_list_start(head: bytes) -> int:
     if head[j] == ord("]"):
         return list_start
     if head[j] == ord("{") and head[j - 3 : j] == b"\n  " and head[j + 1] == ord("\n"):
-        return list_start
+        # The first event must be complete and name itself the way the needles expect.
+        e = head.find(_EVENT_END, j)
+        if e == -1:
+            return -1
+        return list_start if _NAME_KEY in head[j:e] else -2
     return -2
 
 
@@ -146,9 +157,11 @@ def _open_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
     except OSError as e:
         raise InputError(f"{path}: cannot read trace file: {e.strerror or e}") from None
     with f:
-        first = f.read(chunk_size)
+        first = f.read(max(chunk_size, 2))
         if first[:2] != _GZIP_MAGIC:
-            data = first
+            for i in range(0, len(first), chunk_size):
+                yield first[i : i + chunk_size]
+            data = f.read(chunk_size)
             while data:
                 yield data
                 data = f.read(chunk_size)
@@ -198,7 +211,9 @@ def _gunzip(path: Path, f: Any, data: bytes, chunk_size: int) -> Iterator[bytes]
     if out:
         yield out
     if not d.eof:
-        raise InputError(f"{path}: the gzip stream is truncated (the file ends before the end of the trace)")
+        raise InputError(
+            f"{path}: the gzip stream is truncated (the file ends before the end of the trace)"
+        )
 
 
 class _ChunkReader:
@@ -328,7 +343,9 @@ def _scan_kineto(path: Path, chunks: Iterator[bytes], emit: Callable[[dict], Non
     tail = buf.strip()
     # What follows the last event: ``,``? ``]`` then other keys and the closing ``}``.
     if b"]" not in tail or not tail.endswith(b"}"):
-        raise InputError(f"{path}: the trace is truncated (its JSON ends in the middle of the event list)")
+        raise InputError(
+            f"{path}: the trace is truncated (its JSON ends in the middle of the event list)"
+        )
 
 
 def _scan_generic(path: Path, chunks: Iterator[bytes], emit: Callable[[dict], None]) -> int:
@@ -342,7 +359,11 @@ def _scan_generic(path: Path, chunks: Iterator[bytes], emit: Callable[[dict], No
             if _classify(ev) is not None:
                 emit(ev)
     except ijson.JSONError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = e.args[0] if e.args else ""
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        detail = str(detail).strip()
+        msg = detail.splitlines()[0].strip() if detail else type(e).__name__
         raise InputError(f"{path}: not a valid JSON trace ({msg})") from None
     return n
 
@@ -359,7 +380,9 @@ def _has_trace_events_key(path: Path, chunk_size: int) -> bool:
     return False
 
 
-def _read(path: str | os.PathLike, chunk_size: int, layout: str | None) -> tuple[dict[str, list[dict]], str]:
+def _read(
+    path: str | os.PathLike, chunk_size: int, layout: str | None
+) -> tuple[dict[str, list[dict]], str]:
     path = Path(path)
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -384,7 +407,7 @@ def _read(path: str | os.PathLike, chunk_size: int, layout: str | None) -> tuple
     if used == "generic":
         n = _scan_generic(path, _open_chunks(path, chunk_size), emit)
         if n == 0 and not _has_trace_events_key(path, chunk_size):
-            raise InputError(f"{path}: not a profiler trace (no \"traceEvents\" list)")
+            raise InputError(f'{path}: not a profiler trace (no "traceEvents" list)')
     for events in found.values():
         events.sort(key=lambda m: (m["ts"], -m["dur"]))
     return found, used
@@ -482,17 +505,20 @@ def step_time(
         parsed = []
         for m in steps:
             g = _STEP_NAME_RE.fullmatch(m["name"])
-            parsed.append((m["ts"], g.group("mode").upper(), int(g.group("bs"))))  # type: ignore[union-attr]
+            assert g is not None  # _classify matched the same pattern
+            parsed.append((m["ts"], g.group("mode").upper(), int(g.group("bs"))))
         periods = [
-            (parsed[i + 1][0] - parsed[i][0]) / 1000.0 for i in range(len(parsed) - 1) if parsed[i][1] == "DECODE"
+            (parsed[i + 1][0] - parsed[i][0]) / 1000.0
+            for i in range(len(parsed) - 1)
+            if parsed[i][1] == "DECODE"
         ]
         modes = [p[1] for p in parsed]
         batch_sizes: list[int] | None = [p[2] for p in parsed if p[1] == "DECODE"]
         if not periods:
             counts = ", ".join(f"{modes.count(k)} {k}" for k in dict.fromkeys(modes))
             raise InputError(
-                f"{fname}: the trace holds too few decode steps to time: need a DECODE step span followed "
-                f"by another step, found {len(steps)} step span(s) ({counts})"
+                f"{fname}: the trace holds too few decode steps to time: need a DECODE step "
+                f"span followed by another step, found {len(steps)} step span(s) ({counts})"
             )
         method = "step_spans"
         starts = [p[0] for p in parsed]
@@ -509,8 +535,8 @@ def step_time(
             method, chosen = "cuda_graph_launch", launches
         else:
             raise InputError(
-                f"{fname}: the trace holds too few steps to time (need at least 2 step spans, run_batch "
-                f"frames or cudaGraphLaunch events; found {_describe(found)})"
+                f"{fname}: the trace holds too few steps to time (need at least 2 step spans, "
+                f"run_batch frames or cudaGraphLaunch events; found {_describe(found)})"
             )
         starts = [m["ts"] for m in chosen]
         periods = [(starts[i + 1] - starts[i]) / 1000.0 for i in range(len(starts) - 1)]
@@ -561,9 +587,15 @@ def trace_rank_from_name(filename: str | os.PathLike) -> dict[str, Any]:
     m = _MERGED_RE.fullmatch(name)
     if m:
         return {
-            "prefix": None, "profile_id": m.group("id"), "tp": None, "dp": None,
-            "pp": None, "ep": None, "stage": None, "merged": True,
-        }  # fmt: skip
+            "prefix": None,
+            "profile_id": m.group("id"),
+            "tp": None,
+            "dp": None,
+            "pp": None,
+            "ep": None,
+            "stage": None,
+            "merged": True,
+        }
     m = _RANK_RE.fullmatch(name)
     if not m or not m.group("head"):
         raise InputError(

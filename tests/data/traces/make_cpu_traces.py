@@ -45,7 +45,7 @@ N_RUN_BATCH = 10
 
 # run_batch calls another run_batch in the same file, so the trace holds nested frames that
 # match alike and only the outer ones are steps.
-SCHEDULER_SOURCE = '''
+SCHEDULER_SOURCE = """
 import time
 
 import torch
@@ -71,7 +71,7 @@ class Scheduler:
     def event_loop(self, n):
         for _ in range(n):
             self.run_batch()
-'''
+"""
 
 
 def _busy_matmul(a: torch.Tensor) -> None:
@@ -141,7 +141,9 @@ def main() -> None:
     expected = {
         "torch": torch.__version__,
         "cpu-steps-TP-0.trace.json.gz": make_steps_trace(args.out / "cpu-steps-TP-0.trace.json.gz"),
-        "cpu-run-batch-TP-0.trace.json.gz": make_run_batch_trace(args.out / "cpu-run-batch-TP-0.trace.json.gz"),
+        "cpu-run-batch-TP-0.trace.json.gz": make_run_batch_trace(
+            args.out / "cpu-run-batch-TP-0.trace.json.gz"
+        ),
     }
     (args.out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
     for name in expected:
