@@ -59,6 +59,20 @@ def cmd_throughput(args) -> None:
     )
 
 
+def cmd_fill_status(args) -> None:
+    from .fill import fill_status
+
+    _dump(
+        fill_status(
+            args.logs,
+            args.target,
+            ranks=args.ranks,
+            target_fraction=args.target_fraction,
+            plateau_forwards=args.plateau_forwards,
+        )
+    )
+
+
 def cmd_validate_config(args) -> None:
     from . import config
 
@@ -141,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.10,
                    help="flag trace vs log step time beyond this fraction (default 0.10)")
     p.set_defaults(func=cmd_throughput)
+
+    p = sub.add_parser("fill-status", help="is every decode rank's batch full or stuck?")
+    p.add_argument("--logs", nargs="+", required=True, metavar="PATH",
+                   help="every decode node's log")
+    p.add_argument("--target", type=int, required=True, metavar="N",
+                   help="target batch per DP rank (max_running_requests / dp)")
+    p.add_argument("--ranks", type=int, help="DP ranks expected (default: those seen)")
+    p.add_argument("--target-fraction", type=float, default=1.0,
+                   help="reached at ceil(target x fraction) (default 1.0)")
+    p.add_argument("--plateau-forwards", type=int, default=10, metavar="K",
+                   help="stuck after K decode lines without growth while requests queue")
+    p.set_defaults(func=cmd_fill_status)
 
     p = sub.add_parser("validate-config", help="validate a config and list its grid points")
     p.add_argument("config", metavar="CONFIG")
