@@ -25,6 +25,12 @@ include: "workflow/rules/throughput.smk"
 include: "workflow/rules/report.smk"
 
 
+onerror:
+    # A failed job or Ctrl-C: stop every server step, client and holder job this tree
+    # records, so nothing is left running (adopted allocations stay, their steps end).
+    shell(f"pdbench stop-all --results {RESULTS} --reason error >&2")
+
+
 rule all:
     default_target: True
     input:

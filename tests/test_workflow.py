@@ -20,6 +20,7 @@ STAGES = [
     "release",
     "profile_snapshot",
     "bench_result",
+    "teardown",
     "point_throughput",
     "experiment_throughput",
     "report",

@@ -111,6 +111,110 @@ def cmd_plan(args) -> None:
     _dump(plan.to_dict())
 
 
+def _point(args):
+    from .context import PointContext
+
+    return PointContext.load(args.config, args.point_dir)
+
+
+def cmd_allocate(args) -> None:
+    from . import config
+    from .allocation import adopt_from_environment, allocate
+    from .layout import PointPaths
+
+    cfg = config.load(args.config)
+    point = config.find_point(cfg, args.experiment, args.point)
+    paths = PointPaths(Path(args.out).parent)
+    _dump(allocate(cfg, point, paths, adopt_job_id=args.adopt or adopt_from_environment(),
+                   queue_timeout_s=args.queue_timeout))
+
+
+def cmd_launch(args) -> None:
+    from .servers import launch_router, launch_server
+
+    ctx = _point(args)
+    if args.server == "router":
+        _dump(launch_router(ctx))
+    else:
+        _dump(launch_server(ctx, args.server))
+
+
+def cmd_fill(args) -> None:
+    from .drive import run_fill
+
+    _dump(run_fill(_point(args)))
+
+
+def cmd_release(args) -> None:
+    from .drive import run_release
+
+    _dump(run_release(_point(args)))
+
+
+def cmd_snapshot(args) -> None:
+    from .drive import take_snapshot
+
+    _dump(take_snapshot(_point(args), args.snapshot))
+
+
+def cmd_bench_result(args) -> None:
+    from .drive import collect_bench
+
+    _dump(collect_bench(_point(args)))
+
+
+def cmd_teardown(args) -> None:
+    from .drive import stop_point
+    from .layout import write_json
+
+    ctx = _point(args)
+    keep = ctx.cfg["site"]["keep_allocation"]
+    result = stop_point(ctx, release_allocation=not keep)
+    if args.out:
+        write_json(args.out, result)
+    _dump(result)
+
+
+def cmd_point_throughput(args) -> None:
+    from .results import gate, point_rows, write_csv
+
+    ctx = _point(args)
+    rows = point_rows(ctx)
+    gate(ctx, rows)
+    write_csv(args.out, rows)
+    _dump(rows)
+
+
+def cmd_merge_csv(args) -> None:
+    from .results import merge_csvs, write_csv
+
+    rows = merge_csvs(args.csvs)
+    write_csv(args.out, rows)
+    _dump({"rows": len(rows), "out": args.out})
+
+
+def cmd_report(args) -> None:
+    from .report import write
+    from .results import merge_csvs
+
+    rows = merge_csvs([args.csv])
+    experiment = Path(args.out).parent.name
+    write(args.out, experiment, rows, config_path=args.config)
+    _dump({"rows": len(rows), "out": args.out})
+
+
+def cmd_stop_all(args) -> None:
+    from .teardown import stop_all
+
+    _dump(stop_all(args.results, reason=args.reason))
+
+
+def cmd_sweep(args) -> None:
+    from .teardown import sweep_stale
+
+    _dump(sweep_stale(args.results))
+
+
 def _read_json(path: str):
     try:
         with open(path) as fh:
@@ -167,6 +271,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau-forwards", type=int, default=10, metavar="K",
                    help="stuck after K decode lines without growth while requests queue")
     p.set_defaults(func=cmd_fill_status)
+
+    def point_cmd(name, func, help_text, out=True):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True)
+        p.add_argument("--point-dir", required=True, help="results/{experiment}/{point}")
+        if out:
+            p.add_argument("--out", required=True)
+        p.set_defaults(func=func)
+        return p
+
+    p = sub.add_parser("allocate", help="obtain or adopt the Slurm allocation of a point")
+    p.add_argument("--config", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--point", required=True)
+    p.add_argument("--out", required=True, help="allocation.json")
+    p.add_argument("--adopt", type=int, metavar="JOBID", help="adopt this running allocation")
+    p.add_argument("--queue-timeout", type=float, default=24 * 3600.0, metavar="S")
+    p.set_defaults(func=cmd_allocate)
+
+    p = point_cmd("launch", cmd_launch, "start a server or the router and wait until ready")
+    p.add_argument("--server", required=True, help="prefill-G, decode or router")
+    point_cmd("fill", cmd_fill, "slow_down, start the client, follow the batch until full")
+    point_cmd("release", cmd_release, "clear slow_down and confirm decode runs again")
+    p = point_cmd("snapshot", cmd_snapshot, "take torch-profiler snapshot K of decode")
+    p.add_argument("--snapshot", type=int, required=True, metavar="K")
+    point_cmd("bench-result", cmd_bench_result, "wait for the client and validate its JSONL")
+    p = point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation",
+                  out=False)
+    p.add_argument("--out", help="teardown.json")
+    point_cmd("point-throughput", cmd_point_throughput, "throughput.csv of one point")
+
+    p = sub.add_parser("merge-csv", help="the experiment's throughput.csv from its points'")
+    p.add_argument("csvs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge_csv)
+
+    p = sub.add_parser("report", help="the experiment's self-contained report.html")
+    p.add_argument("--config")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("stop-all", help="stop every step and holder job a results tree records")
+    p.add_argument("--results", default="results")
+    p.add_argument("--reason", default="requested")
+    p.set_defaults(func=cmd_stop_all)
+
+    p = sub.add_parser("sweep", help="remove markers of allocations or servers that are gone")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("validate-config", help="validate a config and list its grid points")
     p.add_argument("config", metavar="CONFIG")

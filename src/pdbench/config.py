@@ -128,6 +128,20 @@ def load(path: str | os.PathLike) -> dict:
     return validate(raw, source=str(path))
 
 
+def write_resolved(cfg: Mapping, path: str | os.PathLike) -> str:
+    """Write the validated config as JSON (only when it changed); return the path."""
+    import json
+
+    path = Path(path)
+    text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
 def _check_semantics(cfg: dict) -> None:
     site, grid = cfg["site"], cfg["grid"]
     gpn = site["gpus_per_node"]

@@ -11,6 +11,7 @@ rule allocation:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
+        adopt=get_adopt_option,
     shell:
         "pdbench allocate --config {params.config} --experiment {wildcards.experiment}"
-        " --point {wildcards.point} --out {output.allocation} 2> {log}"
+        " --point {wildcards.point} {params.adopt} --out {output.allocation} > /dev/null 2> {log}"

@@ -1,10 +1,13 @@
 # Helpers shared by every stage: the validated config, the grid, and paths.
+import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from pdbench import config as pdconfig
 from pdbench.errors import ConfigError
+from pdbench.teardown import sweep_stale
 
 try:
     CFG = pdconfig.validate(config, source="config")
@@ -13,7 +16,17 @@ except ConfigError as exc:
 
 POINTS = pdconfig.grid_points(CFG)
 RESULTS = "results"
-CONFIG_FILE = workflow.configfiles[0] if workflow.configfiles else "config/config.yaml"
+# The validated, merged config (config/config.yaml plus any --configfile/--config) is
+# what every pdbench command of this run reads; one stable path, rewritten when changed.
+CONFIG_FILE = pdconfig.write_resolved(CFG, f"{RESULTS}/.pdbench/config.json")
+# Snakemake started inside `salloc`: adopt that allocation. Read now, before the Slurm
+# executor plugin removes SLURM_* from the environment.
+ADOPT_JOB_ID = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+
+# Markers of allocations or servers that are gone are removed before the DAG is built,
+# so Snakemake re-creates them; markers of live things are kept and reused.
+for _removed in sweep_stale(RESULTS)["removed"]:
+    print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -48,6 +61,18 @@ def get_prefill_ready(wildcards):
         f"{RESULTS}/{wildcards.experiment}/{wildcards.point}/ready/prefill-{g}.json"
         for g in range(1, point.prefill_groups + 1)
     ]
+
+
+def get_previous_snapshot(wildcards):
+    """Snapshots run one after the other: snapshot k waits for k-1."""
+    k = int(wildcards.snapshot)
+    if k == 1:
+        return []
+    return f"{RESULTS}/{wildcards.experiment}/{wildcards.point}/profile/{k - 1}/snapshot.json"
+
+
+def get_adopt_option(wildcards):
+    return f"--adopt {ADOPT_JOB_ID}" if ADOPT_JOB_ID else ""
 
 
 def get_snapshots(wildcards):

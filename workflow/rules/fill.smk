@@ -3,9 +3,10 @@
 
 rule fill:
     input:
-        router=ancient(f"{RESULTS}/{{experiment}}/{{point}}/ready/router.json"),
+        router=f"{RESULTS}/{{experiment}}/{{point}}/ready/router.json",
     output:
         filled=f"{RESULTS}/{{experiment}}/{{point}}/fill/filled.json",
+        curve=f"{RESULTS}/{{experiment}}/{{point}}/fill/curve.csv",
     log:
         f"{RESULTS}/{{experiment}}/{{point}}/logs/fill.log",
     localrule: True
@@ -16,7 +17,7 @@ rule fill:
         point_dir=point_dir,
     shell:
         "pdbench fill --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.filled} 2> {log}"
+        " --out {output.filled} > /dev/null 2> {log}"
 
 
 rule release:
@@ -34,4 +35,4 @@ rule release:
         point_dir=point_dir,
     shell:
         "pdbench release --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.released} 2> {log}"
+        " --out {output.released} > /dev/null 2> {log}"

@@ -15,4 +15,4 @@ rule report:
         config=CONFIG_FILE,
     shell:
         "pdbench report --config {params.config} --csv {input.csv} --out {output.html}"
-        " 2> {log}"
+        " > /dev/null 2> {log}"

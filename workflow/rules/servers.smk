@@ -14,9 +14,10 @@ rule prefill_server:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
+        point_dir=point_dir,
     shell:
-        "pdbench launch --config {params.config} --plan {input.plan}"
-        " --server prefill-{wildcards.group} --out {output.ready} 2> {log}"
+        "pdbench launch --config {params.config} --point-dir {params.point_dir}"
+        " --server prefill-{wildcards.group} --out {output.ready} > /dev/null 2> {log}"
 
 
 rule decode_server:
@@ -31,16 +32,16 @@ rule decode_server:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
+        point_dir=point_dir,
     shell:
-        "pdbench launch --config {params.config} --plan {input.plan}"
-        " --server decode --out {output.ready} 2> {log}"
+        "pdbench launch --config {params.config} --point-dir {params.point_dir}"
+        " --server decode --out {output.ready} > /dev/null 2> {log}"
 
 
 rule router:
     input:
-        plan=ancient(f"{RESULTS}/{{experiment}}/{{point}}/plan.json"),
-        prefill=lambda wc: [ancient(f) for f in get_prefill_ready(wc)],
-        decode=ancient(f"{RESULTS}/{{experiment}}/{{point}}/ready/decode.json"),
+        prefill=get_prefill_ready,
+        decode=f"{RESULTS}/{{experiment}}/{{point}}/ready/decode.json",
     output:
         ready=f"{RESULTS}/{{experiment}}/{{point}}/ready/router.json",
     log:
@@ -50,6 +51,7 @@ rule router:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
+        point_dir=point_dir,
     shell:
-        "pdbench launch --config {params.config} --plan {input.plan}"
-        " --server router --out {output.ready} 2> {log}"
+        "pdbench launch --config {params.config} --point-dir {params.point_dir}"
+        " --server router --out {output.ready} > /dev/null 2> {log}"

@@ -6,6 +6,7 @@ rule point_throughput:
     input:
         snapshots=get_snapshots,
         bench=f"{RESULTS}/{{experiment}}/{{point}}/bench/bench.jsonl",
+        teardown=f"{RESULTS}/{{experiment}}/{{point}}/teardown.json",
     output:
         csv=f"{RESULTS}/{{experiment}}/{{point}}/throughput.csv",
     log:
@@ -18,7 +19,7 @@ rule point_throughput:
         point_dir=point_dir,
     shell:
         "pdbench point-throughput --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.csv} 2> {log}"
+        " --out {output.csv} > /dev/null 2> {log}"
 
 
 rule experiment_throughput:
@@ -32,4 +33,4 @@ rule experiment_throughput:
     conda:
         "../../envs/pdbench.yaml"
     shell:
-        "pdbench merge-csv {input.csvs} --out {output.csv} 2> {log}"
+        "pdbench merge-csv {input.csvs} --out {output.csv} > /dev/null 2> {log}"

@@ -1,0 +1,78 @@
+"""Stage 1: obtain the nodes of a grid point, or adopt an allocation that exists.
+
+Adoption, in order: ``site.allocation_job_id``; else ``SLURM_JOB_ID`` of the
+environment Snakemake was started in (inside ``salloc``). Otherwise a holder job is
+submitted with the site settings and waited for while it queues. ``allocation.json``
+records the job id, whether it was adopted (an adopted allocation is never cancelled by
+pdbench, only the steps pdbench started in it), the node list and each node's address.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from . import slurm, topology
+from .config import Point
+from .context import progress
+from .errors import ConfigError
+from .layout import PointPaths, write_json
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | None = None,
+             queue_timeout_s: float = 24 * 3600.0) -> dict:
+    site = cfg["site"]
+    adopted = site["allocation_job_id"] or adopt_job_id
+    if adopted:
+        info = slurm.job_info(int(adopted))
+        if info.state not in slurm.RUNNING_STATES:
+            raise slurm.SlurmError(
+                f"allocation {adopted} to adopt is {info.state}, not running "
+                "(site.allocation_job_id or SLURM_JOB_ID)"
+            )
+        job_id, submitted = int(adopted), False
+    else:
+        job_name = f"pdbench-{point.experiment}-{point.name}"
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        job_id = slurm.submit_holder(
+            site, point.total_nodes, job_name, str((paths.logs / "allocation-%j.out").resolve())
+        )
+        submitted = True
+        progress(f"submitted holder job {job_id} ({point.total_nodes} nodes) for "
+                 f"{point.experiment}/{point.name}")
+    try:
+        info = slurm.wait_running(job_id, queue_timeout_s, progress)
+        nodes = topology.expand_nodelist(info.nodelist)
+        if len(nodes) < point.total_nodes:
+            raise ConfigError(
+                f"allocation {job_id} has {len(nodes)} nodes ({info.nodelist}); "
+                f"{point.experiment}/{point.name} needs {point.total_nodes}"
+            )
+        addresses = topology.slurm_node_addresses(nodes)
+        record = {
+            "job_id": job_id,
+            "adopted": not submitted,
+            "nodelist": info.nodelist,
+            "nodes": nodes,
+            "addresses": addresses,
+            "start_time": _now(),
+            "point": f"{point.experiment}/{point.name}",
+        }
+        write_json(paths.allocation, record)
+    except BaseException:
+        # Never leave a queued or running holder behind when this stage fails.
+        if submitted:
+            slurm.cancel(str(job_id))
+            progress(f"cancelled holder job {job_id}")
+        raise
+    progress(f"allocation {job_id}: {info.nodelist}")
+    return record
+
+
+def adopt_from_environment() -> int | None:
+    value = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    return int(value) if value and value.isdigit() else None

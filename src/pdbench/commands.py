@@ -1,0 +1,601 @@
+"""Every command pdbench runs, as argument lists; the one place they become text.
+
+Commands are built as ``list[str]`` (an argv) and stay lists until they are written
+into a script or a provenance file. Quoting happens once, where text is made:
+:func:`render_shell` (``shlex.join``) for a command line and :func:`shlex.quote` for an
+exported value in :func:`node_launcher_script`. Nothing here runs anything.
+
+Server commands (:func:`server_argvs`) carry the options derived from the grid point
+and node plan first, then ``server_args`` (common merged with the role's) in config
+order, spelled for the configured SGLang release by :mod:`pdbench.dialects`, then the
+EPLB options of the point.
+
+Secrets. ``site.secret_env`` names variables (e.g. ``HF_TOKEN``) whose values must
+never appear in a rendered script, command or JSON file. They pass by name: ``srun
+--export=ALL`` gives each task the environment of the process that runs ``srun``; a
+pyxis container starts with the task's environment, and ``apptainer exec`` passes the
+host environment into the container (pdbench never adds ``--cleanenv``). The launcher
+script only checks that each named variable is set, without printing it.
+:func:`missing_secrets` is the same check for the submitting side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .config import Point, decode_server_args, prefill_server_args
+from .dialects import Dialect, dialect_for
+from .errors import ConfigError
+from .topology import NodePlan
+
+# Where the servers' fallback directories go under a point's shared directory.
+PROFILER_SUBDIR = "profile"
+EXPERT_DISTRIBUTION_SUBDIR = "expert_distribution"
+
+# Options the EPLB mode of a point sets; a server_args value for them would be rendered
+# twice, so the EPLB value replaces it.
+_EPLB_OVERRIDES = ("eplb-algorithm", "eplb-rebalance-num-iterations")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def render_shell(argv: Sequence[str]) -> str:
+    """The single place an argv becomes a shell command line."""
+    return shlex.join([str(a) for a in argv])
+
+
+# --------------------------------------------------------------------------------------
+# Servers
+
+
+def server_argvs(
+    cfg: Mapping,
+    point: Point,
+    plan: NodePlan,
+    server_name: str,
+    *,
+    eplb_stage: str | None = None,
+    expert_location: str | os.PathLike | None = None,
+    dialect: Dialect | None = None,
+) -> list[list[str]]:
+    """One argv per node of server ``server_name`` (``"prefill-1"``, ``"decode"``).
+
+    Index = node rank. Order of options: model, role, host/port, bootstrap port
+    (prefill only; decode keeps SGLang's default, which it does not bind), distributed
+    init, node rank, parallel sizes (DP attention as the release spells it), then
+    ``server_args`` in config order, then EPLB.
+
+    EPLB applies to the decode server, the one being measured (as in the runbook,
+    whose prefill commands carry no expert location): ``none`` adds nothing;
+    ``online`` adds ``--enable-eplb --eplb-algorithm A --eplb-rebalance-num-iterations
+    N`` from ``eplb.online``; ``static`` adds ``--init-expert-location PATH`` (from
+    ``expert_location`` or ``eplb.static.init_expert_location``), or with ``eplb_stage
+    == "record"`` the recording pass's ``--expert-distribution-recorder-mode stat
+    --expert-distribution-recorder-buffer-size -1`` instead.
+    """
+    dialect = dialect or dialect_for(cfg)
+    try:
+        server = plan.server(server_name)
+    except KeyError as exc:
+        raise ValueError(str(exc)) from None
+    if eplb_stage not in (None, "record"):
+        raise ValueError(f"eplb_stage must be None or 'record', not {eplb_stage!r}")
+    if eplb_stage == "record" and point.eplb != "static":
+        raise ValueError(f"eplb_stage 'record' needs a point with static EPLB, not {point.eplb!r}")
+    role = server.role
+
+    eplb = _eplb_args(cfg, point, role, eplb_stage, expert_location)
+    overridden = {name for name in _EPLB_OVERRIDES if f"--{name}" in eplb}
+    options: list[str] = []
+    merged = prefill_server_args(cfg) if role == "prefill" else decode_server_args(cfg)
+    for name, value in merged.items():
+        if name in overridden:
+            continue
+        section = role if name in cfg["server_args"][role] else "common"
+        options += dialect.option_args(name, value, key=f"server_args.{section}.{name}")
+
+    model = cfg["model"]
+    head = [
+        cfg["site"]["python"],
+        "-m",
+        cfg["sglang"]["server_module"],
+        "--model-path",
+        str(model["path"]),
+    ]
+    if model.get("served_model_name"):
+        head += ["--served-model-name", str(model["served_model_name"])]
+    head += ["--disaggregation-mode", role]
+
+    argvs = []
+    for node in server.nodes:
+        argv = [*head, "--host", "0.0.0.0", "--port", str(node.http_port)]
+        if role == "prefill":
+            argv += ["--disaggregation-bootstrap-port", str(server.bootstrap_port)]
+        argv += [
+            "--dist-init-addr",
+            server.dist_init_addr,
+            "--nnodes",
+            str(len(server.nodes)),
+            "--node-rank",
+            str(node.rank),
+            "--tp-size",
+            str(server.tp),
+            *dialect.dp_attention_args(server.dp),
+            "--ep-size",
+            str(server.ep),
+            *options,
+            *eplb,
+        ]
+        argvs.append(argv)
+    return argvs
+
+
+def _eplb_args(cfg, point: Point, role: str, stage, expert_location) -> list[str]:
+    if role != "decode" or point.eplb == "none":
+        return []
+    if point.eplb == "online":
+        online = cfg["eplb"]["online"]
+        return [
+            "--enable-eplb",
+            "--eplb-algorithm",
+            str(online["algorithm"]),
+            "--eplb-rebalance-num-iterations",
+            str(online["rebalance_num_iterations"]),
+        ]
+    if point.eplb != "static":
+        raise ConfigError(f"config key grid.eplb: unknown EPLB mode {point.eplb!r}")
+    if stage == "record":
+        return [
+            "--expert-distribution-recorder-mode",
+            "stat",
+            "--expert-distribution-recorder-buffer-size",
+            "-1",
+        ]
+    location = expert_location or cfg["eplb"]["static"]["init_expert_location"]
+    if not location:
+        raise ConfigError(
+            "config key eplb.static.init_expert_location: static EPLB needs a recorded "
+            "expert distribution; set it, or run the recording pass first"
+        )
+    return ["--init-expert-location", os.fspath(location)]
+
+
+def server_env(
+    cfg: Mapping, role: str, *, shared_dir: str | os.PathLike | None = None
+) -> dict[str, str]:
+    """Environment of a server's processes: ``site.env``, ``env.common``, ``env.<role>``.
+
+    Later sources win; values become strings (``true``/``false`` for booleans). With
+    ``shared_dir`` (the point's directory on the shared filesystem), the profiler's and
+    the expert-distribution recorder's fallback directories point under it
+    (``SGLANG_TORCH_PROFILER_DIR``, ``SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR``); these
+    two win over the config. Names in ``site.secret_env`` may not be given values here.
+    """
+    if role not in ("prefill", "decode"):
+        raise ValueError(f"role must be 'prefill' or 'decode', not {role!r}")
+    secrets = set(cfg["site"].get("secret_env", []))
+    env: dict[str, str] = {}
+    for key, values in (
+        ("site.env", cfg["site"].get("env", {})),
+        ("env.common", cfg["env"]["common"]),
+        (f"env.{role}", cfg["env"][role]),
+    ):
+        for name, value in values.items():
+            if name in secrets:
+                raise ConfigError(
+                    f"config key {key}.{name}: {name} is listed in site.secret_env; its "
+                    "value must come from the submitting environment, not the config"
+                )
+            env[name] = _env_value(value, f"{key}.{name}")
+    if shared_dir is not None:
+        base = Path(shared_dir)
+        env["SGLANG_TORCH_PROFILER_DIR"] = str(base / PROFILER_SUBDIR)
+        env["SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"] = str(base / EXPERT_DISTRIBUTION_SUBDIR)
+    return env
+
+
+def _env_value(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ConfigError(f"config key {key}: {value!r} is not a string, number or boolean")
+
+
+def missing_secrets(cfg: Mapping, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names in ``site.secret_env`` that are unset or empty in ``environ`` (os.environ)."""
+    environ = os.environ if environ is None else environ
+    return [name for name in cfg["site"].get("secret_env", []) if not environ.get(name)]
+
+
+def server_log_name(role_name: str, rank: int) -> str:
+    """File name of one server node's log (the runbook's ``…_node_rank_N.log``)."""
+    return f"{role_name}_node_rank_{rank}.log"
+
+
+def node_launcher_script(
+    argvs: Sequence[Sequence[str]],
+    env: Mapping[str, str],
+    *,
+    log_dir: str | os.PathLike | None = None,
+    role_name: str,
+    node_names: Sequence[str] | None = None,
+    required_env: Sequence[str] = (),
+) -> str:
+    """A bash script that one ``srun`` runs on every node of a server (one task per node).
+
+    It exports ``env``, checks that every variable in ``required_env`` (the secrets) is
+    set, picks the command of its node by ``$SLURM_NODEID`` and ``exec``s it. Every
+    node's command appears literally in the script. With ``node_names`` (node rank ->
+    Slurm node name) a task whose ``$SLURMD_NODENAME`` differs from the planned node
+    stops with an error instead of starting the wrong rank. With ``log_dir`` each
+    node's output goes to ``log_dir/<role_name>_node_rank_<rank>.log``, else to the
+    task's stdout/stderr.
+    """
+    if not argvs:
+        raise ValueError("no node commands")
+    if node_names is not None and len(node_names) != len(argvs):
+        raise ValueError(f"{len(argvs)} node commands but {len(node_names)} node names")
+    for name in [*env, *required_env]:
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"environment variable name {name!r} is not a valid name")
+    q = shlex.quote
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# pdbench node launcher for {_comment(role_name)}: {len(argvs)} node(s), one srun "
+        "task per node; the node's command is chosen by SLURM_NODEID.",
+        "set -euo pipefail",
+        "",
+    ]
+    lines += [f"export {name}={q(str(value))}" for name, value in env.items()]
+    if env:
+        lines.append("")
+    for name in required_env:
+        lines.append(
+            f'if [ -z "${{{name}:-}}" ]; then printf \'pdbench: %s: environment variable '
+            f"%s is not set (it is passed by name, never written here)\\n' {q(role_name)} "
+            f"{q(name)} >&2; exit 3; fi"
+        )
+    lines += ['node_id="${SLURM_NODEID:-}"', 'case "$node_id" in']
+    for rank, argv in enumerate(argvs):
+        lines.append(f"  {rank})")
+        if node_names is not None:
+            lines.append(
+                f'    if [ -n "${{SLURMD_NODENAME:-}}" ] && [ "$SLURMD_NODENAME" != '
+                f"{q(node_names[rank])} ]; then printf 'pdbench: %s: node rank %s is planned "
+                f"on %s but runs on %s\\n' {q(role_name)} {rank} {q(node_names[rank])} "
+                '"$SLURMD_NODENAME" >&2; exit 4; fi'
+            )
+        command = render_shell(argv)
+        if log_dir is not None:
+            log = Path(log_dir) / server_log_name(role_name, rank)
+            lines += [
+                f"    mkdir -p {q(str(log_dir))}",
+                f"    printf 'pdbench: %s node rank %s on %s, log %s\\n' {q(role_name)} {rank} "
+                f'"$(hostname)" {q(str(log))} >&2',
+                f"    exec {command} > {q(str(log))} 2>&1",
+            ]
+        else:
+            lines.append(f"    exec {command}")
+        lines.append("    ;;")
+    lines += [
+        "  *)",
+        f"    printf 'pdbench: %s: no command for SLURM_NODEID=%s (this server has "
+        f"{len(argvs)} node(s), ids 0-{len(argvs) - 1})\\n' {q(role_name)} "
+        '"${node_id:-<unset>}" >&2',
+        "    exit 2",
+        "    ;;",
+        "esac",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _comment(text: str) -> str:
+    return " ".join(str(text).split()) or "?"
+
+
+def srun_argv(
+    cfg: Mapping,
+    *,
+    job_id: int | str,
+    nodes: Sequence[str],
+    script_path: str | os.PathLike,
+    step_name: str,
+) -> list[str]:
+    """``srun`` that runs ``bash script_path`` once on each of ``nodes`` inside job ``job_id``.
+
+    The container is added here and only here (``site.container``): pyxis options go
+    to ``srun``; apptainer wraps the command (``apptainer exec --nv --bind … IMAGE``);
+    ``none`` runs it directly. ``site.container.extra_args`` go to the container
+    options (``srun`` for pyxis, ``apptainer exec`` for apptainer). The script must be
+    on a path that the container sees (a mounted shared directory).
+    """
+    nodes = list(nodes)
+    if not nodes:
+        raise ValueError("srun_argv: no nodes")
+    n = str(len(nodes))
+    argv = [
+        "srun",
+        "--jobid",
+        str(job_id),
+        "--overlap",
+        "--nodes",
+        n,
+        "--ntasks",
+        n,
+        "--ntasks-per-node",
+        "1",
+        "--nodelist",
+        ",".join(nodes),
+        "--job-name",
+        step_name,
+        "--kill-on-bad-exit=1",
+        "--export=ALL",
+    ]
+    container = cfg["site"]["container"]
+    runtime = container["runtime"]
+    image, mounts, workdir = container["image"], container["mounts"], container["workdir"]
+    extra = list(container.get("extra_args", []))
+    script = ["bash", os.fspath(script_path)]
+    if runtime in ("pyxis", "apptainer") and not image:
+        raise ConfigError(f"config key site.container.image: required for runtime {runtime!r}")
+    if runtime == "pyxis":
+        argv += ["--container-image", image]
+        if mounts:
+            argv += ["--container-mounts", ",".join(mounts)]
+        if workdir:
+            argv += ["--container-workdir", workdir]
+        return [*argv, "--no-container-mount-home", *extra, *script]
+    if runtime == "apptainer":
+        wrap = ["apptainer", "exec", "--nv"]
+        for mount in mounts:
+            wrap += ["--bind", mount]
+        if workdir:
+            wrap += ["--pwd", workdir]
+        return [*argv, *wrap, *extra, image, *script]
+    if runtime == "none":
+        if extra:
+            raise ConfigError(
+                "config key site.container.extra_args: container options given but "
+                "site.container.runtime is 'none'"
+            )
+        if workdir:
+            argv += ["--chdir", workdir]
+        return [*argv, *script]
+    raise ConfigError(f"config key site.container.runtime: unknown runtime {runtime!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Router and benchmark client
+
+
+def router_argv(cfg: Mapping, plan: NodePlan) -> list[str]:
+    """The PD router on the router node (reference/sglang.md §3).
+
+    Each prefill group is ``--prefill URL BOOTSTRAP_PORT`` (explicit, so a non-default
+    bootstrap port reaches the decode side); the decode server is ``--decode URL``.
+    """
+    router = cfg["router"]
+    argv = [cfg["site"]["python"], "-m", cfg["sglang"]["router_module"], "--pd-disaggregation"]
+    for server in plan.prefill:
+        argv += ["--prefill", server.url, str(server.bootstrap_port)]
+    argv += ["--decode", plan.decode.url, "--host", "0.0.0.0", "--port", str(plan.router_port)]
+    if router["mini_lb"]:
+        argv.append("--mini-lb")
+    if router["policy"]:
+        argv += ["--policy", str(router["policy"])]
+    return [*argv, *router["extra_args"]]
+
+
+def client_argv(
+    cfg: Mapping,
+    point: Point,
+    plan: NodePlan,
+    *,
+    output_file: str | os.PathLike,
+    tokenizer: str | os.PathLike | None = None,
+    dialect: Dialect | None = None,
+) -> list[str]:
+    """The benchmark client against the router (``workload.client``; sglang.md §8).
+
+    ``bench_serving``: ``--num-prompts`` is ``workload.num_prompts`` or twice the decode
+    target batch; the tokenizer is ``tokenizer``, else ``model.tokenizer``, else
+    ``model.path``. ``bench_one_batch_server``: ``--batch-size`` is
+    ``workload.batch_size`` or twice the target; it reads its tokenizer from the server
+    (pass one with ``workload.extra_args`` if needed). The module is the release's
+    (``sglang.bench_serving`` or, from 0.5.15, ``sglang.benchmark.serving``).
+    """
+    dialect = dialect or dialect_for(cfg)
+    w = cfg["workload"]
+    python = cfg["site"]["python"]
+    output = os.fspath(output_file)
+    if w["client"] == "bench_serving":
+        num_prompts = w["num_prompts"] or 2 * point.target_global_batch
+        tok = tokenizer or cfg["model"].get("tokenizer") or cfg["model"]["path"]
+        argv = [
+            python,
+            "-m",
+            dialect.bench_serving_module,
+            "--backend",
+            "sglang",
+            "--base-url",
+            plan.router_url,
+            "--dataset-name",
+            w["dataset"],
+            "--random-input-len",
+            str(w["input_len"]),
+            "--random-output-len",
+            str(w["output_len"]),
+            "--random-range-ratio",
+            str(w["random_range_ratio"]),
+            "--num-prompts",
+            str(num_prompts),
+            "--request-rate",
+            str(w["request_rate"]),
+        ]
+        if w["max_concurrency"]:
+            argv += ["--max-concurrency", str(w["max_concurrency"])]
+        argv += ["--tokenizer", os.fspath(tok), "--output-file", output]
+    elif w["client"] == "bench_one_batch_server":
+        batch_size = w["batch_size"] or 2 * point.target_global_batch
+        argv = [
+            python,
+            "-m",
+            dialect.bench_one_batch_server_module,
+            "--model-path",
+            str(cfg["model"]["path"]),
+            "--base-url",
+            plan.router_url,
+            "--batch-size",
+            str(batch_size),
+            "--input-len",
+            str(w["input_len"]),
+            "--output-len",
+            str(w["output_len"]),
+            "--skip-warmup",
+            "--result-filename",
+            output,
+        ]
+    else:
+        raise ConfigError(f"config key workload.client: unknown client {w['client']!r}")
+    if w["dataset_path"]:
+        argv += ["--dataset-path", str(w["dataset_path"])]
+    return [*argv, *w["extra_args"]]
+
+
+# --------------------------------------------------------------------------------------
+# Control calls
+
+
+class ControlRequest(NamedTuple):
+    """One HTTP call to a server: method, full URL and JSON body (None = no body)."""
+
+    method: str
+    url: str
+    body: dict | None
+
+
+_CONTROL_PATHS = {
+    "slow_down": ("POST", "/slow_down"),
+    "start_profile": ("POST", "/start_profile"),
+    "stop_profile": ("POST", "/stop_profile"),
+    "start_expert_distribution_record": ("POST", "/start_expert_distribution_record"),
+    "stop_expert_distribution_record": ("POST", "/stop_expert_distribution_record"),
+    "dump_expert_distribution_record": ("POST", "/dump_expert_distribution_record"),
+    "flush_cache": ("POST", "/flush_cache"),
+    "health": ("GET", "/health"),
+    "server_info": ("GET", None),  # per dialect
+}
+
+_START_PROFILE_ORDER = (
+    "output_dir",
+    "start_step",
+    "num_steps",
+    "activities",
+    "profile_by_stage",
+    "with_stack",
+    "record_shapes",
+    "profile_id",
+    "merge_profiles",
+    "profile_prefix",
+    "profile_stages",
+    "detailed_annotations",
+)
+
+CONTROL_KINDS = tuple(_CONTROL_PATHS)
+
+
+def control_request(
+    kind: str, url: str, *, dialect: Dialect | None = None, **kw: Any
+) -> ControlRequest:
+    """A control call to a server's node 0 (``url`` = its base URL) as data.
+
+    - ``slow_down``: ``forward_sleep_time=`` seconds, or None to clear (the key is
+      required by SGLang and always sent).
+    - ``start_profile`` (needs ``dialect``): ``output_dir, num_steps, activities,
+      with_stack, record_shapes, profile_id``, and ``start_step, profile_by_stage,
+      merge_profiles, profile_prefix, profile_stages, detailed_annotations``. Only
+      the keys the release reads are sent and None values are left out; check
+      ``body`` to see whether e.g. ``profile_id`` went out (from 0.5.15). ``num_steps``
+      is the number of batches to capture: releases before 0.5.16 capture N-1 batches
+      for ``num_steps=N`` when no ``start_step`` is given, so N+1 is sent to them.
+    - ``stop_profile``, ``start/stop/dump_expert_distribution_record``,
+      ``flush_cache``: POST without a body. ``health``, ``server_info`` (path per
+      release): GET.
+    """
+    if kind not in _CONTROL_PATHS:
+        raise ValueError(f"unknown control call {kind!r} (known: {', '.join(CONTROL_KINDS)})")
+    method, path = _CONTROL_PATHS[kind]
+    body: dict | None = None
+    if kind == "slow_down":
+        if set(kw) != {"forward_sleep_time"}:
+            raise ValueError("slow_down takes exactly forward_sleep_time= (seconds or None)")
+        seconds = kw["forward_sleep_time"]
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+        ):
+            raise ValueError(f"forward_sleep_time must be a number or None, not {seconds!r}")
+        body = {"forward_sleep_time": seconds}
+    elif kind == "start_profile":
+        if dialect is None:
+            raise ValueError("start_profile needs dialect= (pdbench.dialects.dialect_for(cfg))")
+        unknown = set(kw) - set(_START_PROFILE_ORDER)
+        if unknown:
+            raise ValueError(f"start_profile: unknown key(s) {', '.join(sorted(unknown))}")
+        values = dict(kw)
+        if values.get("num_steps") is not None and values.get("start_step") is None:
+            values["num_steps"] = dialect.start_profile_num_steps(int(values["num_steps"]))
+        body = {
+            k: values[k]
+            for k in _START_PROFILE_ORDER
+            if values.get(k) is not None and k in dialect.start_profile_keys
+        }
+        if "activities" in body:
+            body["activities"] = list(body["activities"])
+        if "profile_stages" in body:
+            body["profile_stages"] = list(body["profile_stages"])
+        if "output_dir" in body:
+            body["output_dir"] = os.fspath(body["output_dir"])
+    elif kw:
+        raise ValueError(f"{kind} takes no arguments, got {', '.join(sorted(kw))}")
+    if kind == "server_info":
+        if dialect is None:
+            raise ValueError("server_info needs dialect= (the path depends on the release)")
+        path = dialect.server_info_path
+    return ControlRequest(method, url.rstrip("/") + path, body)
+
+
+def curl_argv(request: ControlRequest | Sequence, *, timeout_s: float = 60) -> list[str]:
+    """The ``curl`` command equivalent to ``request`` (for the rendered-commands file)."""
+    method, url, body = request
+    argv = ["curl", "--silent", "--show-error", "--fail", "--max-time", f"{timeout_s:g}"]
+    argv += ["-X", method, url]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    return argv
+
+
+__all__ = [
+    "CONTROL_KINDS",
+    "ControlRequest",
+    "EXPERT_DISTRIBUTION_SUBDIR",
+    "PROFILER_SUBDIR",
+    "client_argv",
+    "control_request",
+    "curl_argv",
+    "missing_secrets",
+    "node_launcher_script",
+    "render_shell",
+    "router_argv",
+    "server_argvs",
+    "server_env",
+    "server_log_name",
+    "srun_argv",
+]

@@ -1,0 +1,66 @@
+"""Everything a stage needs about one grid point, resolved once from config and files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from . import config as pdconfig
+from . import topology
+from .config import Point
+from .dialects import Dialect, dialect_for
+from .errors import InputError
+from .layout import PointPaths, read_json
+
+
+def progress(message: str) -> None:
+    """Progress lines go to stderr (the rule's log); stdout is for JSON results."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class PointContext:
+    cfg: dict
+    point: Point
+    paths: PointPaths
+
+    @classmethod
+    def load(cls, config_path: str | os.PathLike, point_dir: str | os.PathLike) -> PointContext:
+        cfg = pdconfig.load(config_path)
+        paths = PointPaths(Path(point_dir))
+        point = pdconfig.find_point(cfg, paths.experiment, paths.point)
+        return cls(cfg, point, paths)
+
+    @cached_property
+    def dialect(self) -> Dialect:
+        return dialect_for(self.cfg)
+
+    @cached_property
+    def allocation(self) -> dict:
+        if not self.paths.allocation.exists():
+            raise InputError(f"{self.paths.allocation} does not exist: allocate first")
+        return read_json(self.paths.allocation)
+
+    @property
+    def job_id(self) -> int:
+        return int(self.allocation["job_id"])
+
+    @cached_property
+    def plan(self) -> topology.NodePlan:
+        alloc = self.allocation
+        nodes = topology.expand_nodelist(alloc["nodelist"])
+        return topology.plan(self.point, nodes, self.cfg["ports"], alloc.get("addresses"))
+
+    @property
+    def shared_dir(self) -> Path:
+        """Absolute directory of this point; the results directory must be on the
+        filesystem every node sees (the Slurm executor needs that anyway)."""
+        return self.paths.root.resolve()
+
+    def decode_logs(self) -> list[Path]:
+        return self.paths.server_logs("decode")

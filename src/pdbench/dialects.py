@@ -1,0 +1,527 @@
+"""SGLang flag dialects: how each SGLang release spells what the workflow asks for.
+
+The configuration names server options by their current (0.5.23) spelling, e.g.
+``moe-a2a-backend: deepep`` and ``cuda-graph-bs-decode: [768]``. :func:`dialect_for`
+maps ``sglang.version`` to a :class:`Dialect` that says how that release spells those
+options, DP attention, the ``/start_profile`` body, the server-info endpoint, the
+benchmark client modules, trace file names and the decode log line.
+
+Everything version-dependent lives in one table, :data:`CHANGES`: one row per release
+that changed something, each row saying what changed and where the fact comes from.
+A dialect is the oldest supported release with every row up to the configured version
+applied. Sources: ``reference/sglang.md`` (section numbers below) and the releases'
+own code. "wheel" in a row means the fact was read from, or parsed with, that release's
+PyPI wheel (``ServerArgs.add_cli_args`` + ``parse_args`` on a CPU host, or its source);
+a release between two checked ones is assumed to behave like the older one unless the
+row says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from .errors import ConfigError
+
+# /slow_down exists from v0.4.6.post3 (sglang.md §2.5: added 2025-05-08, absent in .post2);
+# the fill procedure needs it, so older releases are not supported.
+OLDEST_SUPPORTED = "0.4.6.post3"
+
+# Options whose old spelling the configuration must not use: it names options by their
+# current spelling and pdbench translates for older releases. Value: what to write.
+LEGACY_OPTION_NAMES = MappingProxyType(
+    {
+        "cuda-graph-bs": "cuda-graph-bs-decode",
+        "cuda-graph-max-bs": "cuda-graph-max-bs-decode",
+        "enable-deepep-moe": "moe-a2a-backend: deepep",
+    }
+)
+
+# Options that exist only in newer releases: before the release that added them a
+# rendered command would fail with "unrecognized arguments", so they are config errors.
+_PER_PHASE_CUDA_GRAPH = (
+    "cuda-graph-bs-prefill",
+    "cuda-graph-max-bs-prefill",
+    "cuda-graph-backend-decode",
+    "cuda-graph-backend-prefill",
+)
+
+_ALL_PROFILE_KEYS = frozenset(
+    {
+        "output_dir",
+        "num_steps",
+        "activities",
+        "profile_by_stage",
+        "with_stack",
+        "record_shapes",
+        "start_step",
+        "merge_profiles",
+        "profile_prefix",
+        "profile_stages",
+        "profile_id",
+        "detailed_annotations",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one SGLang release spells things. Build it with :func:`dialect_for`."""
+
+    version: str
+    """``sglang.version`` as configured."""
+    release: Version
+    """The parsed version."""
+    renames: Mapping[str, str | None] = field(default_factory=dict)
+    """Canonical option name -> this release's option name, or None if it has none."""
+    deepep_moe_flag: bool = False
+    """True: ``moe-a2a-backend: deepep`` is spelled ``--enable-deepep-moe`` (no
+    ``--moe-a2a-backend`` in this release)."""
+    dp_attention: str = "enable-dp-attention"
+    """``"enable-dp-attention"`` (``--dp-size N --enable-dp-attention``) or
+    ``"attn-dp-size"`` (``--attn-dp-size N``)."""
+    legacy_cuda_graph_bs_accepted: bool = True
+    """Whether ``--cuda-graph-bs`` / ``--cuda-graph-max-bs`` still parse."""
+    profile_captures_one_less: bool = True
+    """``/start_profile`` with ``num_steps=N`` and no ``start_step`` captures N-1 batches."""
+    start_profile_keys: frozenset[str] = frozenset()
+    """Keys of the ``/start_profile`` body this release reads."""
+    server_info_path: str = "/get_server_info"
+    bench_serving_module: str = "sglang.bench_serving"
+    bench_one_batch_server_module: str = "sglang.bench_one_batch_server"
+    trace_name_rank_suffixes: bool = False
+    """Trace files are ``{id}-TP-{t}[-DP-{d}][-PP-{p}][-EP-{e}]…`` (else ``{id}-TP-{t}…``)."""
+    decode_batch_head: str = "Decode batch."
+    """How a decode log line starts: ``"Decode batch."``, ``"Decode batch [{iter}],"``
+    (iteration always printed) or ``"Decode batch,"``."""
+    decode_line_trailing_comma: bool = False
+    """The decode line ends ``#queue-req: N, `` (True) or ``#queue-req: N`` (False)."""
+    removed_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Option -> {value: why} for values this release no longer accepts. Such a value is
+    a config error, never swapped for another: it would change what is measured."""
+    beyond_known: bool = False
+    """The version is newer than the newest release this table knows."""
+
+    # -- option spelling ---------------------------------------------------------------
+
+    def option_args(self, name: str, value: Any, *, key: str) -> list[str]:
+        """Command-line tokens for one ``server_args`` entry ``name: value``.
+
+        ``true`` gives the bare flag, ``false``/``null`` nothing, a list the flag followed
+        by each value, anything else the flag and its value. ``key`` is the config key
+        named in errors (e.g. ``server_args.decode.cuda-graph-bs-decode``).
+        """
+        if name in LEGACY_OPTION_NAMES:
+            raise ConfigError(
+                f"config key {key}: {name!r} is an old spelling; write "
+                f"{LEGACY_OPTION_NAMES[name]!r} instead (pdbench spells it as SGLang "
+                f"{self.version} expects)"
+            )
+        if value is None or value is False:
+            return []
+        if name == "moe-a2a-backend" and self.deepep_moe_flag:
+            if value == "deepep":
+                return ["--enable-deepep-moe"]
+            if value == "none":
+                return []
+            raise ConfigError(
+                f"config key {key}: SGLang {self.version} has no --moe-a2a-backend (added "
+                f"in {_first_release_with('moe-a2a-backend')}); only 'deepep' (spelled "
+                f"--enable-deepep-moe) or 'none' can be expressed, not {value!r}"
+            )
+        for v in value if isinstance(value, list) else [value]:
+            why = self.removed_values.get(name, {}).get(str(v))
+            if why:
+                raise ConfigError(
+                    f"config key {key}: SGLang {self.version} does not accept {v!r}: {why}"
+                )
+        spelled = self.renames.get(name, name)
+        if spelled is None:
+            raise ConfigError(
+                f"config key {key}: SGLang {self.version} has no --{name} (it arrived in "
+                f"{_first_release_with(name)}); remove it or raise sglang.version"
+            )
+        return _render_option(spelled, value, key)
+
+    def dp_attention_args(self, dp: int) -> list[str]:
+        """DP attention with ``dp`` attention-DP ranks; nothing when ``dp`` is 1."""
+        if dp <= 1:
+            return []
+        if self.dp_attention == "attn-dp-size":
+            return ["--attn-dp-size", str(dp)]
+        return ["--dp-size", str(dp), "--enable-dp-attention"]
+
+    def start_profile_num_steps(self, batches: int) -> int:
+        """The ``num_steps`` to send (without ``start_step``) so ``batches`` are captured."""
+        return batches + 1 if self.profile_captures_one_less else batches
+
+    def as_dict(self) -> dict:
+        """Plain values, for manifests and the dialect table in the docs."""
+        return {
+            "version": self.version,
+            "moe_a2a_deepep": "--enable-deepep-moe"
+            if self.deepep_moe_flag
+            else "--moe-a2a-backend deepep",
+            "cuda_graph_bs_decode": "--" + (self.renames.get("cuda-graph-bs-decode") or "-"),
+            "legacy_cuda_graph_bs_accepted": self.legacy_cuda_graph_bs_accepted,
+            "dp_attention": "--attn-dp-size N"
+            if self.dp_attention == "attn-dp-size"
+            else "--dp-size N --enable-dp-attention",
+            "profile_captures_one_less": self.profile_captures_one_less,
+            "start_profile_keys": sorted(self.start_profile_keys),
+            "server_info_path": self.server_info_path,
+            "bench_serving_module": self.bench_serving_module,
+            "bench_one_batch_server_module": self.bench_one_batch_server_module,
+            "trace_name_rank_suffixes": self.trace_name_rank_suffixes,
+            "decode_batch_head": self.decode_batch_head,
+            "decode_line_trailing_comma": self.decode_line_trailing_comma,
+            "removed_values": {k: sorted(v) for k, v in self.removed_values.items()},
+            "beyond_known": self.beyond_known,
+        }
+
+
+def _render_option(flag: str, value: Any, key: str) -> list[str]:
+    if value is True:
+        return [f"--{flag}"]
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"config key {key}: an empty list gives no value for --{flag}")
+        return [f"--{flag}", *(_scalar(v, key) for v in value)]
+    return [f"--{flag}", _scalar(value, key)]
+
+
+def _scalar(value: Any, key: str) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise ConfigError(f"config key {key}: {value!r} is not a valid option value")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of :data:`CHANGES`: from release ``since`` on, these fields change."""
+
+    since: str
+    fields: Mapping[str, Any]
+    source: str
+
+
+_CUDA_GRAPH_OLD = {
+    "cuda-graph-bs-decode": "cuda-graph-bs",
+    "cuda-graph-max-bs-decode": "cuda-graph-max-bs",
+    **{name: None for name in _PER_PHASE_CUDA_GRAPH},
+}
+_CUDA_GRAPH_NEW = {
+    "cuda-graph-bs-decode": "cuda-graph-bs-decode",
+    "cuda-graph-max-bs-decode": "cuda-graph-max-bs-decode",
+    **{name: name for name in _PER_PHASE_CUDA_GRAPH},
+}
+
+# The one table. Rows in version order; each cites its source.
+CHANGES: tuple[Change, ...] = (
+    Change(
+        "0.4.6.post3",
+        {
+            # §7.3: --enable-deepep-moe is the only DeepEP switch until --moe-a2a-backend
+            # (2025-08-01, #8658); wheels 0.4.6.post3, 0.4.9, 0.4.10: no --moe-a2a-backend.
+            "deepep_moe_flag": True,
+            # §7.3 / §9: --cuda-graph-bs, --cuda-graph-max-bs; wheel 0.5.12: no -decode form.
+            "renames": _CUDA_GRAPH_OLD,
+            "legacy_cuda_graph_bs_accepted": True,
+            # §7.2: --tp-size N --dp-size N --enable-dp-attention (#6017, #7227 recipes).
+            "dp_attention": "enable-dp-attention",
+            # §5.3: num_steps=N captured N-1 batches before the 2026-07-10 fix (#30215).
+            "profile_captures_one_less": True,
+            # §2.4 "Keys by release"; wheel 0.4.6.post3 ProfileReqInput.
+            "start_profile_keys": frozenset({"output_dir", "num_steps", "activities"}),
+            # §2.3: /get_server_info (merged endpoint since 2024-11-24, #2152).
+            "server_info_path": "/get_server_info",
+            # §8: the benchmark clients.
+            "bench_serving_module": "sglang.bench_serving",
+            "bench_one_batch_server_module": "sglang.bench_one_batch_server",
+            # §5.1: {profile_id}-TP-{tp}.trace.json.gz (no DP/EP part).
+            "trace_name_rank_suffixes": False,
+            # §4.2: "Decode batch. #running-req: …, #queue-req: N" (wheels 0.4.6.post3, 0.4.9).
+            "decode_batch_head": "Decode batch.",
+            "decode_line_trailing_comma": False,
+        },
+        "sglang.md §2.4, §2.5, §4.2, §5.1, §5.3, §7.3; wheels 0.4.6.post3, 0.4.9",
+    ),
+    Change(
+        "0.4.7",
+        {
+            # §2.4: v0.4.7 adds profile_by_stage, with_stack, record_shapes (wheel 0.4.9 has them).
+            "start_profile_keys": frozenset(
+                {
+                    "output_dir",
+                    "num_steps",
+                    "activities",
+                    "profile_by_stage",
+                    "with_stack",
+                    "record_shapes",
+                }
+            ),
+        },
+        "sglang.md §2.4; wheel 0.4.9",
+    ),
+    Change(
+        "0.4.10",
+        {
+            # wheel 0.4.10 ProfileReqInput has start_step (sglang.md §2.4 lists it at v0.5.2).
+            "start_profile_keys": frozenset(
+                {
+                    "output_dir",
+                    "num_steps",
+                    "activities",
+                    "profile_by_stage",
+                    "with_stack",
+                    "record_shapes",
+                    "start_step",
+                }
+            ),
+            # §4.2: 2025-07-19 (#8161) timestamp removed, trailing ", " kept (wheel 0.4.10).
+            "decode_line_trailing_comma": True,
+        },
+        "sglang.md §4.2; wheel 0.4.10",
+    ),
+    Change(
+        "0.5.0rc0",
+        {
+            # §7.3: --moe-a2a-backend since 2025-08-01 (#8658); wheel 0.5.0rc0 parses both
+            # spellings; --enable-deepep-moe became a no-op 2025-09-23 and an error in 0.5.4.
+            "deepep_moe_flag": False,
+        },
+        "sglang.md §7.3; wheels 0.5.0rc0, 0.5.1, 0.5.4",
+    ),
+    Change(
+        "0.5.4",
+        {
+            # §5.1: -DP-/-PP-/-EP- in trace names since 2025-10-13 (#11413); wheel 0.5.4.
+            "trace_name_rank_suffixes": True,
+            # §4.2: 2025-10-23 (#9366) "Decode batch [iter], " with the iteration always
+            # printed; wheel 0.5.4 prints forward_ct unconditionally.
+            "decode_batch_head": "Decode batch [{iter}],",
+            # wheel 0.5.4 ProfileReqInput has merge_profiles (§2.4 lists it at v0.5.5).
+            "start_profile_keys": frozenset(
+                {
+                    "output_dir",
+                    "num_steps",
+                    "activities",
+                    "profile_by_stage",
+                    "with_stack",
+                    "record_shapes",
+                    "start_step",
+                    "merge_profiles",
+                }
+            ),
+        },
+        "sglang.md §4.2, §5.1; wheel 0.5.4",
+    ),
+    Change(
+        "0.5.5",
+        {
+            # §4.2: 2025-10-26 (#12116) "Decode batch," with [iter] only when
+            # SGLANG_LOG_FORWARD_ITERS=1; wheel 0.5.5.post2; fixture gb200-ep48-fp4-decode.
+            "decode_batch_head": "Decode batch,",
+        },
+        "sglang.md §4.2; wheel 0.5.5.post2; fixtures/gb200-ep48-fp4-decode",
+    ),
+    Change(
+        "0.5.6",
+        {
+            # §2.4: v0.5.6 adds profile_prefix, profile_stages (wheel 0.5.6).
+            "start_profile_keys": frozenset(
+                {
+                    "output_dir",
+                    "num_steps",
+                    "activities",
+                    "profile_by_stage",
+                    "with_stack",
+                    "record_shapes",
+                    "start_step",
+                    "merge_profiles",
+                    "profile_prefix",
+                    "profile_stages",
+                }
+            ),
+            # §2.1: /server_info, /get_server_info a deprecated alias; wheel 0.5.6 has the
+            # route, 0.5.5.post2 does not.
+            "server_info_path": "/server_info",
+        },
+        "sglang.md §2.1, §2.4; wheels 0.5.5.post2, 0.5.6",
+    ),
+    Change(
+        "0.5.9",
+        {
+            # §4.2: 2026-01-30 (#17836) trailing ", " dropped; wheel 0.5.9 ends
+            # "#queue-req: N", wheel 0.5.6 still ", " (0.5.7 and 0.5.8 not checked).
+            "decode_line_trailing_comma": False,
+        },
+        "sglang.md §4.2; wheels 0.5.6, 0.5.9",
+    ),
+    Change(
+        "0.5.14",
+        {
+            # §7.3: per-phase cuda-graph flags (#23906); wheel 0.5.14 parses
+            # --cuda-graph-bs-decode and still accepts --cuda-graph-bs; wheel 0.5.12 has
+            # no -decode form (0.5.13 not checked).
+            "renames": _CUDA_GRAPH_NEW,
+        },
+        "sglang.md §7.3; wheels 0.5.12, 0.5.14",
+    ),
+    Change(
+        "0.5.15",
+        {
+            # wheel 0.5.15: the /start_profile body is ProfileReq and the server keeps a
+            # client profile_id (`req.profile_id or str(time.time())`); wheel 0.5.14
+            # always sets its own. §2.4: client-settable since 2026-06-24 (d5c566e59).
+            "start_profile_keys": frozenset(
+                {
+                    "output_dir",
+                    "num_steps",
+                    "activities",
+                    "profile_by_stage",
+                    "with_stack",
+                    "record_shapes",
+                    "start_step",
+                    "merge_profiles",
+                    "profile_prefix",
+                    "profile_stages",
+                    "profile_id",
+                }
+            ),
+            # §7.3: sglang.bench_serving / bench_one_batch_server are FutureWarning shims
+            # of sglang.benchmark.serving / .one_batch_server (wheel 0.5.15, not 0.5.14).
+            "bench_serving_module": "sglang.benchmark.serving",
+            "bench_one_batch_server_module": "sglang.benchmark.one_batch_server",
+        },
+        "sglang.md §2.4, §7.3; wheels 0.5.14, 0.5.15",
+    ),
+    Change(
+        "0.5.16",
+        {
+            # §5.3: fix of 2026-07-10 (#30215), target = forward_ct + num_steps + 1;
+            # wheel 0.5.16 has it, 0.5.15 does not; fixture h200-sglang-0.5.17-fill-release
+            # (num_steps 10 -> 10 step spans).
+            "profile_captures_one_less": False,
+        },
+        "sglang.md §5.3; wheels 0.5.15, 0.5.16; fixtures/h200-sglang-0.5.17-*",
+    ),
+    Change(
+        "0.5.19",
+        {
+            # §2.4 lists detailed_annotations as 0.5.23 only; wheel 0.5.19 ProfileReq has
+            # it, 0.5.18 does not.
+            "start_profile_keys": _ALL_PROFILE_KEYS,
+        },
+        "sglang.md §2.4; wheels 0.5.18, 0.5.19",
+    ),
+    Change(
+        "0.5.20",
+        {
+            # §7.3 says 0.5.23 rejects --cuda-graph-bs ("ambiguous option"); parsed with
+            # the wheels, 0.5.20 already rejects it and 0.5.19 accepts it.
+            "legacy_cuda_graph_bs_accepted": False,
+            # sglang #32111 (2026-07-22) deprecated the cutlass_mla attention backend;
+            # wheel 0.5.20 no longer lists it (0.5.19 does), 0.5.23 rejects it ("invalid
+            # choice"). #32111 names trtllm_mla as the replacement.
+            "removed_values": {
+                "attention-backend": {
+                    "cutlass_mla": "the cutlass_mla attention backend was removed in 0.5.20 "
+                    "(sglang #32111); choose another, e.g. trtllm_mla, and note that it "
+                    "changes the measured kernel",
+                }
+            },
+        },
+        "sglang.md §7.3; sglang #32111; wheels 0.5.19, 0.5.20, 0.5.23",
+    ),
+    Change(
+        "0.5.22",
+        {
+            # §7.3: --attn-dp-size N replaces --dp-size N --enable-dp-attention (deprecated
+            # with a warning); wheel 0.5.22 has --attn-dp-size, 0.5.21 does not.
+            "dp_attention": "attn-dp-size",
+        },
+        "sglang.md §7.3; wheels 0.5.21, 0.5.22, 0.5.23",
+    ),
+)
+
+NEWEST_KNOWN = "0.5.23"
+
+
+def parse_version(text: str, *, key: str = "sglang.version") -> Version:
+    try:
+        return Version(str(text).strip())
+    except InvalidVersion:
+        raise ConfigError(
+            f"config key {key}: {text!r} is not a version (e.g. 0.5.5.post2)"
+        ) from None
+
+
+def dialect_for_version(version: str, *, key: str = "sglang.version") -> Dialect:
+    """The dialect of SGLang ``version`` (``"0.5.5.post2"``, ``"v0.4.9"``, …)."""
+    release = parse_version(version, key=key)
+    if release < Version(OLDEST_SUPPORTED):
+        raise ConfigError(
+            f"config key {key}: SGLang {version} is older than {OLDEST_SUPPORTED}, the "
+            "first release with the /slow_down endpoint that the fill procedure needs"
+        )
+    values: dict[str, Any] = {}
+    for change in CHANGES:
+        if Version(change.since) <= release:
+            values.update(change.fields)
+    values["renames"] = MappingProxyType(dict(values["renames"]))
+    values["removed_values"] = MappingProxyType(
+        {k: MappingProxyType(dict(v)) for k, v in values.get("removed_values", {}).items()}
+    )
+    return Dialect(
+        version=str(version),
+        release=release,
+        beyond_known=release > Version(NEWEST_KNOWN),
+        **values,
+    )
+
+
+def dialect_for(cfg: Mapping) -> Dialect:
+    """The dialect of the configured SGLang (``cfg["sglang"]["version"]``)."""
+    try:
+        version = cfg["sglang"]["version"]
+    except (KeyError, TypeError):
+        raise ConfigError("config key sglang.version: missing") from None
+    return dialect_for_version(version)
+
+
+def _first_release_with(option: str) -> str:
+    """The first release of the table in which ``option`` can be spelled."""
+    for change in CHANGES:
+        if option == "moe-a2a-backend":
+            if change.fields.get("deepep_moe_flag") is False:
+                return change.since
+            continue
+        renames = change.fields.get("renames")
+        if renames is not None and renames.get(option, option) is not None:
+            return change.since
+    return "an unknown release"
+
+
+def dialect_table(versions: list[str] | None = None) -> list[dict]:
+    """One row per release in ``CHANGES`` (or per given version): for docs and tests."""
+    versions = versions or [c.since for c in CHANGES]
+    return [dialect_for_version(v).as_dict() for v in versions]
+
+
+__all__ = [
+    "CHANGES",
+    "Change",
+    "Dialect",
+    "LEGACY_OPTION_NAMES",
+    "NEWEST_KNOWN",
+    "OLDEST_SUPPORTED",
+    "dialect_for",
+    "dialect_for_version",
+    "dialect_table",
+    "parse_version",
+]

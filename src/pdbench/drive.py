@@ -1,0 +1,351 @@
+"""Stages 4-5: fill the decode batch, release it, take profile snapshots, collect the client.
+
+The runbook's steps 6-10, automated: ``/slow_down`` on decode, the benchmark client on
+node 0 in the background, the decode ranks' ``#running-req`` followed in the logs until
+the batch is full (or stuck, or a timeout), ``/slow_down null``, confirmation that decode
+runs again, then ``/start_profile`` snapshots whose traces land in the point directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import time
+from pathlib import Path
+
+from . import commands, slurm
+from .context import PointContext, progress
+from .errors import InputError, PdbenchError
+from .fill import FillTracker
+from .http import call
+from .layout import read_json, write_json
+from .loglines import parse_line
+from .servers import ServerError, log_tail, server_alive, step_name, stop_step
+from .throughput import rank_key
+from .trace import trace_rank_from_name
+
+POLL_S = 1.0
+CURVE_EVERY_S = 5.0
+
+
+class StageError(PdbenchError):
+    pass
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LogFollower:
+    """Reads the records appended to a set of log files since the last call."""
+
+    def __init__(self, paths: list[Path], *, from_end: bool = False) -> None:
+        self.paths = list(paths)
+        self.offsets = {p: (p.stat().st_size if from_end and p.exists() else 0) for p in paths}
+        self.partial = {p: b"" for p in paths}
+
+    def positions(self) -> dict[str, int]:
+        return {str(p): off for p, off in self.offsets.items()}
+
+    def read(self) -> list[dict]:
+        records = []
+        for path in self.paths:
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(self.offsets[path])
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            self.offsets[path] += len(data)
+            data = self.partial[path] + data
+            lines = data.split(b"\n")
+            self.partial[path] = lines.pop()
+            for raw in lines:
+                record = parse_line(raw.decode(errors="replace"))
+                if record is not None:
+                    record["file"] = str(path)
+                    records.append(record)
+        return records
+
+
+def _check_servers(ctx: PointContext, servers: list[str]) -> None:
+    for server in servers:
+        marker = read_json(ctx.paths.ready(server))
+        if not server_alive(marker):
+            logs = "\n".join(f"  {log}:\n{log_tail(Path(log), 5)}" for log in marker["logs"])
+            raise ServerError(
+                f"{server} (Slurm step {marker['step_id']}) stopped running; its logs end:\n"
+                + logs
+            )
+
+
+def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
+    """The slow_down sleep per forward, and why.
+
+    Each sleeping forward lets prefill deliver more requests; each forward also advances
+    every admitted request by one token. The fill must finish well before the first
+    requests reach output_len, or requests finish during the fill and the batch never
+    grows to the target. With 'auto' the sleep is set so the target arrives within a
+    quarter of output_len forwards at the prefill supply the config implies:
+    sleep = target per rank x DP ranks / (output_len / 4) / supply, with the supply
+    estimated from the first forwards (initially: one request per rank per second),
+    clamped to [1, 180] s (180 s is the runbook's choice at 768 requests per rank).
+    """
+    value = ctx.cfg["fill"]["sleep_s"]
+    if value != "auto":
+        return float(value), "configured (fill.sleep_s)"
+    forwards = max(1.0, ctx.cfg["workload"]["output_len"] / 4)
+    per_forward = ctx.point.target_global_batch / forwards
+    supply = float(ctx.point.decode_dp)  # requests/s, a conservative first guess
+    sleep = min(180.0, max(1.0, math.ceil(per_forward / supply)))
+    why = (f"auto: target {ctx.point.target_global_batch} requests within output_len/4 = "
+           f"{forwards:.0f} forwards at ~{supply:.0f} requests/s of prefill supply")
+    return sleep, why
+
+
+def start_client(ctx: PointContext) -> dict:
+    plan = ctx.plan
+    output = ctx.paths.client_output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists():
+        output.unlink()  # bench_serving appends; one run per file
+    argv = commands.client_argv(ctx.cfg, ctx.point, plan, output_file=output,
+                                dialect=ctx.dialect)
+    script = ctx.paths.commands / "client.sh"
+    from .layout import write_text
+
+    write_text(script, commands.node_launcher_script(
+        [argv], {}, log_dir=ctx.paths.logs.resolve(), role_name="bench_client",
+        node_names=[plan.client_node]))
+    name = step_name(ctx, "client")
+    srun = commands.srun_argv(ctx.cfg, job_id=ctx.job_id, nodes=[plan.client_node],
+                              script_path=script.resolve(), step_name=name)
+    srun_log = ctx.paths.logs / "client.srun.log"
+    pid = slurm.start_detached(srun, srun_log)
+    record = {"job_id": ctx.job_id, "step_name": name, "srun_pid": pid,
+              "srun_log": str(srun_log), "output": str(output),
+              "log": str(ctx.paths.logs / commands.server_log_name("bench_client", 0)),
+              "started_at": _now(), "argv": argv}
+    record["step_id"] = slurm.find_step(ctx.job_id, name)
+    write_json(ctx.paths.client, record)
+    return record
+
+
+def run_fill(ctx: PointContext) -> dict:
+    cfg, point = ctx.cfg, ctx.point
+    _check_servers(ctx, ["decode", "router"])
+    decode_url = ctx.plan.decode.url
+    sleep_s, why = fill_sleep_s(ctx)
+    progress(f"fill: slow_down {sleep_s:g} s per forward ({why})")
+    follower = LogFollower(ctx.decode_logs(), from_end=True)
+    tracker = FillTracker(point.target_batch_per_rank, ranks=point.decode_dp,
+                          target_fraction=cfg["fill"]["target_fraction"],
+                          plateau_forwards=cfg["fill"]["plateau_forwards"])
+    started = time.monotonic()
+    started_at = _now()
+    req = commands.control_request("slow_down", decode_url, forward_sleep_time=sleep_s)
+    call(req.method, req.url, req.body)
+    client = start_client(ctx)
+    progress(f"fill: client step {client['step_id']} started; target {tracker.threshold} "
+             f"per rank on {point.decode_dp} ranks")
+    curve: list[dict] = []
+    ended_by = None
+    next_curve = started
+    timeout = cfg["fill"]["timeout_s"]
+    try:
+        while ended_by is None:
+            tracker.feed_all(follower.read())
+            status = tracker.status()
+            elapsed = time.monotonic() - started
+            if status["reached"]:
+                ended_by = "reached"
+            elif status["plateaued"]:
+                ended_by = "plateaued"
+            elif elapsed > timeout:
+                ended_by = "timeout"
+            if time.monotonic() >= next_curve or ended_by:
+                curve.append({"t_s": round(elapsed, 2), "global_running_req":
+                              status["global_running_req"], "min_running_req":
+                              status["min_running_req"], "max_running_req":
+                              status["max_running_req"], "ranks_seen": status["ranks_seen"],
+                              "queue_req": sum((r["queue_req"] or 0) for r in
+                                               status["ranks"].values())})
+                progress(f"fill: {elapsed:6.1f} s  global {status['global_running_req']}/"
+                         f"{point.target_global_batch}  per rank min {status['min_running_req']}"
+                         f" max {status['max_running_req']} (target {tracker.threshold}), "
+                         f"{status['ranks_seen']}/{point.decode_dp} ranks")
+                next_curve += CURVE_EVERY_S
+            if ended_by is None:
+                _check_servers(ctx, ["decode", "router"] + [s.name for s in ctx.plan.prefill])
+                if not slurm.pid_alive(client["srun_pid"]) and not Path(client["output"]).exists():
+                    raise StageError("fill: the benchmark client ended before the batch "
+                                     f"filled; its log:\n{log_tail(Path(client['log']))}")
+                time.sleep(POLL_S)
+    except BaseException:
+        # Leave decode able to run: clearing slow_down is harmless if it fails.
+        try:
+            req = commands.control_request("slow_down", decode_url, forward_sleep_time=None)
+            call(req.method, req.url, req.body, timeout_s=10, retry=False)
+        except PdbenchError:
+            pass
+        raise
+    filled = {
+        "ended_by": ended_by,
+        "sleep_s": sleep_s,
+        "sleep_rule": why,
+        "started_at": started_at,
+        "filled_at": _now(),
+        "fill_s": round(time.monotonic() - started, 2),
+        "log_offsets": follower.positions(),
+        **{k: tracker.status()[k] for k in ("target", "threshold", "global_running_req",
+                                            "min_running_req", "max_running_req",
+                                            "ranks_seen")},
+        "ranks": tracker.status()["ranks"],
+        "client_step": client["step_id"],
+    }
+    with open(ctx.paths.fill_curve, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(curve[0]))
+        writer.writeheader()
+        writer.writerows(curve)
+    write_json(ctx.paths.filled, filled)
+    progress(f"fill ended: {ended_by} after {filled['fill_s']:.0f} s, global batch "
+             f"{filled['global_running_req']}")
+    return filled
+
+
+def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
+    filled = read_json(ctx.paths.filled)
+    _check_servers(ctx, ["decode"])
+    follower = LogFollower(ctx.decode_logs(), from_end=True)
+    req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=None)
+    released_at = time.monotonic()
+    call(req.method, req.url, req.body)
+    progress("release: slow_down cleared; waiting for decode to run again")
+    # The current sleep must end first (up to one whole sleep).
+    timeout_s = timeout_s or filled["sleep_s"] + 300.0
+    seen: dict[int, list[dict]] = {}
+    ranks = ctx.point.decode_dp
+    while True:
+        for record in follower.read():
+            if record["kind"] in ("decode", "slow_down"):
+                seen.setdefault(rank_key(record), []).append(record)
+        running = {r: recs for r, recs in seen.items()
+                   if len(recs) >= 2 and all(x["kind"] == "decode" for x in recs[-2:])}
+        if len(running) >= ranks:
+            break
+        if time.monotonic() - released_at > timeout_s:
+            raise StageError(f"release: decode still not running without sleeps on "
+                             f"{ranks - len(running)} of {ranks} ranks after {timeout_s:.0f} s")
+        _check_servers(ctx, ["decode"])
+        time.sleep(0.2)
+    batch = {str(r): recs[-1]["running_req"] for r, recs in sorted(running.items())}
+    released = {
+        "released_at": _now(),
+        "release_latency_s": round(time.monotonic() - released_at, 2),
+        "running_batch": batch,
+        "global_running_req": sum(batch.values()),
+        "fill_ended_by": filled["ended_by"],
+    }
+    write_json(ctx.paths.released, released)
+    progress(f"release: decode running at global batch {released['global_running_req']} "
+             f"after {released['release_latency_s']} s")
+    return released
+
+
+def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> dict:
+    prof = ctx.cfg["profile"]
+    _check_servers(ctx, ["decode"])
+    previous = ctx.paths.snapshot(k - 1) if k > 1 else ctx.paths.released
+    wait = prof["interval_s"] - (time.time() - previous.stat().st_mtime)
+    if wait > 0:
+        progress(f"snapshot {k}: waiting {wait:.0f} s (profile.interval_s)")
+        time.sleep(wait)
+    out_dir = ctx.paths.snapshot_traces(k).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    follower = LogFollower(ctx.decode_logs(), from_end=True)
+    req = commands.control_request(
+        "start_profile", ctx.plan.decode.url, dialect=ctx.dialect, output_dir=str(out_dir),
+        num_steps=prof["num_steps"], activities=prof["activities"],
+        with_stack=prof["with_stack"], record_shapes=prof["record_shapes"],
+    )
+    requested_at = _now()
+    call(req.method, req.url, req.body, timeout_s=120)
+    started = time.monotonic()
+    profile_id = None
+    done_ranks: set[int] = set()
+    ranks = ctx.point.decode_dp
+    while True:
+        for record in follower.read():
+            if record["kind"] == "profile_start" and record.get("output_dir") == str(out_dir):
+                profile_id = profile_id or record["profile_id"]
+            elif record["kind"] == "profile_done" and profile_id:
+                done_ranks.add(rank_key(record))
+        files = [p for p in out_dir.glob("*.trace.json*")
+                 if profile_id and trace_rank_from_name(p.name).get("profile_id") == profile_id]
+        if profile_id and len(done_ranks) >= ranks and len(files) >= ranks:
+            break
+        if time.monotonic() - started > timeout_s:
+            raise StageError(
+                f"snapshot {k}: after {timeout_s:.0f} s profile {profile_id or '(not started)'}"
+                f" has {len(files)} of {ranks} trace files in {out_dir}")
+        _check_servers(ctx, ["decode"])
+        time.sleep(0.5)
+    snapshot = {
+        "snapshot": k,
+        "profile_id": profile_id,
+        "output_dir": str(out_dir),
+        "request": {"url": req.url, "body": req.body},
+        "requested_at": requested_at,
+        "done_at": _now(),
+        "files": sorted(p.name for p in files),
+    }
+    write_json(ctx.paths.snapshot(k), snapshot)
+    progress(f"snapshot {k}: profile {profile_id}, {len(files)} trace files")
+    return snapshot
+
+
+def collect_bench(ctx: PointContext, *, timeout_s: float = 7200.0) -> dict:
+    """Wait for the client to finish and validate its JSONL before it becomes a result."""
+    client = read_json(ctx.paths.client)
+    started = time.monotonic()
+    while slurm.pid_alive(int(client["srun_pid"])):
+        if time.monotonic() - started > timeout_s:
+            raise StageError(f"benchmark client still running after {timeout_s:.0f} s; "
+                             f"log {client['log']}")
+        time.sleep(2.0)
+    output = Path(client["output"])
+    if not output.exists() or not output.read_text().strip():
+        raise StageError(f"benchmark client wrote no result ({output}); its log ends:\n"
+                         + log_tail(Path(client["log"])))
+    try:
+        result = json.loads(output.read_text().strip().splitlines()[-1])
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{output}: last line is not JSON: {exc}") from None
+    completed = result.get("completed", result.get("batch_size"))
+    tokens = result.get("total_output_tokens", result.get("output_throughput"))
+    if not completed or not tokens:
+        raise StageError(f"benchmark client completed {completed} requests and generated "
+                         f"{tokens} tokens ({output}); the point is not valid")
+    ctx.paths.bench.parent.mkdir(parents=True, exist_ok=True)
+    ctx.paths.bench.write_text(output.read_text())
+    return result
+
+
+def stop_point(ctx: PointContext, *, release_allocation: bool = True) -> dict:
+    """Stop everything pdbench started for this point; keep adopted allocations."""
+    stopped = []
+    for marker_path in [*ctx.paths.ready_markers(), ctx.paths.client]:
+        if marker_path.exists():
+            marker = read_json(marker_path)
+            if marker.get("step_id"):
+                stop_step(int(marker["job_id"]), marker)
+                stopped.append(marker["step_id"])
+    cancelled = None
+    if ctx.paths.allocation.exists():
+        alloc = read_json(ctx.paths.allocation)
+        if release_allocation and not alloc.get("adopted"):
+            slurm.cancel(str(alloc["job_id"]))
+            cancelled = alloc["job_id"]
+    return {"stopped_steps": stopped, "cancelled_job": cancelled, "at": _now()}

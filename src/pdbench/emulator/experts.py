@@ -1,0 +1,208 @@
+"""The expert-distribution recorder and ``--init-expert-location``, emulated.
+
+Recording (``--expert-distribution-recorder-mode``; ``--enable-eplb`` implies ``stat``):
+``/start_expert_distribution_record`` resets and starts, ``/stop_…`` stops,
+``/dump_…`` writes a file and resets. Without a mode the three endpoints fail with
+SGLang's message. The emulator cannot write torch's ``.pt`` (no torch), so the dump is JSON,
+``expert_distribution_recorder_{time.time()}.json`` in ``$SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR``
+(else ``/tmp``), written by node 0 (rank 0, as SGLang's ``stat`` mode does)::
+
+    {"format": "pdbench-emulator expert distribution v1", "emulator": true, "rank": 0,
+     "logical_count": [[[int, ...experts], ...layers]],   # [buffer=1, layers, experts]
+     "average_utilization_rate_over_window": null,
+     "recorded_forward_passes": int, "recorded_tokens": int, "mode": "stat"}
+
+``logical_count`` has SGLang's shape ``[buffer, layers, logical experts]``. As in a real
+``stat`` dump with ``--expert-distribution-recorder-buffer-size -1`` (fixtures:
+``gb200-ep48-fp4-decode/expert_distribution_recorder.pt`` has shape [1, 61, 256]) the buffer
+axis holds one row, the sum over the recorded forward passes (with a positive buffer size,
+over the last that many passes). Counts are tokens x top-k x a fixed skewed popularity per
+layer (dense layers count 0), so a dump is deterministic given the batches.
+
+``--init-expert-location``: ``trivial`` (default), a ``.json`` file, a JSON string, or a
+``.pt`` file. JSON must hold ``logical_count`` (2-D or 3-D numbers) or
+``physical_to_logical_map``; a ``.pt`` must be a torch zip archive whose pickle names one
+of those keys. Anything else is a startup error naming the file. A non-trivial location
+makes the step-time model faster by ``PDBENCH_EMULATOR_EPLB_STATIC_FACTOR`` (0.90).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import zipfile
+from collections import deque
+
+from .args import StartupError
+
+NOT_SET_MESSAGE = (
+    "Please set ServerArgs.expert_distribution_recorder_mode to use ExpertDistributionRecorder."
+)
+FORMAT = "pdbench-emulator expert distribution v1"
+
+
+class RecorderError(Exception):
+    pass
+
+
+def model_shape(model_path: str) -> tuple[int, int, int, int]:
+    """(layers, first dense layers, routed experts, top-k) from ``config.json`` if there is one."""
+    layers, dense, experts, topk = 61, 3, 256, 8
+    path = os.path.join(model_path, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        layers = int(cfg.get("num_hidden_layers", layers))
+        dense = int(cfg.get("first_k_dense_replace", dense if "n_routed_experts" in cfg else 0))
+        experts = int(cfg.get("n_routed_experts", cfg.get("num_experts", experts)))
+        topk = int(cfg.get("num_experts_per_tok", topk))
+    except (OSError, ValueError, TypeError):
+        pass
+    return layers, min(dense, layers), max(experts, 1), max(topk, 1)
+
+
+def _popularity(layer: int, experts: int) -> list[float]:
+    rng = random.Random(1000 + layer)
+    order = list(range(experts))
+    rng.shuffle(order)
+    weights = [0.0] * experts
+    for position, expert in enumerate(order):
+        weights[expert] = 1.0 / (1.0 + position) ** 0.8
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class ExpertRecorder:
+    def __init__(self, mode: str | None, buffer_size: int | None, model_path: str,
+                 out_dir: str | None = None) -> None:
+        self.mode = mode
+        self.buffer_size = 1000 if buffer_size is None else buffer_size
+        self.layers, self.dense, self.experts, self.topk = model_shape(model_path)
+        self.out_dir = out_dir or os.environ.get("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR") or "/tmp"
+        self.recording = False
+        maxlen = self.buffer_size if self.buffer_size > 0 else None
+        self.passes: deque[int] = deque(maxlen=maxlen)
+
+    def _check(self) -> None:
+        if self.mode is None:
+            raise RecorderError(NOT_SET_MESSAGE)
+
+    def start(self) -> bool:
+        """Reset and start; return False when it was already recording."""
+        self._check()
+        was = self.recording
+        self.passes.clear()
+        self.recording = True
+        return not was
+
+    def stop(self) -> None:
+        self._check()
+        self.recording = False
+
+    def record(self, tokens: int) -> None:
+        if self.recording:
+            self.passes.append(tokens)
+
+    def dump(self) -> str:
+        self._check()
+        tokens = sum(self.passes)
+        counts = []
+        for layer in range(self.layers):
+            if layer < self.dense:
+                counts.append([0] * self.experts)
+                continue
+            total = tokens * self.topk
+            counts.append([int(round(total * p)) for p in _popularity(layer, self.experts)])
+        doc = {
+            "format": FORMAT,
+            "emulator": True,
+            "rank": 0,
+            "mode": self.mode,
+            "logical_count": [counts],
+            "average_utilization_rate_over_window": None,
+            "recorded_forward_passes": len(self.passes),
+            "recorded_tokens": tokens,
+        }
+        os.makedirs(self.out_dir, exist_ok=True)
+        path = os.path.join(self.out_dir, f"expert_distribution_recorder_{time.time()}.json")
+        tmp = path + ".partial"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, separators=(",", ":"))
+        os.replace(tmp, path)
+        self.passes.clear()
+        return path
+
+
+def _check_nested(value, what: str) -> None:
+    def depth(x) -> int:
+        if isinstance(x, list):
+            if not x:
+                raise ValueError(f"{what} has an empty list")
+            d = {depth(i) for i in x}
+            if len(d) != 1:
+                raise ValueError(f"{what} is ragged")
+            return 1 + d.pop()
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ValueError(f"{what} holds {type(x).__name__}, not numbers")
+        return 0
+
+    d = depth(value)
+    if d not in (2, 3):
+        raise ValueError(f"{what} must be 2-D or 3-D, got {d}-D")
+
+
+def _check_doc(doc) -> None:
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if "logical_count" in doc:
+        _check_nested(doc["logical_count"], "logical_count")
+    elif "physical_to_logical_map" in doc:
+        _check_nested(doc["physical_to_logical_map"], "physical_to_logical_map")
+    else:
+        raise ValueError("it holds neither logical_count nor physical_to_logical_map")
+
+
+def check_init_expert_location(value: str | None) -> str:
+    """Validate ``--init-expert-location``; return ``"trivial"`` or ``"static"``.
+
+    Raises StartupError naming the file (or the argument) when it cannot be used.
+    """
+    if value is None or value == "trivial":
+        return "trivial"
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            _check_doc(json.loads(text))
+        except ValueError as exc:
+            raise StartupError(f"--init-expert-location: the JSON string is unusable: {exc}") from None
+        return "static"
+    path = os.path.expanduser(text)
+    if not os.path.isfile(path):
+        raise StartupError(f"--init-expert-location {value}: no such file")
+    if path.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                _check_doc(json.load(f))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise StartupError(f"--init-expert-location {value}: unusable JSON: {exc}") from None
+        return "static"
+    if path.endswith(".pt"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                pickles = [n for n in z.namelist() if n.endswith("data.pkl")]
+                if not pickles:
+                    raise ValueError("no data.pkl inside; not a torch.save file")
+                data = z.read(pickles[0])
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise StartupError(
+                f"--init-expert-location {value}: not a torch file the emulator can read ({exc})"
+            ) from None
+        if b"logical_count" not in data and b"physical_to_logical_map" not in data:
+            raise StartupError(
+                f"--init-expert-location {value}: holds neither logical_count nor "
+                "physical_to_logical_map")
+        return "static"
+    raise StartupError(
+        f"--init-expert-location {value}: expected 'trivial', a .json or .pt file, or a JSON string")
