@@ -21,7 +21,11 @@ def raw():
 def test_default_config_points():
     cfg = config.load(DEFAULT)
     points = config.grid_points(cfg)
-    assert [(p.experiment, p.name) for p in points] == [("ep48", "p1"), ("ep48", "p2"), ("ep48", "p3")]
+    assert [(p.experiment, p.name) for p in points] == [
+        ("ep48", "p1"),
+        ("ep48", "p2"),
+        ("ep48", "p3"),
+    ]
     p3 = points[2]
     assert (p3.decode_nodes, p3.total_nodes, p3.decode_dp) == (12, 18, 48)
     # GB200 recipe: 36864 / 48 = 768 requests per decode rank.
@@ -51,20 +55,44 @@ def test_validate_does_not_modify_input(raw):
     [
         (lambda c: c.update(bogus=1), r"config key \(top level\): unknown key\(s\) 'bogus'"),
         (lambda c: c["site"].update(partiton="x"), r"config key site: unknown key\(s\) 'partiton'"),
-        (lambda c: c["site"].update(gpus_per_node="4"), r"site\.gpus_per_node: '4' is not of type 'integer'"),
-        (lambda c: c["grid"].update(prefill_groups=[1, 4]), r"grid\.prefill_groups\[1\]: 4 is greater than the maximum of 3"),
-        (lambda c: c["grid"].update(prefill_groups=[0]), r"grid\.prefill_groups\[0\]: 0 is less than the minimum of 1"),
-        (lambda c: c["grid"].update(ep_sizes=[48, 50]), r"grid\.ep_sizes\[1\]: EP 50 is not a multiple of site\.gpus_per_node \(4\)"),
+        (
+            lambda c: c["site"].update(gpus_per_node="4"),
+            r"site\.gpus_per_node: '4' is not of type 'integer'",
+        ),
+        (
+            lambda c: c["grid"].update(prefill_groups=[1, 4]),
+            r"grid\.prefill_groups\[1\]: 4 is greater than the maximum of 3",
+        ),
+        (
+            lambda c: c["grid"].update(prefill_groups=[0]),
+            r"grid\.prefill_groups\[0\]: 0 is less than the minimum of 1",
+        ),
+        (
+            lambda c: c["grid"].update(ep_sizes=[48, 50]),
+            r"grid\.ep_sizes\[1\]: EP 50 is not a multiple of site\.gpus_per_node \(4\)",
+        ),
         (lambda c: c["grid"].update(eplb=["sometimes"]), r"grid\.eplb\[0\]"),
-        (lambda c: c["site"].update(max_nodes=16), r"site\.max_nodes: point ep48/p3 needs 18 nodes"),
-        (lambda c: c["server_args"]["decode"].update({"tp-size": 48}), r"server_args\.decode\.tp-size: set by the workflow"),
-        (lambda c: c["server_args"]["decode"].pop("max-running-requests"), r"server_args\.decode\.max-running-requests: a positive integer is required"),
+        (
+            lambda c: c["site"].update(max_nodes=16),
+            r"site\.max_nodes: point ep48/p3 needs 18 nodes",
+        ),
+        (
+            lambda c: c["server_args"]["decode"].update({"tp-size": 48}),
+            r"server_args\.decode\.tp-size: set by the workflow",
+        ),
+        (
+            lambda c: c["server_args"]["decode"].pop("max-running-requests"),
+            r"server_args\.decode\.max-running-requests: a positive integer is required",
+        ),
         (lambda c: c["site"]["container"].update(image=None), r"site\.container\.image: required"),
         (lambda c: c["fill"].update(sleep_s="soon"), r"fill\.sleep_s"),
         (lambda c: c["sglang"].update(version="latest"), r"sglang\.version"),
         (lambda c: c["site"].update(time_limit="4 hours"), r"site\.time_limit"),
         (lambda c: c["site"].update(secret_env=["HF TOKEN"]), r"site\.secret_env\[0\]"),
-        (lambda c: c["server_args"]["decode"].update({"--cuda-graph-bs": 8}), r"server_args\.decode"),
+        (
+            lambda c: c["server_args"]["decode"].update({"--cuda-graph-bs": 8}),
+            r"server_args\.decode",
+        ),
     ],
 )
 def test_bad_config_names_the_key(raw, mutate, message):

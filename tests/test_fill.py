@@ -87,13 +87,25 @@ def test_cli_fill_status(tmp_path):
     log.write_text("\n".join([sleep(0), line(0, 768, 250)]) + "\n")
     out = subprocess.run(
         [sys.executable, "-m", "pdbench.cli", "fill-status", "--logs", str(log), "--target", "768"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     status = json.loads(out)
     assert status["reached"] and status["sleeping"]
     assert status["ranks"]["0"]["running_req"] == 768
     bad = subprocess.run(
-        [sys.executable, "-m", "pdbench.cli", "fill-status", "--logs", str(tmp_path / "nope.log"),
-         "--target", "768"], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pdbench.cli",
+            "fill-status",
+            "--logs",
+            str(tmp_path / "nope.log"),
+            "--target",
+            "768",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2 and "nope.log" in bad.stderr and bad.stdout == ""

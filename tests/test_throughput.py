@@ -18,7 +18,9 @@ def test_runbook_formula():
     assert sum(RUNBOOK_RANKS) == 2048
     assert tokens_per_s_per_gpu(2048, 65.0, 8) == pytest.approx(3938.46, abs=0.01)
     assert round(tokens_per_s_per_gpu(2048, 65.0, 8)) == 3938
-    assert tokens_per_s_per_gpu(2048, 65.0, 8, accept_len=2.0) == pytest.approx(2 * 3938.46, abs=0.02)
+    assert tokens_per_s_per_gpu(2048, 65.0, 8, accept_len=2.0) == pytest.approx(
+        2 * 3938.46, abs=0.02
+    )
     with pytest.raises(ValueError):
         tokens_per_s_per_gpu(2048, 0, 8)
 
@@ -50,7 +52,9 @@ def write_runbook_logs(tmp_path, step_ms=65.0, ranks=RUNBOOK_RANKS, sleep_in_win
         for dp in node_ranks:  # inside the window: slower steps, must not count
             lines.append(decode_line(25, dp, ranks[dp], ranks[dp] / (step_ms * 1.4 / 1000)))
             if sleep_in_window:
-                lines.append(f"[2025-10-15 18:07:25 DP{dp} TP{dp} EP{dp}] Scheduler.run_batch sleep 1.0s")
+                lines.append(
+                    f"[2025-10-15 18:07:25 DP{dp} TP{dp} EP{dp}] Scheduler.run_batch sleep 1.0s"
+                )
         for dp in node_ranks:
             lines.append(f"[2025-10-15 18:07:26 DP{dp} TP{dp} EP{dp}] Stop profiling...")
             lines.append(
@@ -71,7 +75,10 @@ def write_kineto_trace(path, starts_ms, with_step_spans=None):
     events = []
     for i, start in enumerate(starts_ms):
         if with_step_spans is None:
-            name, cat = "/sgl-workspace/sglang/python/sglang/srt/managers/scheduler.py(1985): run_batch", "python_function"
+            name, cat = (
+                "/sgl-workspace/sglang/python/sglang/srt/managers/scheduler.py(1985): run_batch",
+                "python_function",
+            )
         else:
             name, cat = f"step[DECODE bs={with_step_spans[i]}]", "user_annotation"
         events.append(
@@ -162,12 +169,24 @@ def test_errors_name_the_input(tmp_path):
 def test_cli_throughput_json_and_errors(tmp_path):
     logs = write_runbook_logs(tmp_path)
     traces = write_traces(tmp_path)
-    cmd = [sys.executable, "-m", "pdbench.cli", "throughput", "--logs", *map(str, logs),
-           "--traces", str(traces), "--decode-gpus", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pdbench.cli",
+        "throughput",
+        "--logs",
+        *map(str, logs),
+        "--traces",
+        str(traces),
+        "--decode-gpus",
+        "8",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
     assert result["global_batch"] == 2048 and round(result["tokens_per_s_per_gpu"]) == 3938
-    bad = subprocess.run(cmd[:-1] + ["0"] + ["--profile-id", "nope"], capture_output=True, text=True)
+    bad = subprocess.run(
+        cmd[:-1] + ["0"] + ["--profile-id", "nope"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stdout == ""
     assert "pdbench: error:" in bad.stderr and "nope" in bad.stderr
 

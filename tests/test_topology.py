@@ -79,7 +79,10 @@ def test_env_sh_is_sourceable_and_keeps_runbook_names(cfg, tmp_path):
     env_file = tmp_path / "node_list_env.sh"
     env_file.write_text(plan.to_env_sh())
     out = subprocess.run(
-        ["bash", "-c", f". {env_file} && env"], capture_output=True, text=True, check=True,
+        ["bash", "-c", f". {env_file} && env"],
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PATH": os.environ["PATH"]},
     ).stdout
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

@@ -143,6 +143,9 @@ def write_resolved(cfg: Mapping, path: str | os.PathLike) -> str:
 
 
 def _check_semantics(cfg: dict) -> None:
+    from .dialects import check_config  # every server_args entry spelled for the release
+
+    check_config(cfg)
     site, grid = cfg["site"], cfg["grid"]
     gpn = site["gpus_per_node"]
     for i, ep in enumerate(grid["ep_sizes"]):

@@ -494,6 +494,17 @@ def dialect_for(cfg: Mapping) -> Dialect:
     return dialect_for_version(version)
 
 
+def check_config(cfg: Mapping) -> Dialect:
+    """Spell every ``server_args`` entry for the configured release; ConfigError names the
+    first key that cannot be expressed (an old spelling, a removed value, an option the
+    release lacks). Meant for configuration validation, before anything is rendered."""
+    dialect = dialect_for(cfg)
+    for section in ("common", "prefill", "decode"):
+        for name, value in cfg["server_args"][section].items():
+            dialect.option_args(name, value, key=f"server_args.{section}.{name}")
+    return dialect
+
+
 def _first_release_with(option: str) -> str:
     """The first release of the table in which ``option`` can be spelled."""
     for change in CHANGES:
@@ -518,6 +529,7 @@ __all__ = [
     "Change",
     "Dialect",
     "LEGACY_OPTION_NAMES",
+    "check_config",
     "NEWEST_KNOWN",
     "OLDEST_SUPPORTED",
     "dialect_for",

@@ -29,7 +29,10 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"}
 
 def local_slurm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 
@@ -66,8 +69,14 @@ def slurm_env(directory: Path = CLUSTER_DIR) -> dict:
 
 
 def sl(*argv: str, timeout: float = 30, check: bool = True, directory: Path = CLUSTER_DIR) -> str:
-    cp = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                        env=slurm_env(directory), stdin=subprocess.DEVNULL)
+    cp = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=slurm_env(directory),
+        stdin=subprocess.DEVNULL,
+    )
     if check and cp.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} -> {cp.returncode}\n{cp.stdout}\n{cp.stderr}")
     return cp.stdout
@@ -90,12 +99,26 @@ def job_state(job: str, directory: Path = CLUSTER_DIR) -> str:
 
 def up_args(cfg: dict, etc_link: bool) -> list[str]:
     """`up` arguments that reproduce a recorded configuration."""
-    args = ["up", "--dir", cfg["dir"], "--nodes", str(cfg["nodes"]),
-            "--gpus-per-node", str(cfg["gpus_per_node"]),
-            "--cpus-per-node", str(cfg["cpus_per_node"]),
-            "--mem-mb-per-node", str(cfg["mem_mb_per_node"]),
-            "--partition", cfg["partition"], "--cluster-name", cfg["cluster_name"],
-            "--port-base", str(cfg["port_base"]), "--no-apt"]
+    args = [
+        "up",
+        "--dir",
+        cfg["dir"],
+        "--nodes",
+        str(cfg["nodes"]),
+        "--gpus-per-node",
+        str(cfg["gpus_per_node"]),
+        "--cpus-per-node",
+        str(cfg["cpus_per_node"]),
+        "--mem-mb-per-node",
+        str(cfg["mem_mb_per_node"]),
+        "--partition",
+        cfg["partition"],
+        "--cluster-name",
+        cfg["cluster_name"],
+        "--port-base",
+        str(cfg["port_base"]),
+        "--no-apt",
+    ]
     if not cfg["accounting"]:
         args.append("--no-accounting")
     if not etc_link:
@@ -110,7 +133,7 @@ def proc_matches(d: dict) -> bool:
         raw = Path(f"/proc/{d['pid']}/cmdline").read_bytes()
     except OSError:
         return False
-    state = stat[stat.rindex(")") + 2:].split()[0]
+    state = stat[stat.rindex(")") + 2 :].split()[0]
     cmdline = [a.decode() for a in raw.split(b"\0") if a]
     return state != "Z" and cmdline in (d["cmdline"], d["argv"])
 
@@ -172,8 +195,19 @@ def test_sinfo_shows_nodes_with_four_gpus():
 def holder_job():
     """A 3-node job holding 4 GPUs per node; cancelled at the end in any case."""
     marker = f"{4000 + os.getpid() % 1000}.{int(time.time()) % 1000}"
-    job = sl("sbatch", "--parsable", "-J", "pdbench-test-holder", "-N", "3",
-             "--gpus-per-node=4", "-o", "/dev/null", "--wrap", f"sleep {marker}").strip()
+    job = sl(
+        "sbatch",
+        "--parsable",
+        "-J",
+        "pdbench-test-holder",
+        "-N",
+        "3",
+        "--gpus-per-node=4",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        f"sleep {marker}",
+    ).strip()
     job = job.split(";")[0]
     try:
         wait_for(lambda: job_state(job) == "RUNNING", 60, f"job {job} to run")
@@ -188,9 +222,21 @@ def test_holder_job_with_overlapping_step_from_outside(holder_job):
     nodes = sl("scontrol", "show", "hostnames", nodelist).split()
     assert len(nodes) == 3
     pair = nodes[1:3]
-    out = sl("srun", "--jobid", job, "--overlap", "-N", "2", "--ntasks-per-node=1",
-             "-w", ",".join(pair), "bash", "-c",
-             "echo $SLURMD_NODENAME $SLURM_NODEID $CUDA_VISIBLE_DEVICES", timeout=60)
+    out = sl(
+        "srun",
+        "--jobid",
+        job,
+        "--overlap",
+        "-N",
+        "2",
+        "--ntasks-per-node=1",
+        "-w",
+        ",".join(pair),
+        "bash",
+        "-c",
+        "echo $SLURMD_NODENAME $SLURM_NODEID $CUDA_VISIBLE_DEVICES",
+        timeout=60,
+    )
     rows = sorted(line.split() for line in out.strip().splitlines())
     assert rows == [[pair[0], "0", "0,1,2,3"], [pair[1], "1", "0,1,2,3"]], out
 
@@ -212,14 +258,21 @@ def test_holder_job_with_overlapping_step_from_outside(holder_job):
             except OSError:
                 continue
             args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-            if args[-2:] == ["sleep", marker] or (args and args[0].startswith(f"slurmstepd: [{job}.")):
+            if args[-2:] == ["sleep", marker] or (
+                args and args[0].startswith(f"slurmstepd: [{job}.")
+            ):
                 return False
         return True
 
     wait_for(clean, 30, f"processes of job {job} to end")
-    wait_for(lambda: all(state in ("idle", "mixed", "allocated") for state in
-                         sl("sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%T").split()),
-             30, "the job's nodes to be free")
+    wait_for(
+        lambda: all(
+            state in ("idle", "mixed", "allocated")
+            for state in sl("sinfo", "-h", "-N", "-n", ",".join(nodes), "-o", "%T").split()
+        ),
+        30,
+        "the job's nodes to be free",
+    )
     states = sl("sacct", "-j", job, "-X", "-n", "-P", "-o", "State").split()
     assert states and states[0].startswith("CANCELLED"), states
 
@@ -275,12 +328,22 @@ def test_busy_port_fails_clearly():
     directory = Path(tempfile.mkdtemp(prefix="pdbench-slurm-busy-", dir="/var/tmp"))
     shutil.rmtree(directory)
     try:
-        cp = local_slurm("up", "--dir", str(directory), "--port-base", str(base),
-                         "--no-etc-link", "--no-apt", "--nodes", "2")
+        cp = local_slurm(
+            "up",
+            "--dir",
+            str(directory),
+            "--port-base",
+            str(base),
+            "--no-etc-link",
+            "--no-apt",
+            "--nodes",
+            "2",
+        )
         assert cp.returncode == 1
         ports = "|".join(str(base + k) for k in (6, 17, 19))
-        assert re.search(rf"port ({ports}) \(for \w+\) already in use by pid \d+ \(/usr/sbin/",
-                         cp.stderr), cp.stderr
+        assert re.search(
+            rf"port ({ports}) \(for \w+\) already in use by pid \d+ \(/usr/sbin/", cp.stderr
+        ), cp.stderr
         assert not directory.exists()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -301,11 +364,20 @@ def test_second_cluster_down_and_up_leaves_nothing_behind():
         assert local_slurm("status", *common).returncode == 0
         out = sl("srun", "-N", "3", "bash", "-c", "echo $SLURMD_NODENAME", directory=directory)
         assert sorted(out.split()) == ["node01", "node02", "node03"]
-        first_job = int(sl("sbatch", "--parsable", "-N", "1", "--wrap", "sleep 600",
-                           directory=directory).strip().split(";")[0])
+        first_job = int(
+            sl("sbatch", "--parsable", "-N", "1", "--wrap", "sleep 600", directory=directory)
+            .strip()
+            .split(";")[0]
+        )
 
         daemons = cluster_state(directory)["daemons"]
-        assert {d["kind"] for d in daemons} == {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"}
+        assert {d["kind"] for d in daemons} == {
+            "munged",
+            "mariadbd",
+            "slurmdbd",
+            "slurmctld",
+            "slurmd",
+        }
         cp = local_slurm("down", *common)
         assert cp.returncode == 0, cp.stderr
         assert "cancelled 1 job(s)" in cp.stdout
@@ -314,12 +386,25 @@ def test_second_cluster_down_and_up_leaves_nothing_behind():
 
         cp = local_slurm(*args)  # restart on kept state
         assert cp.returncode == 0, cp.stderr
-        job = int(sl("sbatch", "--parsable", "--wrap", "true", directory=directory)
-                  .strip().split(";")[0])
+        job = int(
+            sl("sbatch", "--parsable", "--wrap", "true", directory=directory).strip().split(";")[0]
+        )
         assert job > first_job  # slurmctld recovered its saved state
-        wait_for(lambda: sl("sacct", "-n", "-X", "-j", str(first_job), "-o", "State",
-                            check=False, directory=directory).strip(), 30,
-                 "sacct to remember the job from before the restart")
+        wait_for(
+            lambda: sl(
+                "sacct",
+                "-n",
+                "-X",
+                "-j",
+                str(first_job),
+                "-o",
+                "State",
+                check=False,
+                directory=directory,
+            ).strip(),
+            30,
+            "sacct to remember the job from before the restart",
+        )
         daemons = cluster_state(directory)["daemons"]
         cp = local_slurm("down", *common, "--purge")
         assert cp.returncode == 0, cp.stderr

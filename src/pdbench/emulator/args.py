@@ -354,11 +354,17 @@ def parse_args(argv: list[str], env: dict | None = None) -> ServerConfig:
     knobs = Knobs.from_env(env)
     dialect = dialect_for(knobs.sglang_version)
     if knobs.strict_flags:
-        for tok in argv:
-            flag = tok.split("=", 1)[0]
-            msg = dialect.rejected_flag(flag)
+        for i, tok in enumerate(argv):
+            if not tok.startswith("--"):
+                continue
+            flag, eq, value = tok.partition("=")
+            if not eq:
+                nxt = argv[i + 1] if i + 1 < len(argv) else None
+                value = nxt if nxt is not None and not nxt.startswith("--") else None
+            msg = dialect.rejected_flag(flag, value)
             if msg:
-                raise UsageError(f"{msg} (rejected by SGLang {knobs.sglang_version})")
+                raise UsageError(f"{msg} (SGLang {knobs.sglang_version} rejects it; "
+                                 "PDBENCH_EMULATOR_STRICT_FLAGS=0 records it instead)")
     parser = build_parser()
 
     def error(message: str) -> None:

@@ -84,7 +84,10 @@ class Hub:
                  f"({len(self.peers)}/{self.nnodes - 1} peers)")
         if len(self.peers) == self.nnodes - 1:
             self.all_connected.set()
-        await self._read(peer)
+        try:
+            await self._read(peer)
+        except asyncio.CancelledError:
+            return
 
     async def _read(self, peer: Peer) -> None:
         reason = "the connection closed"

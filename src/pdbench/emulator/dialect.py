@@ -1,55 +1,58 @@
-"""What the emulated SGLang version prints and writes: the emulator's one version switch.
+"""What the emulated SGLang version prints, writes and accepts: the emulator's one version
+switch (``PDBENCH_EMULATOR_SGLANG_VERSION``, default ``0.5.23``).
 
-Every version-dependent spelling the emulator produces is decided here, from
-``PDBENCH_EMULATOR_SGLANG_VERSION`` (default ``0.5.23``). The thresholds follow
-``reference/sglang.md`` §4-§5 and §7.3; a change that the reference dates but does not tie to
-a release is placed at the first release after that date (SGLang released about monthly in
-2026), which is an assumption marked ``(dated)`` below.
+Facts the workflow also depends on come from :mod:`pdbench.dialects` (the project's table,
+checked against the releases' wheels), so the emulator and the workflow cannot disagree
+about them: the decode-line head (``Decode batch.`` / ``Decode batch [iter],`` /
+``Decode batch,``) and its trailing ``, ``; ``-DP-``/``-EP-`` in trace names; ``num_steps``
+capturing N-1 batches before 0.5.16; the ``/start_profile`` keys a release reads (others are
+ignored, so a client ``profile_id`` before 0.5.15 is not used); ``/server_info`` (before
+0.5.6 only ``/get_server_info``); which flags a release rejects (option renames,
+``--cuda-graph-bs`` from 0.5.20, removed values such as ``cutlass_mla``); and the
+``--attn-dp-size`` deprecation of ``--enable-dp-attention`` (0.5.22).
 
-| change                                                        | first version |
-|---------------------------------------------------------------|---------------|
-| ``cuda graph: B, `` in decode lines                           | 0.4.7         |
-| profile start line ``(with profile id: X)`` (was ``(with id X)``) | 0.4.7     |
-| ``#retracted-req`` (PD decode)                                | 0.4.9         |
-| `` EP{e}`` in the rank prefix; trailing ``, `` on decode lines | 0.4.10       |
-| ``/health`` generates a token (before: plain 200)             | 0.5.1         |
-| trailing ``, `` on prefill lines                              | 0.5.2         |
-| ``-EXTEND``/``-DECODE`` stage suffix in trace names           | 0.5.3         |
-| ``#prealloc-req``, ``#transfer-req``; ``-DP-``/``-EP-`` in trace names; ``Decode batch [iter].`` | 0.5.4 |
-| ``Decode batch,``/``Prefill batch,``; ``--enable-deepep-moe`` rejected | 0.5.5 |
-| ``profile_prefix`` in trace names                             | 0.5.6         |
-| trailing ``, `` dropped; ``cuda graph`` on prefill lines (dated 2026-01-30) | 0.5.8 |
-| ``#pending-token`` on prefill lines (dated 2026-04-10)        | 0.5.10        |
+The rest is emulator-only spelling, from ``reference/sglang.md`` §4-§5; a change the
+reference dates but does not tie to a release is placed at the first release after that
+date (marked "dated"):
+
+| change                                                          | first version |
+|-----------------------------------------------------------------|---------------|
+| ``cuda graph: B`` on decode lines; ``(with profile id: X)``     | 0.4.7         |
+| ``#retracted-req`` (PD decode)                                  | 0.4.9         |
+| `` EP{e}`` in the rank prefix                                   | 0.4.10        |
+| ``/health`` generates a token (before: plain 200)               | 0.5.1         |
+| trailing ``, `` on prefill lines (until the decode line drops it) | 0.5.2       |
+| ``-EXTEND``/``-DECODE`` stage suffix in trace names             | 0.5.3         |
+| ``#prealloc-req``, ``#transfer-req`` (PD decode); PD prefill ``#prealloc-req, #inflight-req`` | 0.5.4 |
+| ``Prefill batch,``                                              | 0.5.5         |
+| ``profile_prefix`` in trace names                               | 0.5.6         |
+| ``cuda graph`` on prefill lines (with the trailing-comma change) | 0.5.9        |
+| ``#pending-token`` on prefill lines (dated 2026-04-10)          | 0.5.10        |
 | ``step[MODE bs=N]`` spans; PD prefill ``#bootstrap-req`` (dated 2026-04-22 / 05-04) | 0.5.11 |
-| ``scheduler.*`` spans while profiling (dated 2026-06-14)      | 0.5.15        |
-| ``num_steps=N`` captures N batches (was N-1); ``#optimistic-req`` (dated 2026-07-10/12) | 0.5.16 |
-| ``profile_by_stage`` works on PD decode; ``--cuda-graph-bs`` rejected; ``/ready``; no ``/get_load`` | 0.5.23 |
+| ``scheduler.*`` spans while profiling (dated 2026-06-14)        | 0.5.15        |
+| ``#optimistic-req`` on PD prefill lines (dated 2026-07-12)      | 0.5.16        |
+| ``profile_by_stage`` works on PD decode; ``/ready``; no ``/get_load`` | 0.5.23  |
 
-0.5.17 is checked against the real 0.5.17 output in ``fixtures/h200-sglang-0.5.17-*``
-(step spans, scheduler spans, ``num_steps`` 10 giving 10 spans, the prefill and decode
-layouts); 0.5.5 against ``fixtures/gb200-ep48-fp4-decode``; 0.5.3 against the runbook.
+0.5.17 was compared with the real 0.5.17 output in ``fixtures/h200-sglang-0.5.17-*``, 0.5.5
+with ``fixtures/gb200-ep48-fp4-decode``, 0.5.3 with the runbook's lines.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from packaging.version import Version
+
+from pdbench import dialects as project
+from pdbench.errors import ConfigError
 
 DEFAULT_VERSION = "0.5.23"
 
-_VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:\.?post(\d+))?(.*)$")
-
-
-def parse_version(text: str) -> tuple[int, int, int, int]:
-    """``"0.5.5.post2"`` -> ``(0, 5, 5, 2)``; release candidates and dev builds count as the
-    release they lead to."""
-    m = _VERSION_RE.match(text.strip())
-    if not m:
-        raise ValueError(
-            f"PDBENCH_EMULATOR_SGLANG_VERSION={text!r} is not an SGLang version such as 0.5.23"
-        )
-    major, minor, patch, post, _rest = m.groups()
-    return (int(major), int(minor), int(patch or 0), int(post or 0))
+# --enable-deepep-moe: a no-op from 2025-09-23, an error from 0.5.4 (pdbench.dialects,
+# wheels 0.5.1 and 0.5.4).
+_DEEPEP_FLAG_REJECTED = Version("0.5.4")
+# The release in which the decode line dropped its trailing ", " (pdbench.dialects).
+_NEW_LAYOUT = Version("0.5.9")
 
 
 def _fmt2(x: float) -> str:
@@ -61,13 +64,14 @@ class Dialect:
     """The spelling of one SGLang version."""
 
     version: str
+    base: project.Dialect = field(repr=False)
 
     @property
-    def v(self) -> tuple[int, int, int, int]:
-        return parse_version(self.version)
+    def release(self) -> Version:
+        return self.base.release
 
-    def at_least(self, major: int, minor: int, patch: int = 0, post: int = 0) -> bool:
-        return self.v >= (major, minor, patch, post)
+    def at_least(self, version: str) -> bool:
+        return self.release >= Version(version)
 
     # ------------------------------------------------------------------ log lines
 
@@ -78,21 +82,21 @@ class Dialect:
             parts.append(f" DP{dp}")
         if tp is not None:
             parts.append(f" TP{tp}")
-        if ep is not None and self.at_least(0, 4, 10):
+        if ep is not None and self.at_least("0.4.10"):
             parts.append(f" EP{ep}")
         return "".join(parts)
 
-    def _word(self, kind: str, iteration: int | None, log_iters: bool) -> str:
-        sep = "," if self.at_least(0, 5, 5) else "."
-        if self.at_least(0, 5, 4) and not self.at_least(0, 5, 5):
-            return f"{kind} batch [{iteration or 0}]{sep}"
-        if log_iters and self.at_least(0, 5, 5):
-            return f"{kind} batch [{iteration or 0}]{sep}"
-        return f"{kind} batch{sep}"
+    def _decode_head(self, iteration: int | None, log_iters: bool) -> str:
+        head = self.base.decode_batch_head
+        if "{iter}" in head:
+            return head.format(iter=iteration or 0)
+        if log_iters and self.at_least("0.5.5"):
+            return f"Decode batch [{iteration or 0}],"
+        return head
 
-    @property
-    def decode_trailing_comma(self) -> bool:
-        return self.at_least(0, 4, 10) and not self.at_least(0, 5, 8)
+    def _prefill_head(self, iteration: int | None, log_iters: bool) -> str:
+        head = self._decode_head(iteration, log_iters)
+        return "Prefill" + head[len("Decode"):]
 
     def decode_line(
         self,
@@ -111,22 +115,23 @@ class Dialect:
         iteration: int | None = None,
         log_iters: bool = False,
     ) -> str:
-        parts = [f"#running-req: {running}", f"#token: {tokens}", f"token usage: {_fmt2(token_usage)}"]
+        parts = [f"#running-req: {running}", f"#token: {tokens}",
+                 f"token usage: {_fmt2(token_usage)}"]
         if pd_decode:
             parts.append(f"pre-allocated usage: {_fmt2(prealloc_usage)}")
-            if self.at_least(0, 5, 4):
+            if self.at_least("0.5.4"):
                 parts.append(f"#prealloc-req: {prealloc}")
                 parts.append(f"#transfer-req: {transfer}")
-            if self.at_least(0, 4, 9):
+            if self.at_least("0.4.9"):
                 parts.append(f"#retracted-req: {retracted}")
-        if self.at_least(0, 4, 7):
+        if self.at_least("0.4.7"):
             parts.append(f"cuda graph: {cuda_graph}")
         parts.append(f"gen throughput (token/s): {_fmt2(gen_throughput)}")
         parts.append(f"#queue-req: {queue}")
         body = ", ".join(parts)
-        if self.decode_trailing_comma:
+        if self.base.decode_line_trailing_comma:
             body += ", "
-        return f"{self._word('Decode', iteration, log_iters)} {body}"
+        return f"{self._decode_head(iteration, log_iters)} {body}"
 
     def prefill_line(
         self,
@@ -153,38 +158,33 @@ class Dialect:
             f"token usage: {_fmt2(token_usage)}",
             f"#running-req: {running}",
         ]
-        if pd_prefill and not self.at_least(0, 5, 4):
-            parts += [
-                f"#unbootstrapped-req: {bootstrap}",
-                f"#queue-req: {queue}",
-                f"#transferring-req: {transferring}",
-            ]
+        if pd_prefill and not self.at_least("0.5.4"):
+            parts += [f"#unbootstrapped-req: {bootstrap}", f"#queue-req: {queue}",
+                      f"#transferring-req: {transferring}"]
         else:
             parts.append(f"#queue-req: {queue}")
-            if self.at_least(0, 5, 10):
+            if self.at_least("0.5.10"):
                 parts.append(f"#pending-token: {pending_token}")
             if pd_prefill:
-                label = "#bootstrap-req" if self.at_least(0, 5, 11) else "#prealloc-req"
+                label = "#bootstrap-req" if self.at_least("0.5.11") else "#prealloc-req"
                 parts.append(f"{label}: {bootstrap}")
                 parts.append(f"#inflight-req: {inflight}")
-                if self.at_least(0, 5, 16):
+                if self.at_least("0.5.16"):
                     parts.append("#optimistic-req: 0")
-        if self.at_least(0, 5, 8):
+        if self.release >= _NEW_LAYOUT:
             parts.append("cuda graph: False")
-        if self.at_least(0, 4, 9):
+        if self.at_least("0.4.9"):
             parts.append(f"input throughput (token/s): {_fmt2(input_throughput)}")
         body = ", ".join(parts)
-        if self.at_least(0, 5, 2) and not self.at_least(0, 5, 8):
+        if self.at_least("0.5.2") and self.release < _NEW_LAYOUT:
             body += ", "
-        return f"{self._word('Prefill', iteration, log_iters)} {body}"
+        return f"{self._prefill_head(iteration, log_iters)} {body}"
 
     def profile_start_line(self, output_dir: str, profile_id: str, stage: str | None = None) -> str:
         stage_part = f" for {stage}" if stage else ""
-        if self.at_least(0, 4, 7):
-            return (
-                f"Profiling starts{stage_part}. Traces will be saved to: {output_dir} "
-                f"(with profile id: {profile_id})"
-            )
+        if self.at_least("0.4.7"):
+            return (f"Profiling starts{stage_part}. Traces will be saved to: {output_dir} "
+                    f"(with profile id: {profile_id})")
         return f"Profiling starts. Traces will be saved to: {output_dir} (with id {profile_id})"
 
     @staticmethod
@@ -195,90 +195,102 @@ class Dialect:
     def profile_done_line(output_dir: str) -> str:
         return f"Profiling done. Traces are saved to: {output_dir}"
 
-    # ------------------------------------------------------------------ traces
+    # ------------------------------------------------------------------ profiles and traces
 
     @property
     def step_spans(self) -> bool:
         """``step[MODE bs=N]`` ``record_function`` spans around each forward."""
-        return self.at_least(0, 5, 11)
+        return self.at_least("0.5.11")
 
     @property
     def scheduler_spans(self) -> bool:
         """``scheduler.run_batch`` and friends recorded while profiling."""
-        return self.at_least(0, 5, 15)
+        return self.at_least("0.5.15")
+
+    def profile_keys(self) -> frozenset[str]:
+        """The ``/start_profile`` keys this release reads (others are ignored)."""
+        return self.base.start_profile_keys
 
     def captured_steps(self, num_steps: int, start_step_given: bool) -> int:
         """Batches a ``num_steps`` profile captures (sglang.md §5.3)."""
-        if start_step_given or self.at_least(0, 5, 16):
+        if start_step_given or not self.base.profile_captures_one_less:
             return num_steps
         return max(num_steps - 1, 0)
 
     @property
     def by_stage_crashes_on_pd_decode(self) -> bool:
-        return not self.at_least(0, 5, 23)
+        return not self.at_least("0.5.23")
 
-    def trace_name(
-        self,
-        *,
-        profile_id: str,
-        tp: int,
-        dp: int | None,
-        ep: int | None,
-        stage: str | None = None,
-        prefix: str | None = None,
-    ) -> str:
+    def trace_name(self, *, profile_id: str, tp: int, dp: int | None, ep: int | None,
+                   stage: str | None = None, prefix: str | None = None) -> str:
         """``[{prefix}-]{profile_id}-TP-{tp}[-DP-{dp}][-EP-{ep}][-{STAGE}].trace.json.gz``."""
         name = f"{profile_id}-TP-{tp}"
-        if self.at_least(0, 5, 4):
+        if self.base.trace_name_rank_suffixes:
             if dp is not None:
                 name += f"-DP-{dp}"
             if ep is not None:
                 name += f"-EP-{ep}"
         if stage:
-            name += f"-{stage}" if self.at_least(0, 5, 3) else f"-ForwardMode.{stage}"
-        if prefix and self.at_least(0, 5, 6):
+            name += f"-{stage}" if self.at_least("0.5.3") else f"-ForwardMode.{stage}"
+        if prefix and self.at_least("0.5.6"):
             name = f"{prefix}-{name}"
         return name + ".trace.json.gz"
 
     def run_batch_frame(self) -> str:
         """The ``python_function`` name of the scheduler's ``run_batch`` frame."""
-        line = 1985 if self.at_least(0, 5, 5) else 1862 if self.at_least(0, 5, 0) else 1544
+        line = 1985 if self.at_least("0.5.5") else 1862 if self.at_least("0.5.0") else 1544
         return f"/sgl-workspace/sglang/python/sglang/srt/managers/scheduler.py({line}): run_batch"
 
     # ------------------------------------------------------------------ server behaviour
 
     @property
     def health_generates(self) -> bool:
-        return self.at_least(0, 5, 1)
+        return self.at_least("0.5.1")
+
+    @property
+    def has_server_info(self) -> bool:
+        """``/server_info`` and ``/model_info`` (else only the ``/get_…`` spellings)."""
+        return self.base.server_info_path == "/server_info"
 
     @property
     def has_ready_endpoint(self) -> bool:
-        return self.at_least(0, 5, 23)
+        return self.at_least("0.5.23")
 
     @property
     def has_get_load(self) -> bool:
-        return not self.at_least(0, 5, 23)
-
-    @property
-    def has_slow_down(self) -> bool:
-        return self.v >= (0, 4, 6, 3)
-
-    def rejected_flag(self, flag: str) -> str | None:
-        """The argparse error this version gives for ``flag``, or None when it accepts it."""
-        if flag == "--enable-deepep-moe" and self.at_least(0, 5, 5):
-            return f"unrecognized arguments: {flag}"
-        if flag in ("--cuda-graph-bs", "--cuda-graph-max-bs") and self.at_least(0, 5, 23):
-            return (
-                f"ambiguous option: {flag} could match {flag}-decode, {flag}-prefill"
-            )
-        return None
+        return not self.at_least("0.5.23")
 
     @property
     def deprecates_dp_attention_flag(self) -> bool:
-        return self.at_least(0, 5, 23)
+        return self.base.dp_attention == "attn-dp-size"
+
+    def rejected_flag(self, flag: str, value: str | None = None) -> str | None:
+        """The argparse error this release gives for ``flag`` (with ``value``), or None."""
+        name = flag[2:] if flag.startswith("--") else flag
+        if name == "enable-deepep-moe":
+            return f"unrecognized arguments: {flag}" if self.release >= _DEEPEP_FLAG_REJECTED else None
+        if name in ("cuda-graph-bs", "cuda-graph-max-bs"):
+            if self.base.legacy_cuda_graph_bs_accepted:
+                return None
+            return f"ambiguous option: {flag} could match {flag}-decode, {flag}-prefill"
+        if name == "moe-a2a-backend" and self.base.deepep_moe_flag:
+            return f"unrecognized arguments: {flag}"
+        if name == "attn-dp-size" and self.base.dp_attention != "attn-dp-size":
+            return f"unrecognized arguments: {flag}"
+        renames = self.base.renames
+        if name in renames and renames[name] != name:
+            return f"unrecognized arguments: {flag}"
+        if value is not None:
+            why = self.base.removed_values.get(name, {}).get(value)
+            if why:
+                return f"argument {flag}: invalid choice: {value!r} ({why})"
+        return None
 
 
 def dialect_for(version: str) -> Dialect:
-    """The dialect of ``version``; raises ValueError for a string that is not a version."""
-    parse_version(version)
-    return Dialect(version)
+    """The dialect of ``version``; ValueError for a string that is not a supported version."""
+    try:
+        base = project.dialect_for_version(version, key="PDBENCH_EMULATOR_SGLANG_VERSION")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return Dialect(version, base)

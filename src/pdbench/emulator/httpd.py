@@ -205,7 +205,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             if not keep:
                 return
     except asyncio.CancelledError:
-        raise
+        return
     finally:
         try:
             writer.close()

@@ -365,6 +365,8 @@ class Engine:
         return True
 
     def start_profile(self, body: dict) -> str:
+        keys = self.dialect.profile_keys()
+        body = {k: v for k, v in body.items() if k in keys}  # a release ignores the others
         if self.profile is not None:
             raise ControlError("Profiling is already in progress. Call /stop_profile first.")
         num_steps = body.get("num_steps")

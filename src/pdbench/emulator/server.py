@@ -110,6 +110,7 @@ class GenerateCall(Call):
         self.sent: dict[int, int] = {}
         self.failed: dict[int, str] = {}
         self.cid = "cmpl-" + new_rid()
+        self.intervals = [1] * n
 
     # -- what the scheduler calls
     def _count(self, req: Req) -> int:
@@ -125,7 +126,9 @@ class GenerateCall(Call):
 
     def progress(self, req: Req) -> None:
         if self.stream:
-            self.pending.append(self._chunk(req, self._count(req)))
+            n = self._count(req)
+            if n % self.intervals[req.index] == 0:
+                self.pending.append(self._chunk(req, n))
 
     def finish(self, req: Req) -> None:
         self.remaining -= 1
@@ -182,11 +185,20 @@ class GenerateCall(Call):
                              "finish_reason": fr["type"] if fr else None, "matched_stop": None}],
                 "usage": None,
             }
+            return b"data: " + json.dumps(obj, separators=(", ", ": ")).encode() + b"\n\n"
+        # The hot path of a streaming decode: formatted by hand (the text is ASCII and the
+        # id hexadecimal, so nothing needs escaping).
+        if req.finished or req.index in self.failed:
+            reason = json.dumps(self._finish_reason(req, n))
         else:
-            obj = {"text": token_text(n), "meta_info": self._meta(req, n)}
-            if self.batch:
-                obj["index"] = req.index
-        return b"data: " + json.dumps(obj, separators=(", ", ": ")).encode() + b"\n\n"
+            reason = "null"
+        index = f', "index": {req.index}' if self.batch else ""
+        return (
+            f'data: {{"text": "{token_text(n)}", "meta_info": {{"id": {json.dumps(req.rid)}, '
+            f'"finish_reason": {reason}, "prompt_tokens": {req.prompt_tokens}, '
+            f'"weight_version": "default", "completion_tokens": {n}, "cached_tokens": 0, '
+            f'"e2e_latency": {time.monotonic() - self.t0:.4f}}}{index}}}\n\n'
+        ).encode()
 
     def result(self) -> Any:
         if self.openai:
@@ -427,9 +439,13 @@ class NodeZero:
     async def handle(self, req: httpd.Request):
         path = req.path.rstrip("/") or "/"
         handler = self.routes.get(path)
-        if handler is None:
+        if handler is None or (path in ("/server_info", "/model_info")
+                               and not self.cfg.dialect.has_server_info):
             return httpd.json_response({"detail": "Not Found"}, 404)
-        if path in ("/get_model_info", "/get_server_info", "/get_load"):
+        deprecated = ("/get_model_info", "/get_server_info", "/get_load")
+        if path in deprecated[:2] and not self.cfg.dialect.has_server_info:
+            pass  # the only spelling this release has
+        elif path in deprecated:
             new = {"/get_model_info": "/model_info", "/get_server_info": "/server_info",
                    "/get_load": "/v1/loads"}[path]
             self.log.line(f"Endpoint '{path}' is deprecated and will be removed in a future "
@@ -470,7 +486,7 @@ class NodeZero:
             "model_type": self.model_cfg.get("model_type", "deepseek_v3"),
             "architectures": self.model_cfg.get("architectures", ["DeepseekV3ForCausalLM"]),
         }
-        if cfg.dialect.at_least(0, 5, 23):
+        if cfg.dialect.at_least("0.5.23"):
             info.update(served_model_name=cfg.served_model_name, load_format="auto",
                         reasoning_parser=None, tool_call_parser=None,
                         disaggregation_mode=None if cfg.mode == "plain" else cfg.mode)
@@ -510,7 +526,7 @@ class NodeZero:
             "emulator": True,
             "emulator_unrecognized_args": cfg.unknown,
         })
-        if cfg.dialect.at_least(0, 5, 23):
+        if cfg.dialect.at_least("0.5.23"):
             info["startup_time"] = round(self.started_at, 3)
             info["frontend"] = "python"
         return httpd.json_response(info)
@@ -661,6 +677,7 @@ class NodeZero:
                    for p in sp]
         call = GenerateCall(self, n, stream=bool(body.get("stream")), batch=batch, openai=False,
                             echo_ids=ids is not None)
+        call.intervals = [self._stream_interval(p) for p in sp]
         self._submit(call, body, [prompt_len(p) for p in prompts], max_new)
         return await self._respond(call)
 
@@ -688,6 +705,13 @@ class NodeZero:
                             include_usage=bool(opts.get("include_usage")))
         self._submit(call, body, [prompt_len(p) for p in prompts], [max_tokens] * n)
         return await self._respond(call)
+
+    def _stream_interval(self, sampling: Any) -> int:
+        value = sampling.get("stream_interval") if isinstance(sampling, dict) else None
+        try:
+            return max(int(value if value is not None else self.cfg.ns.stream_interval), 1)
+        except (TypeError, ValueError):
+            return 1
 
     def _submit(self, call: GenerateCall, body: dict, plens: list[int], max_new: list[int]) -> None:
         cfg, engine = self.cfg, self.engine
