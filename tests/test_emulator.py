@@ -384,8 +384,8 @@ def test_pd_fill_release_and_multinode_profile(pd, tmp_path):
     sleeps = {r["dp"] for r in records if r["kind"] == "slow_down"}
     assert sleeps == set(range(8))
     for dp, lines in decode_by_rank(records).items():
-        batches = [r["running_req"] for r in lines if r["time"] >= lines[0]["time"]]
-        assert max(batches) <= 4, (dp, batches)
+        batches = [r["running_req"] for r in lines]
+        assert max(batches) <= 4, (dp, batches)  # capped at max_running_requests // dp
     growth = [r["running_req"] for r in decode_by_rank(decode.records(0))[0]]
     assert {2, 3} <= set(growth), growth  # the batch grows as prefill supplies requests
     assert any(

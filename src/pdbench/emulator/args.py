@@ -182,9 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--node-rank", type=int, default=0)
     p.add_argument("--dist-init-addr", "--nccl-init-addr", dest="dist_init_addr", default=None)
-    p.add_argument("--tp-size", "--tp", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
+    p.add_argument(
+        "--tp-size", "--tp", "--tensor-parallel-size", dest="tp_size", type=int, default=1
+    )
     p.add_argument("--dp-size", "--dp", "--data-parallel-size", dest="dp_size", type=int, default=1)
-    p.add_argument("--ep-size", "--ep", "--expert-parallel-size", dest="ep_size", type=int, default=1)
+    p.add_argument(
+        "--ep-size", "--ep", "--expert-parallel-size", dest="ep_size", type=int, default=1
+    )
     p.add_argument("--attn-dp-size", dest="attn_dp_size", type=int, default=None)
     _bool_flag(p, "--enable-dp-attention", dest="enable_dp_attention")
     p.add_argument("--max-running-requests", type=int, default=None)
@@ -204,10 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-distribution-recorder-buffer-size", type=int, default=None)
     p.add_argument("--moe-a2a-backend", default="none")
     _bool_flag(p, "--enable-deepep-moe", dest="enable_deepep_moe")
-    p.add_argument("--cuda-graph-max-bs", "--cuda-graph-max-bs-decode", dest="cuda_graph_max_bs",
-                   type=int, default=None)
-    p.add_argument("--cuda-graph-bs", "--cuda-graph-bs-decode", dest="cuda_graph_bs", type=int,
-                   nargs="+", default=None)
+    p.add_argument(
+        "--cuda-graph-max-bs",
+        "--cuda-graph-max-bs-decode",
+        dest="cuda_graph_max_bs",
+        type=int,
+        default=None,
+    )
+    p.add_argument(
+        "--cuda-graph-bs",
+        "--cuda-graph-bs-decode",
+        dest="cuda_graph_bs",
+        type=int,
+        nargs="+",
+        default=None,
+    )
     _bool_flag(p, "--disable-cuda-graph", dest="disable_cuda_graph")
     _bool_flag(p, "--skip-server-warmup", dest="skip_server_warmup")
     _bool_flag(p, "--enable-metrics", dest="enable_metrics")
@@ -363,8 +378,10 @@ def parse_args(argv: list[str], env: dict | None = None) -> ServerConfig:
                 value = nxt if nxt is not None and not nxt.startswith("--") else None
             msg = dialect.rejected_flag(flag, value)
             if msg:
-                raise UsageError(f"{msg} (SGLang {knobs.sglang_version} rejects it; "
-                                 "PDBENCH_EMULATOR_STRICT_FLAGS=0 records it instead)")
+                raise UsageError(
+                    f"{msg} (SGLang {knobs.sglang_version} rejects it; "
+                    "PDBENCH_EMULATOR_STRICT_FLAGS=0 records it instead)"
+                )
     parser = build_parser()
 
     def error(message: str) -> None:
@@ -373,8 +390,14 @@ def parse_args(argv: list[str], env: dict | None = None) -> ServerConfig:
     parser.error = error  # type: ignore[method-assign]
     ns, unknown_tokens = parser.parse_known_args(argv)
     unknown = parse_unknown(unknown_tokens)
-    cfg = ServerConfig(argv=list(argv), ns=ns, unknown_tokens=unknown_tokens, unknown=unknown,
-                       knobs=knobs, dialect=dialect)
+    cfg = ServerConfig(
+        argv=list(argv),
+        ns=ns,
+        unknown_tokens=unknown_tokens,
+        unknown=unknown,
+        knobs=knobs,
+        dialect=dialect,
+    )
     _resolve(cfg)
     return cfg
 

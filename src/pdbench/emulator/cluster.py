@@ -19,6 +19,7 @@ from typing import Any
 
 HEARTBEAT_S = 2.0
 SILENCE_S = 10.0
+LINE_LIMIT = 1 << 26  # a long profile's step list travels as one line
 
 
 def _encode(msg: dict) -> bytes:
@@ -41,9 +42,14 @@ class Peer:
 class Hub:
     """Node 0's side."""
 
-    def __init__(self, host: str, port: int, nnodes: int,
-                 on_lost: Callable[[int, str, str], None],
-                 log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        nnodes: int,
+        on_lost: Callable[[int, str, str], None],
+        log: Callable[[str], None],
+    ) -> None:
         self.host, self.port, self.nnodes = host, port, nnodes
         self.peers: dict[int, Peer] = {}
         self.on_lost = on_lost
@@ -58,8 +64,9 @@ class Hub:
     async def start(self) -> None:
         if self.nnodes <= 1:
             return
-        self._server = await asyncio.start_server(self._accept, "0.0.0.0", self.port,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, "0.0.0.0", self.port, reuse_address=True, limit=LINE_LIMIT
+        )
         self._tasks.append(asyncio.ensure_future(self._heartbeat()))
 
     async def _accept(self, reader, writer) -> None:
@@ -73,15 +80,22 @@ class Hub:
             writer.close()
             return
         if not 1 <= rank < self.nnodes or rank in self.peers:
-            writer.write(_encode({"t": "fatal", "msg": f"node rank {rank} is not expected "
-                                  f"or already connected to node 0"}))
+            writer.write(
+                _encode(
+                    {
+                        "t": "fatal",
+                        "msg": f"node rank {rank} is not expected or already connected to node 0",
+                    }
+                )
+            )
             writer.close()
             return
         peer = Peer(rank, reader, writer, address)
         self.peers[rank] = peer
         peer.send({"t": "welcome"})
-        self.log(f"node rank {rank} connected from {address} "
-                 f"({len(self.peers)}/{self.nnodes - 1} peers)")
+        self.log(
+            f"node rank {rank} connected from {address} ({len(self.peers)}/{self.nnodes - 1} peers)"
+        )
         if len(self.peers) == self.nnodes - 1:
             self.all_connected.set()
         try:
@@ -153,8 +167,13 @@ class Hub:
 class Link:
     """A peer's side: connect to node 0, then dispatch its messages."""
 
-    def __init__(self, host: str, port: int, node_rank: int,
-                 dispatch: Callable[[dict], Awaitable[dict | None]]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        node_rank: int,
+        dispatch: Callable[[dict], Awaitable[dict | None]],
+    ) -> None:
         self.host, self.port, self.node_rank = host, port, node_rank
         self.dispatch = dispatch
         self.writer: asyncio.StreamWriter | None = None
@@ -167,7 +186,8 @@ class Link:
         while loop.time() < deadline:
             try:
                 self.reader, self.writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), 5)
+                    asyncio.open_connection(self.host, self.port, limit=LINE_LIMIT), 5
+                )
                 self.writer.write(_encode({"t": "hello", "node_rank": self.node_rank}))
                 line = await asyncio.wait_for(self.reader.readline(), 30)
                 msg = json.loads(line) if line else {"t": "fatal", "msg": "closed at hello"}
@@ -180,7 +200,8 @@ class Link:
                 last = exc
                 await asyncio.sleep(0.2)
         raise TimeoutError(
-            f"could not reach node 0 at {self.host}:{self.port} within {timeout:.0f} s ({last})")
+            f"could not reach node 0 at {self.host}:{self.port} within {timeout:.0f} s ({last})"
+        )
 
     async def run(self) -> str:
         """Serve node 0's messages; return ``"bye"`` or a reason the connection was lost."""

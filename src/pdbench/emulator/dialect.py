@@ -23,7 +23,7 @@ date (marked "dated"):
 | ``/health`` generates a token (before: plain 200)               | 0.5.1         |
 | trailing ``, `` on prefill lines (until the decode line drops it) | 0.5.2       |
 | ``-EXTEND``/``-DECODE`` stage suffix in trace names             | 0.5.3         |
-| ``#prealloc-req``, ``#transfer-req`` (PD decode); PD prefill ``#prealloc-req, #inflight-req`` | 0.5.4 |
+| ``#prealloc-req``, ``#transfer-req`` (PD decode and prefill); ``#inflight-req`` | 0.5.4 |
 | ``Prefill batch,``                                              | 0.5.5         |
 | ``profile_prefix`` in trace names                               | 0.5.6         |
 | ``cuda graph`` on prefill lines (with the trailing-comma change) | 0.5.9        |
@@ -96,7 +96,7 @@ class Dialect:
 
     def _prefill_head(self, iteration: int | None, log_iters: bool) -> str:
         head = self._decode_head(iteration, log_iters)
-        return "Prefill" + head[len("Decode"):]
+        return "Prefill" + head[len("Decode") :]
 
     def decode_line(
         self,
@@ -115,8 +115,11 @@ class Dialect:
         iteration: int | None = None,
         log_iters: bool = False,
     ) -> str:
-        parts = [f"#running-req: {running}", f"#token: {tokens}",
-                 f"token usage: {_fmt2(token_usage)}"]
+        parts = [
+            f"#running-req: {running}",
+            f"#token: {tokens}",
+            f"token usage: {_fmt2(token_usage)}",
+        ]
         if pd_decode:
             parts.append(f"pre-allocated usage: {_fmt2(prealloc_usage)}")
             if self.at_least("0.5.4"):
@@ -159,8 +162,11 @@ class Dialect:
             f"#running-req: {running}",
         ]
         if pd_prefill and not self.at_least("0.5.4"):
-            parts += [f"#unbootstrapped-req: {bootstrap}", f"#queue-req: {queue}",
-                      f"#transferring-req: {transferring}"]
+            parts += [
+                f"#unbootstrapped-req: {bootstrap}",
+                f"#queue-req: {queue}",
+                f"#transferring-req: {transferring}",
+            ]
         else:
             parts.append(f"#queue-req: {queue}")
             if self.at_least("0.5.10"):
@@ -183,8 +189,10 @@ class Dialect:
     def profile_start_line(self, output_dir: str, profile_id: str, stage: str | None = None) -> str:
         stage_part = f" for {stage}" if stage else ""
         if self.at_least("0.4.7"):
-            return (f"Profiling starts{stage_part}. Traces will be saved to: {output_dir} "
-                    f"(with profile id: {profile_id})")
+            return (
+                f"Profiling starts{stage_part}. Traces will be saved to: {output_dir} "
+                f"(with profile id: {profile_id})"
+            )
         return f"Profiling starts. Traces will be saved to: {output_dir} (with id {profile_id})"
 
     @staticmethod
@@ -221,8 +229,16 @@ class Dialect:
     def by_stage_crashes_on_pd_decode(self) -> bool:
         return not self.at_least("0.5.23")
 
-    def trace_name(self, *, profile_id: str, tp: int, dp: int | None, ep: int | None,
-                   stage: str | None = None, prefix: str | None = None) -> str:
+    def trace_name(
+        self,
+        *,
+        profile_id: str,
+        tp: int,
+        dp: int | None,
+        ep: int | None,
+        stage: str | None = None,
+        prefix: str | None = None,
+    ) -> str:
         """``[{prefix}-]{profile_id}-TP-{tp}[-DP-{dp}][-EP-{ep}][-{STAGE}].trace.json.gz``."""
         name = f"{profile_id}-TP-{tp}"
         if self.base.trace_name_rank_suffixes:
@@ -268,7 +284,9 @@ class Dialect:
         """The argparse error this release gives for ``flag`` (with ``value``), or None."""
         name = flag[2:] if flag.startswith("--") else flag
         if name == "enable-deepep-moe":
-            return f"unrecognized arguments: {flag}" if self.release >= _DEEPEP_FLAG_REJECTED else None
+            return (
+                f"unrecognized arguments: {flag}" if self.release >= _DEEPEP_FLAG_REJECTED else None
+            )
         if name in ("cuda-graph-bs", "cuda-graph-max-bs"):
             if self.base.legacy_cuda_graph_bs_accepted:
                 return None

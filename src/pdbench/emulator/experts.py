@@ -75,12 +75,15 @@ def _popularity(layer: int, experts: int) -> list[float]:
 
 
 class ExpertRecorder:
-    def __init__(self, mode: str | None, buffer_size: int | None, model_path: str,
-                 out_dir: str | None = None) -> None:
+    def __init__(
+        self, mode: str | None, buffer_size: int | None, model_path: str, out_dir: str | None = None
+    ) -> None:
         self.mode = mode
         self.buffer_size = 1000 if buffer_size is None else buffer_size
         self.layers, self.dense, self.experts, self.topk = model_shape(model_path)
-        self.out_dir = out_dir or os.environ.get("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR") or "/tmp"
+        self.out_dir = (
+            out_dir or os.environ.get("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR") or "/tmp"
+        )
         self.recording = False
         maxlen = self.buffer_size if self.buffer_size > 0 else None
         self.passes: deque[int] = deque(maxlen=maxlen)
@@ -176,7 +179,9 @@ def check_init_expert_location(value: str | None) -> str:
         try:
             _check_doc(json.loads(text))
         except ValueError as exc:
-            raise StartupError(f"--init-expert-location: the JSON string is unusable: {exc}") from None
+            raise StartupError(
+                f"--init-expert-location: the JSON string is unusable: {exc}"
+            ) from None
         return "static"
     path = os.path.expanduser(text)
     if not os.path.isfile(path):
@@ -202,7 +207,9 @@ def check_init_expert_location(value: str | None) -> str:
         if b"logical_count" not in data and b"physical_to_logical_map" not in data:
             raise StartupError(
                 f"--init-expert-location {value}: holds neither logical_count nor "
-                "physical_to_logical_map")
+                "physical_to_logical_map"
+            )
         return "static"
     raise StartupError(
-        f"--init-expert-location {value}: expected 'trivial', a .json or .pt file, or a JSON string")
+        f"--init-expert-location {value}: expected 'trivial', a .json or .pt file, or a JSON string"
+    )

@@ -56,8 +56,13 @@ class Request:
 class Response:
     __slots__ = ("status", "body", "content_type", "headers")
 
-    def __init__(self, status: int = 200, body: bytes | str = b"",
-                 content_type: str = "text/plain; charset=utf-8", headers: dict | None = None):
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes | str = b"",
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict | None = None,
+    ):
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
         self.content_type = content_type
@@ -98,8 +103,12 @@ class StreamResponse:
 
     __slots__ = ("status", "content_type", "run")
 
-    def __init__(self, run: Callable[[ChunkSink], Awaitable[None]], status: int = 200,
-                 content_type: str = "text/event-stream; charset=utf-8") -> None:
+    def __init__(
+        self,
+        run: Callable[[ChunkSink], Awaitable[None]],
+        status: int = 200,
+        content_type: str = "text/event-stream; charset=utf-8",
+    ) -> None:
         self.status = status
         self.content_type = content_type
         self.run = run
@@ -122,8 +131,11 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 def _head(status: int, content_type: str, extra: dict, length: int | None, keep: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-             f"content-type: {content_type}", "server: pdbench-emulator"]
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"content-type: {content_type}",
+        "server: pdbench-emulator",
+    ]
     if length is None:
         lines.append("transfer-encoding: chunked")
     else:
@@ -135,8 +147,12 @@ def _head(status: int, content_type: str, extra: dict, length: int | None, keep:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      handler: Handler, access_log: Callable[[str], None] | None) -> None:
+async def _connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: Handler,
+    access_log: Callable[[str], None] | None,
+) -> None:
     peer = writer.get_extra_info("peername")
     peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
     try:
@@ -169,15 +185,24 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 return
             conn = headers.get("connection", "").lower()
             keep = (version == "HTTP/1.1" and conn != "close") or (
-                version == "HTTP/1.0" and conn == "keep-alive")
+                version == "HTTP/1.0" and conn == "keep-alive"
+            )
             parts = urlsplit(target)
-            req = Request(method.upper(), parts.path, dict(parse_qsl(parts.query)), headers,
-                          body, peer_text, version)
+            req = Request(
+                method.upper(),
+                parts.path,
+                dict(parse_qsl(parts.query)),
+                headers,
+                body,
+                peer_text,
+                version,
+            )
             try:
                 resp = await handler(req)
             except HTTPError as exc:
-                resp = json_response({"error": {"message": exc.message, "code": exc.status}},
-                                     exc.status)
+                resp = json_response(
+                    {"error": {"message": exc.message, "code": exc.status}}, exc.status
+                )
             except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the server
                 resp = Response(500, f"Internal Server Error: {type(exc).__name__}: {exc}\n")
             if isinstance(resp, StreamResponse):
@@ -192,12 +217,16 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 if sink.closed:
                     keep = False
             else:
-                writer.write(_head(resp.status, resp.content_type, resp.headers, len(resp.body),
-                                   keep) + resp.body)
+                writer.write(
+                    _head(resp.status, resp.content_type, resp.headers, len(resp.body), keep)
+                    + resp.body
+                )
                 status = resp.status
             if access_log is not None:
-                access_log(f'{peer_text} - "{method} {target} {version}" {status} '
-                           f"{_REASONS.get(status, '')}")
+                access_log(
+                    f'{peer_text} - "{method} {target} {version}" {status} '
+                    f"{_REASONS.get(status, '')}"
+                )
             try:
                 await writer.drain()
             except ConnectionError:
@@ -213,10 +242,15 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             pass
 
 
-async def serve(host: str, port: int, handler: Handler,
-                access_log: Callable[[str], None] | None = None) -> asyncio.AbstractServer:
+async def serve(
+    host: str, port: int, handler: Handler, access_log: Callable[[str], None] | None = None
+) -> asyncio.AbstractServer:
     """Start serving; raises OSError when the address is taken."""
     return await asyncio.start_server(
         lambda r, w: _connection(r, w, handler, access_log),
-        host, port, reuse_address=True, backlog=4096, limit=1 << 20,
+        host,
+        port,
+        reuse_address=True,
+        backlog=4096,
+        limit=1 << 20,
     )

@@ -65,13 +65,37 @@ class Call:
 
 class Req:
     __slots__ = (
-        "rid", "call", "index", "prompt_tokens", "max_new", "dp", "created", "aborted",
-        "finished", "prefill_left", "gen0", "step0", "stream", "routed_dp", "error",
-        "cancel_wait", "finish_time", "room",
+        "rid",
+        "call",
+        "index",
+        "prompt_tokens",
+        "max_new",
+        "dp",
+        "created",
+        "aborted",
+        "finished",
+        "prefill_left",
+        "gen0",
+        "step0",
+        "stream",
+        "routed_dp",
+        "error",
+        "cancel_wait",
+        "finish_time",
+        "room",
     )
 
-    def __init__(self, call: Call, index: int, prompt_tokens: int, max_new: int, *,
-                 stream: bool = False, routed_dp: int | None = None, rid: str | None = None):
+    def __init__(
+        self,
+        call: Call,
+        index: int,
+        prompt_tokens: int,
+        max_new: int,
+        *,
+        stream: bool = False,
+        routed_dp: int | None = None,
+        rid: str | None = None,
+    ):
         self.rid = rid or new_rid()
         self.call = call
         self.index = index
@@ -163,18 +187,34 @@ def export_traces(cfg: ServerConfig, node: int, meta: dict, steps: list[dict]) -
     for tp in cfg.local_tp_ranks(node):
         dp = cfg.dp_of(tp)
         name = cfg.dialect.trace_name(
-            profile_id=meta["profile_id"], tp=tp,
+            profile_id=meta["profile_id"],
+            tp=tp,
             dp=dp if cfg.dp > 1 else None,
             ep=cfg.ep_of(tp) if cfg.ep > 1 else None,
             stage=meta.get("stage") if meta.get("by_stage") else None,
             prefix=meta.get("prefix"),
         )
-        rank = TraceRank(tp=tp, dp=dp, world_size=cfg.tp, local_gpu=tp % cfg.gpus_per_node,
-                         gpus_per_node=cfg.gpus_per_node, pid=100000 + 1000 * node + tp)
+        rank = TraceRank(
+            tp=tp,
+            dp=dp,
+            world_size=cfg.tp,
+            local_gpu=tp % cfg.gpus_per_node,
+            gpus_per_node=cfg.gpus_per_node,
+            pid=100000 + 1000 * node + tp,
+        )
         path = os.path.join(out_dir, name)
-        write_trace(path, rank, steps, cfg.dialect, with_stack=meta["with_stack"],
-                    record_shapes=meta["record_shapes"], cpu=cpu, gpu=gpu,
-                    cuda_graph_max_bs=cfg.cuda_graph_max_bs, base_ns=base_ns)
+        write_trace(
+            path,
+            rank,
+            steps,
+            cfg.dialect,
+            with_stack=meta["with_stack"],
+            record_shapes=meta["record_shapes"],
+            cpu=cpu,
+            gpu=gpu,
+            cuda_graph_max_bs=cfg.cuda_graph_max_bs,
+            base_ns=base_ns,
+        )
         paths.append(path)
     return paths
 
@@ -236,14 +276,20 @@ class Engine:
     # ------------------------------------------------------------------ model
 
     def decode_step_s(self, max_bs: int) -> float:
-        return (self.knobs.step_base_ms + self.knobs.step_per_req_ms * max_bs) * 1e-3 * self.step_factor
+        return (
+            (self.knobs.step_base_ms + self.knobs.step_per_req_ms * max_bs)
+            * 1e-3
+            * self.step_factor
+        )
 
     def model_description(self) -> dict:
         return {
             "step_base_ms": self.knobs.step_base_ms,
             "step_per_req_ms": self.knobs.step_per_req_ms,
             "step_factor": self.step_factor,
-            "eplb": self.eplb if self.eplb == "static" else ("online" if self.cfg.ns.enable_eplb else "none"),
+            "eplb": self.eplb
+            if self.eplb == "static"
+            else ("online" if self.cfg.ns.enable_eplb else "none"),
             "prefill_tokens_per_s": self.knobs.prefill_tokens_per_s,
             "profile_overhead": self.knobs.profile_overhead,
             "cap_per_rank": self.cap,
@@ -256,8 +302,10 @@ class Engine:
         if req.routed_dp is not None and 0 <= req.routed_dp < len(self.ranks):
             return self.ranks[req.routed_dp]
         if self.cfg.ns.load_balance_method in ("shortest_queue", "minimum_tokens"):
-            return min(self.ranks, key=lambda r: (len(r.running) + len(r.queue) + r.transfer
-                                                  + len(r.waiting), r.dp))
+            return min(
+                self.ranks,
+                key=lambda r: (len(r.running) + len(r.queue) + r.transfer + len(r.waiting), r.dp),
+            )
         rank = self.ranks[self.rr % len(self.ranks)]
         self.rr += 1
         return rank
@@ -269,8 +317,12 @@ class Engine:
         rank.waiting.append(req)
         self.wake.set()
 
-    def submit_decode(self, req: Req, wait: Callable[[Callable[[], None]], Callable[[], None]] | None,
-                      timeout_s: float) -> None:
+    def submit_decode(
+        self,
+        req: Req,
+        wait: Callable[[Callable[[], None]], Callable[[], None]] | None,
+        timeout_s: float,
+    ) -> None:
         """A PD decode request; ``wait(on_ready)`` waits for its room (None: no transfer)."""
         rank = self._pick_rank(req)
         req.dp = rank.dp
@@ -304,12 +356,23 @@ class Engine:
             rank.transfer -= 1
             rank.transfer_tokens -= req.prompt_tokens
             if not req.aborted:
-                self.emit([(t, f"Decode transfer failed for request rank={rank.dp} rid={req.rid} "
-                               f"with exception KVTransferError(bootstrap room not ready after "
-                               f"{timeout_s:.0f} s)") for t in self._tp_of_dp(rank.dp)])
+                self.emit(
+                    [
+                        (
+                            t,
+                            f"Decode transfer failed for request rank={rank.dp} rid={req.rid} "
+                            f"with exception KVTransferError(bootstrap room not ready after "
+                            f"{timeout_s:.0f} s)",
+                        )
+                        for t in self._tp_of_dp(rank.dp)
+                    ]
+                )
                 req.aborted = True
-                req.call.fail(req, f"KV transfer timed out after {timeout_s:.0f} s "
-                                   "(SGLANG_DISAGGREGATION_WAITING_TIMEOUT)")
+                req.call.fail(
+                    req,
+                    f"KV transfer timed out after {timeout_s:.0f} s "
+                    "(SGLANG_DISAGGREGATION_WAITING_TIMEOUT)",
+                )
                 req.call.flush()
 
         timer = loop.call_later(timeout_s, expire)
@@ -358,8 +421,16 @@ class Engine:
     def flush_cache(self) -> bool:
         queued, running = self.pending_counts()
         if queued or running:
-            self.emit([(t, "Cache not flushed because there are pending requests. "
-                           f"#queue-req: {queued}, #running-req: {running}") for t in self.all_tp])
+            self.emit(
+                [
+                    (
+                        t,
+                        "Cache not flushed because there are pending requests. "
+                        f"#queue-req: {queued}, #running-req: {running}",
+                    )
+                    for t in self.all_tp
+                ]
+            )
             return False
         self.emit([(t, "Cache flushed successfully!") for t in self.all_tp])
         return True
@@ -379,7 +450,10 @@ class Engine:
             with_stack = env.get("SGLANG_PROFILE_WITH_STACK", "true").lower() not in ("0", "false")
         record_shapes = body.get("record_shapes")
         if record_shapes is None:
-            record_shapes = env.get("SGLANG_PROFILE_RECORD_SHAPES", "true").lower() not in ("0", "false")
+            record_shapes = env.get("SGLANG_PROFILE_RECORD_SHAPES", "true").lower() not in (
+                "0",
+                "false",
+            )
         activities = body.get("activities") or ["CPU", "GPU"]
         by_stage = bool(body.get("profile_by_stage"))
         profile_id = body.get("profile_id")
@@ -401,10 +475,18 @@ class Engine:
                 stop_ct = None
         output_dir = body.get("output_dir")
         self.profile = ProfileState(
-            profile_id=profile_id, output_dir=output_dir, num_steps=num_steps,
-            start_ct=start_ct, stop_ct=stop_ct, activities=[str(a) for a in activities],
-            with_stack=bool(with_stack), record_shapes=bool(record_shapes), by_stage=by_stage,
-            stage=stage, prefix=body.get("profile_prefix"), merge=bool(body.get("merge_profiles")),
+            profile_id=profile_id,
+            output_dir=output_dir,
+            num_steps=num_steps,
+            start_ct=start_ct,
+            stop_ct=stop_ct,
+            activities=[str(a) for a in activities],
+            with_stack=bool(with_stack),
+            record_shapes=bool(record_shapes),
+            by_stage=by_stage,
+            stage=stage,
+            prefix=body.get("profile_prefix"),
+            merge=bool(body.get("merge_profiles")),
         )
         if by_stage and num_steps:
             self.profile.stop_ct = None
@@ -414,10 +496,14 @@ class Engine:
 
     def _meta(self, prof: ProfileState) -> dict:
         return {
-            "profile_id": prof.profile_id, "output_dir": prof.output_dir,
-            "activities": prof.activities, "with_stack": prof.with_stack,
-            "record_shapes": prof.record_shapes, "by_stage": prof.by_stage,
-            "stage": prof.stage, "prefix": prof.prefix,
+            "profile_id": prof.profile_id,
+            "output_dir": prof.output_dir,
+            "activities": prof.activities,
+            "with_stack": prof.with_stack,
+            "record_shapes": prof.record_shapes,
+            "by_stage": prof.by_stage,
+            "stage": prof.stage,
+            "prefix": prof.prefix,
         }
 
     def _activate_profile(self) -> None:
@@ -426,8 +512,12 @@ class Engine:
         prof.active = True
         shown_stage = prof.stage if prof.by_stage else None
         local_dir = default_profile_dir(prof.output_dir)
-        self.emit([(t, self.dialect.profile_start_line(local_dir, prof.profile_id, shown_stage))
-                   for t in self.cfg.local_tp_ranks(0)])
+        self.emit(
+            [
+                (t, self.dialect.profile_start_line(local_dir, prof.profile_id, shown_stage))
+                for t in self.cfg.local_tp_ranks(0)
+            ]
+        )
         if self.remote_profile is not None:
             self.remote_profile("start", self._meta(prof), None)
 
@@ -455,19 +545,28 @@ class Engine:
         if remote is not None:
             await remote
         local_dir = default_profile_dir(prof.output_dir)
-        self.emit([(t, self.dialect.profile_done_line(local_dir)) for t in self.cfg.local_tp_ranks(0)])
+        self.emit(
+            [(t, self.dialect.profile_done_line(local_dir)) for t in self.cfg.local_tp_ranks(0)]
+        )
         truth = {
             "profile_id": prof.profile_id,
             "model": self.model_description(),
             "steps": [
-                {"forward_ct": s["ct"], "kind": s["kind"], "start_us": round(s["t0"] * 1e6, 3),
-                 "sleep_ms": round(s["sleep"] * 1e3, 6), "forward_ms": round(s["fwd"] * 1e3, 6),
-                 "batch": s["bs"]}
+                {
+                    "forward_ct": s["ct"],
+                    "kind": s["kind"],
+                    "start_us": round(s["t0"] * 1e6, 3),
+                    "sleep_ms": round(s["sleep"] * 1e3, 6),
+                    "forward_ms": round(s["fwd"] * 1e3, 6),
+                    "batch": s["bs"],
+                }
                 for s in steps
             ],
         }
-        self.log("emulator ground truth (test double, not a measurement): "
-                 + json.dumps(truth, separators=(",", ":")))
+        self.log(
+            "emulator ground truth (test double, not a measurement): "
+            + json.dumps(truth, separators=(",", ":"))
+        )
 
     # ------------------------------------------------------------------ health
 
@@ -614,8 +713,9 @@ class Engine:
                 slots -= 1
                 any_extend = True
         if any_extend:
-            return Plan("EXTEND", [len(e) for e in extend], [sum(t for _r, t in e) for e in extend],
-                        extend)
+            return Plan(
+                "EXTEND", [len(e) for e in extend], [sum(t for _r, t in e) for e in extend], extend
+            )
         if self.mode == "plain":
             bs = [len(r.running) for r in self.ranks]
             if any(bs):
@@ -632,8 +732,17 @@ class Engine:
         prof = self.profile
         if prof is not None and prof.active:
             if not prof.by_stage or plan.kind == prof.stage:
-                prof.steps.append({"ct": self.forward_ct, "t0": t0, "sleep": sleep, "fwd": fwd,
-                                   "kind": plan.kind, "bs": list(plan.bs), "toks": list(plan.toks)})
+                prof.steps.append(
+                    {
+                        "ct": self.forward_ct,
+                        "t0": t0,
+                        "sleep": sleep,
+                        "fwd": fwd,
+                        "kind": plan.kind,
+                        "bs": list(plan.bs),
+                        "toks": list(plan.toks),
+                    }
+                )
                 prof.stage_count += 1
         if plan.kind == "DECODE":
             self._complete_decode(plan, end)
@@ -713,7 +822,10 @@ class Engine:
                 req.prefill_left -= take
                 new_tokens += take
                 if req.prefill_left <= 0:
-                    rank.waiting.remove(req)
+                    if rank.waiting and rank.waiting[0] is req:
+                        rank.waiting.popleft()  # prompts are taken in order from the front
+                    else:
+                        rank.waiting.remove(req)
                     if self.mode == "plain":
                         self._join(rank, req, 1)
                     else:

@@ -34,11 +34,15 @@ from .scheduler import (
 )
 from .transfer import FAKE_BOOTSTRAP_HOST, RoomBoard, RoomWatcher, room_key
 
-NOTICE = ("pdbench emulator: a test double for rehearsals and tests, not SGLang; "
-          "nothing it prints is a measurement")
+NOTICE = (
+    "pdbench emulator: a test double for rehearsals and tests, not SGLang; "
+    "nothing it prints is a measurement"
+)
 
-_LOREM = ("the quick brown fox jumps over the lazy dog and keeps running through the field "
-          "while the emulated decoder writes one character per token ")
+_LOREM = (
+    "the quick brown fox jumps over the lazy dog and keeps running through the field "
+    "while the emulated decoder writes one character per token "
+)
 
 
 def token_text(n: int) -> str:
@@ -92,8 +96,17 @@ class WarmupCall(Call):
 class GenerateCall(Call):
     """One ``/generate`` or ``/v1/completions`` request (possibly a batch of prompts)."""
 
-    def __init__(self, server: NodeZero, n: int, *, stream: bool, batch: bool, openai: bool,
-                 include_usage: bool = False, echo_ids: bool = False) -> None:
+    def __init__(
+        self,
+        server: NodeZero,
+        n: int,
+        *,
+        stream: bool,
+        batch: bool,
+        openai: bool,
+        include_usage: bool = False,
+        echo_ids: bool = False,
+    ) -> None:
         self.server = server
         self.stream = stream
         self.batch = batch
@@ -179,10 +192,19 @@ class GenerateCall(Call):
             self.sent[req.index] = n
             fr = self._finish_reason(req, n)
             obj = {
-                "id": self.cid, "object": "text_completion", "created": self.created,
+                "id": self.cid,
+                "object": "text_completion",
+                "created": self.created,
                 "model": self.server.cfg.served_model_name,
-                "choices": [{"index": req.index, "text": token_text(n)[last:], "logprobs": None,
-                             "finish_reason": fr["type"] if fr else None, "matched_stop": None}],
+                "choices": [
+                    {
+                        "index": req.index,
+                        "text": token_text(n)[last:],
+                        "logprobs": None,
+                        "finish_reason": fr["type"] if fr else None,
+                        "matched_stop": None,
+                    }
+                ],
                 "usage": None,
             }
             return b"data: " + json.dumps(obj, separators=(", ", ": ")).encode() + b"\n\n"
@@ -206,15 +228,29 @@ class GenerateCall(Call):
             for req in self.reqs:
                 n = self._count(req)
                 fr = self._finish_reason(req, n)
-                choices.append({"index": req.index, "text": token_text(n), "logprobs": None,
-                                "finish_reason": fr["type"] if fr else None, "matched_stop": None})
+                choices.append(
+                    {
+                        "index": req.index,
+                        "text": token_text(n),
+                        "logprobs": None,
+                        "finish_reason": fr["type"] if fr else None,
+                        "matched_stop": None,
+                    }
+                )
                 prompt += req.prompt_tokens
                 completion += n
             return {
-                "id": self.cid, "object": "text_completion", "created": self.created,
-                "model": self.server.cfg.served_model_name, "choices": choices,
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion, "prompt_tokens_details": None},
+                "id": self.cid,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.server.cfg.served_model_name,
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "prompt_tokens_details": None,
+                },
             }
         out = []
         for req in self.reqs:
@@ -235,10 +271,18 @@ class GenerateCall(Call):
         if self.openai and self.include_usage:
             prompt = sum(r.prompt_tokens for r in self.reqs)
             completion = sum(self._count(r) for r in self.reqs)
-            usage = {"id": self.cid, "object": "text_completion", "created": self.created,
-                     "model": self.server.cfg.served_model_name, "choices": [],
-                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                               "total_tokens": prompt + completion}}
+            usage = {
+                "id": self.cid,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.server.cfg.served_model_name,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }
             sink.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
         sink.write(b"data: [DONE]\n\n")
         await sink.drain()
@@ -269,14 +313,22 @@ class NodeZero:
         mode = cfg.ns.expert_distribution_recorder_mode
         if mode is None and cfg.ns.enable_eplb:
             mode = "stat"
-        self.recorder = ExpertRecorder(mode, cfg.ns.expert_distribution_recorder_buffer_size,
-                                       cfg.model_path)
-        self.hub = (Hub("0.0.0.0", cfg.dist_addr()[1], cfg.nnodes, self._lost_peer, self.info)
-                    if cfg.nnodes > 1 else None)
+        self.recorder = ExpertRecorder(
+            mode, cfg.ns.expert_distribution_recorder_buffer_size, cfg.model_path
+        )
+        self.hub = (
+            Hub("0.0.0.0", cfg.dist_addr()[1], cfg.nnodes, self._lost_peer, self.info)
+            if cfg.nnodes > 1
+            else None
+        )
         self.board = RoomBoard(self._describe_prefill) if cfg.mode == "prefill" else None
         self.watcher = RoomWatcher(self.info) if cfg.mode == "decode" else None
         self.engine = Engine(
-            cfg, emit=self.emit, log=self.info, recorder=self.recorder, eplb=self.eplb,
+            cfg,
+            emit=self.emit,
+            log=self.info,
+            recorder=self.recorder,
+            eplb=self.eplb,
             on_prefilled=self._prefilled if cfg.mode == "prefill" else None,
             remote_profile=self._remote_profile if cfg.nnodes > 1 else None,
             fatal=self.fatal,
@@ -312,8 +364,9 @@ class NodeZero:
             self.exit_future.set_result(code)
 
     def fatal(self, message: str) -> None:
-        self.log.line("Scheduler hit an exception: Traceback (most recent call last):",
-                      self._rank0_prefix())
+        self.log.line(
+            "Scheduler hit an exception: Traceback (most recent call last):", self._rank0_prefix()
+        )
         self.log.raw('  File "pdbench/emulator/scheduler.py", in run')
         self.log.raw(message)
         self.log.line("Received sigquit from a child process. It usually means the child failed.")
@@ -325,13 +378,20 @@ class NodeZero:
     def _lost_peer(self, node_rank: int, address: str, reason: str) -> None:
         if self.shutting_down:
             return
-        self.fatal(f"RuntimeError: lost node rank {node_rank} ({address}) of "
-                   f"{self.cfg.nnodes} nodes: {reason} (NCCL communicator aborted)")
+        self.fatal(
+            f"RuntimeError: lost node rank {node_rank} ({address}) of "
+            f"{self.cfg.nnodes} nodes: {reason} (NCCL communicator aborted)"
+        )
 
     # -- PD
     def _describe_prefill(self) -> dict:
-        return {"prefill_dp_size": self.cfg.dp, "prefill_tp_size": self.cfg.tp,
-                "prefill_pp_size": 1, "disaggregation_mode": "prefill", "emulator": True}
+        return {
+            "prefill_dp_size": self.cfg.dp,
+            "prefill_tp_size": self.cfg.tp,
+            "prefill_pp_size": 1,
+            "disaggregation_mode": "prefill",
+            "emulator": True,
+        }
 
     def _prefilled(self, reqs: list[Req]) -> None:
         assert self.board is not None
@@ -345,8 +405,12 @@ class NodeZero:
                 self.hub.send(node, {"t": "pstart", "meta": meta})
             return None
         waits = [
-            self.hub.request(node, {"t": "pstop", "meta": meta, "steps": steps},
-                             f"{meta['profile_id']}:{node}", 300)
+            self.hub.request(
+                node,
+                {"t": "pstop", "meta": meta, "steps": steps},
+                f"{meta['profile_id']}:{node}",
+                300,
+            )
             for node in range(1, self.cfg.nnodes)
         ]
         return asyncio.gather(*waits)
@@ -358,8 +422,10 @@ class NodeZero:
         self.log.line(f"INFO:     Started server process [{os.getpid()}]")
         self.log.line("INFO:     Waiting for application startup.")
         self.log.line("INFO:     Application startup complete.")
-        self.log.line(f"INFO:     Uvicorn running on http://{cfg.ns.host}:{cfg.ns.port} "
-                      "(Press CTRL+C to quit)")
+        self.log.line(
+            f"INFO:     Uvicorn running on http://{cfg.ns.host}:{cfg.ns.port} "
+            "(Press CTRL+C to quit)"
+        )
         if self.board is not None:
             await self.board.start(cfg.ns.disaggregation_bootstrap_port)
         if self.hub is not None:
@@ -371,22 +437,49 @@ class NodeZero:
                 await asyncio.wait_for(self.hub.all_connected.wait(), cfg.knobs.dist_timeout_s)
             except asyncio.TimeoutError:
                 missing = sorted(set(range(1, cfg.nnodes)) - set(self.hub.peers))
-                self.fatal(f"RuntimeError: timed out after {cfg.knobs.dist_timeout_s:.0f} s "
-                           f"waiting for node ranks {missing} at {cfg.ns.dist_init_addr}")
+                self.fatal(
+                    f"RuntimeError: timed out after {cfg.knobs.dist_timeout_s:.0f} s "
+                    f"waiting for node ranks {missing} at {cfg.ns.dist_init_addr}"
+                )
                 return
-        self.log.lines([(self.prefixes[t], "Init torch distributed ends. mem usage=0.00 GB")
-                        for t in local])
+        self.log.lines(
+            [(self.prefixes[t], "Init torch distributed ends. mem usage=0.00 GB") for t in local]
+        )
         if self.eplb == "static":
-            self.log.lines([(self.prefixes[t], "init_expert_location from init_by_eplb using "
-                             "ServerArgs.init_expert_location") for t in local])
+            self.log.lines(
+                [
+                    (
+                        self.prefixes[t],
+                        "init_expert_location from init_by_eplb using "
+                        "ServerArgs.init_expert_location",
+                    )
+                    for t in local
+                ]
+            )
         await asyncio.sleep(cfg.knobs.warmup_s)
         arch = (self.model_cfg.get("architectures") or ["DeepseekV3ForCausalLM"])[0]
-        self.log.lines([(self.prefixes[t], f"Load weight end. type={arch}, dtype=torch.bfloat16, "
-                         "avail mem=0.00 GB, mem usage=0.00 GB.") for t in local])
-        self.log.lines([(self.prefixes[t], f"max_total_num_tokens={cfg.token_capacity}, "
-                         f"chunked_prefill_size={cfg.chunked_prefill_size}, max_prefill_tokens="
-                         f"16384, max_running_requests={cfg.cap_per_rank}, context_len="
-                         f"{self.context_len()}") for t in local])
+        self.log.lines(
+            [
+                (
+                    self.prefixes[t],
+                    f"Load weight end. type={arch}, dtype=torch.bfloat16, "
+                    "avail mem=0.00 GB, mem usage=0.00 GB.",
+                )
+                for t in local
+            ]
+        )
+        self.log.lines(
+            [
+                (
+                    self.prefixes[t],
+                    f"max_total_num_tokens={cfg.token_capacity}, "
+                    f"chunked_prefill_size={cfg.chunked_prefill_size}, max_prefill_tokens="
+                    f"16384, max_running_requests={cfg.cap_per_rank}, context_len="
+                    f"{self.context_len()}",
+                )
+                for t in local
+            ]
+        )
         self.engine_task = asyncio.ensure_future(self.engine.run())
         self.engine_task.add_done_callback(self._engine_done)
         if not cfg.ns.skip_server_warmup:
@@ -424,8 +517,9 @@ class NodeZero:
             await call.done
 
     def context_len(self) -> int:
-        return int(self.cfg.ns.context_length or self.model_cfg.get("max_position_embeddings")
-                   or 163840)
+        return int(
+            self.cfg.ns.context_length or self.model_cfg.get("max_position_embeddings") or 163840
+        )
 
     async def stop(self) -> None:
         self.shutting_down = True
@@ -439,24 +533,31 @@ class NodeZero:
     async def handle(self, req: httpd.Request):
         path = req.path.rstrip("/") or "/"
         handler = self.routes.get(path)
-        if handler is None or (path in ("/server_info", "/model_info")
-                               and not self.cfg.dialect.has_server_info):
+        if handler is None or (
+            path in ("/server_info", "/model_info") and not self.cfg.dialect.has_server_info
+        ):
             return httpd.json_response({"detail": "Not Found"}, 404)
-        deprecated = ("/get_model_info", "/get_server_info", "/get_load")
-        if path in deprecated[:2] and not self.cfg.dialect.has_server_info:
-            pass  # the only spelling this release has
-        elif path in deprecated:
-            new = {"/get_model_info": "/model_info", "/get_server_info": "/server_info",
-                   "/get_load": "/v1/loads"}[path]
-            self.log.line(f"Endpoint '{path}' is deprecated and will be removed in a future "
-                          f"version. Please use '{new}' instead.")
+        renamed = {"/get_model_info": "/model_info", "/get_server_info": "/server_info"}
+        if path == "/get_load" and self.cfg.dialect.has_get_load:
+            renamed[path] = "/v1/loads"
+        if not self.cfg.dialect.has_server_info:  # the get_ spellings are the only ones
+            renamed.pop("/get_model_info")
+            renamed.pop("/get_server_info")
+        new = renamed.get(path)
+        if new is not None:
+            self.log.line(
+                f"Endpoint '{path}' is deprecated and will be removed in a future "
+                f"version. Please use '{new}' instead."
+            )
         return await handler(self, req)
 
     async def h_health(self, req: httpd.Request):
         if not self.ready or self.shutting_down:
             return httpd.Response(503)
         flag = os.environ.get("SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION", "true").lower()
-        if (flag in ("0", "false") and req.path == "/health") or not self.cfg.dialect.health_generates:
+        if (
+            flag in ("0", "false") and req.path == "/health"
+        ) or not self.cfg.dialect.health_generates:
             return httpd.Response(200)
         timeout = _env_float("SGLANG_HEALTH_CHECK_TIMEOUT", 20.0)
         tic = time.time()
@@ -465,7 +566,8 @@ class NodeZero:
         self.log.line(
             f"Health check failed. Server couldn't get a response from detokenizer for last "
             f"{timeout:.0f} seconds. tic start time: {tic:.0f}. last_heartbeat time: "
-            f"{time.time() - (time.monotonic() - self.engine.last_output):.0f}")
+            f"{time.time() - (time.monotonic() - self.engine.last_output):.0f}"
+        )
         return httpd.Response(503)
 
     async def h_ready(self, req: httpd.Request):
@@ -487,9 +589,13 @@ class NodeZero:
             "architectures": self.model_cfg.get("architectures", ["DeepseekV3ForCausalLM"]),
         }
         if cfg.dialect.at_least("0.5.23"):
-            info.update(served_model_name=cfg.served_model_name, load_format="auto",
-                        reasoning_parser=None, tool_call_parser=None,
-                        disaggregation_mode=None if cfg.mode == "plain" else cfg.mode)
+            info.update(
+                served_model_name=cfg.served_model_name,
+                load_format="auto",
+                reasoning_parser=None,
+                tool_call_parser=None,
+                disaggregation_mode=None if cfg.mode == "plain" else cfg.mode,
+            )
         return info
 
     async def h_model_info(self, req: httpd.Request):
@@ -499,65 +605,99 @@ class NodeZero:
         cfg = self.cfg
         out = []
         for rank in self.engine.ranks:
-            out.append({
-                "dp_rank": rank.dp,
-                "dp_size": cfg.dp,
-                "tp_size": cfg.tp,
-                "ep_size": cfg.ep,
-                "disaggregation_mode": None if cfg.mode == "plain" else cfg.mode,
-                "max_running_requests": cfg.max_running_requests,
-                "last_gen_throughput": round(rank.last_gen_throughput, 2),
-                "memory_usage": {"weight": 0.0, "kvcache": 0.0,
-                                 "token_capacity": cfg.token_capacity, "graph": 0.0},
-                "effective_max_running_requests_per_dp": cfg.cap_per_rank,
-            })
+            out.append(
+                {
+                    "dp_rank": rank.dp,
+                    "dp_size": cfg.dp,
+                    "tp_size": cfg.tp,
+                    "ep_size": cfg.ep,
+                    "disaggregation_mode": None if cfg.mode == "plain" else cfg.mode,
+                    "max_running_requests": cfg.max_running_requests,
+                    "last_gen_throughput": round(rank.last_gen_throughput, 2),
+                    "memory_usage": {
+                        "weight": 0.0,
+                        "kvcache": 0.0,
+                        "token_capacity": cfg.token_capacity,
+                        "graph": 0.0,
+                    },
+                    "effective_max_running_requests_per_dp": cfg.cap_per_rank,
+                }
+            )
         return out
 
     async def h_server_info(self, req: httpd.Request):
         cfg = self.cfg
         info = cfg.server_args_dict()
-        info.update({
-            "status": "ready" if self.ready else "starting",
-            "max_total_num_tokens": cfg.token_capacity,
-            "max_req_input_len": self.context_len() - 1,
-            "internal_states": self.internal_states(),
-            "version": cfg.knobs.sglang_version,
-            "kv_events": None,
-            "emulator": True,
-            "emulator_unrecognized_args": cfg.unknown,
-        })
+        info.update(
+            {
+                "status": "ready" if self.ready else "starting",
+                "max_total_num_tokens": cfg.token_capacity,
+                "max_req_input_len": self.context_len() - 1,
+                "internal_states": self.internal_states(),
+                "version": cfg.knobs.sglang_version,
+                "kv_events": None,
+                "emulator": True,
+                "emulator_unrecognized_args": cfg.unknown,
+            }
+        )
         if cfg.dialect.at_least("0.5.23"):
             info["startup_time"] = round(self.started_at, 3)
             info["frontend"] = "python"
         return httpd.json_response(info)
 
     async def h_models(self, req: httpd.Request):
-        return httpd.json_response({"object": "list", "data": [{
-            "id": self.cfg.served_model_name, "object": "model", "created": int(self.started_at),
-            "owned_by": "sglang", "root": self.cfg.model_path, "parent": None,
-            "max_model_len": self.context_len()}]})
+        return httpd.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.cfg.served_model_name,
+                        "object": "model",
+                        "created": int(self.started_at),
+                        "owned_by": "sglang",
+                        "root": self.cfg.model_path,
+                        "parent": None,
+                        "max_model_len": self.context_len(),
+                    }
+                ],
+            }
+        )
 
     async def h_get_load(self, req: httpd.Request):
         if not self.cfg.dialect.has_get_load:
             return httpd.json_response({"detail": "Not Found"}, 404)
-        return httpd.json_response([
-            {"dp_rank": r.dp, "num_reqs": len(r.running) + len(r.queue) + r.transfer + len(r.waiting),
-             "num_waiting_reqs": len(r.queue) + r.transfer + len(r.waiting),
-             "num_tokens": r.token_sum, "num_pending_tokens": sum(x.prefill_left for x in r.waiting),
-             "ts_tic": time.time()}
-            for r in self.engine.ranks])
+        return httpd.json_response(
+            [
+                {
+                    "dp_rank": r.dp,
+                    "num_reqs": len(r.running) + len(r.queue) + r.transfer + len(r.waiting),
+                    "num_waiting_reqs": len(r.queue) + r.transfer + len(r.waiting),
+                    "num_tokens": r.token_sum,
+                    "num_pending_tokens": sum(x.prefill_left for x in r.waiting),
+                    "ts_tic": time.time(),
+                }
+                for r in self.engine.ranks
+            ]
+        )
 
     async def h_loads(self, req: httpd.Request):
-        loads = [{"dp_rank": r.dp, "num_running_reqs": len(r.running),
-                  "num_waiting_reqs": len(r.queue) + r.transfer + len(r.waiting),
-                  "num_used_tokens": r.token_sum, "max_total_num_tokens": self.cfg.token_capacity,
-                  "token_usage": round(r.token_sum / self.cfg.token_capacity, 4),
-                  "gen_throughput": round(r.last_gen_throughput, 2)}
-                 for r in self.engine.ranks]
+        loads = [
+            {
+                "dp_rank": r.dp,
+                "num_running_reqs": len(r.running),
+                "num_waiting_reqs": len(r.queue) + r.transfer + len(r.waiting),
+                "num_used_tokens": r.token_sum,
+                "max_total_num_tokens": self.cfg.token_capacity,
+                "token_usage": round(r.token_sum / self.cfg.token_capacity, 4),
+                "gen_throughput": round(r.last_gen_throughput, 2),
+            }
+            for r in self.engine.ranks
+        ]
         if "dp_rank" in req.query:
             loads = [x for x in loads if str(x["dp_rank"]) == req.query["dp_rank"]]
-        return httpd.json_response({"timestamp": time.time(), "version": self.cfg.knobs.sglang_version,
-                                    "loads": loads})
+        return httpd.json_response(
+            {"timestamp": time.time(), "version": self.cfg.knobs.sglang_version, "loads": loads}
+        )
 
     async def h_metrics(self, req: httpd.Request):
         if not self.cfg.ns.enable_metrics:
@@ -579,25 +719,39 @@ class NodeZero:
 
     async def h_flush_cache(self, req: httpd.Request):
         ok = await self.engine.control(self.engine.flush_cache)
-        return httpd.Response(200 if ok else 400,
-                              "Cache flushed.\nPlease check backend logs for more details. (When "
-                              "there are running or waiting requests, the operation will not be "
-                              "performed.)\n")
+        return httpd.Response(
+            200 if ok else 400,
+            "Cache flushed.\nPlease check backend logs for more details. (When "
+            "there are running or waiting requests, the operation will not be "
+            "performed.)\n",
+        )
 
     async def h_slow_down(self, req: httpd.Request):
         body = req.json(optional=True)
         if not isinstance(body, dict) or "forward_sleep_time" not in body:
             return httpd.json_response(
-                {"error": {"message": "Object missing required field `forward_sleep_time`",
-                           "code": 400}}, 400)
+                {
+                    "error": {
+                        "message": "Object missing required field `forward_sleep_time`",
+                        "code": 400,
+                    }
+                },
+                400,
+            )
         value = body["forward_sleep_time"]
         if value is not None:
             try:
                 value = float(value)
             except (TypeError, ValueError):
                 return httpd.json_response(
-                    {"error": {"message": "Expected `float | null` for `forward_sleep_time`",
-                               "code": 400}}, 400)
+                    {
+                        "error": {
+                            "message": "Expected `float | null` for `forward_sleep_time`",
+                            "code": 400,
+                        }
+                    },
+                    400,
+                )
         await self.engine.control(lambda: self.engine.set_slow_down(value))
         return httpd.json_response(None)
 
@@ -626,8 +780,11 @@ class NodeZero:
         def run():
             if action == "start":
                 if not rec.start():
-                    self.log.line("SGLang server is already recording expert ids. Did you forget "
-                                  "to dump the expert ids recorded so far?", self._rank0_prefix())
+                    self.log.line(
+                        "SGLang server is already recording expert ids. Did you forget "
+                        "to dump the expert ids recorded so far?",
+                        self._rank0_prefix(),
+                    )
             elif action == "stop":
                 rec.stop()
             else:
@@ -640,9 +797,11 @@ class NodeZero:
         except RecorderError as exc:
             self.log.line(f"Exception: {exc}", self._rank0_prefix())
             return httpd.Response(500, f"Exception: {exc}\n")
-        text = {"start": "Start recording the expert distribution.\n",
-                "stop": "Stop recording the expert distribution.\n",
-                "dump": "Dump expert distribution record.\n"}[action]
+        text = {
+            "start": "Start recording the expert distribution.\n",
+            "stop": "Stop recording the expert distribution.\n",
+            "dump": "Dump expert distribution record.\n",
+        }[action]
         return httpd.Response(200, text)
 
     async def h_expert_start(self, req):
@@ -673,10 +832,17 @@ class NodeZero:
         if n == 0:
             raise httpd.HTTPError(400, "empty batch")
         sp = _listify(body.get("sampling_params") or {}, n, "sampling_params")
-        max_new = [int((p or {}).get("max_new_tokens", 128) if isinstance(p, dict) else 128)
-                   for p in sp]
-        call = GenerateCall(self, n, stream=bool(body.get("stream")), batch=batch, openai=False,
-                            echo_ids=ids is not None)
+        max_new = [
+            int((p or {}).get("max_new_tokens", 128) if isinstance(p, dict) else 128) for p in sp
+        ]
+        call = GenerateCall(
+            self,
+            n,
+            stream=bool(body.get("stream")),
+            batch=batch,
+            openai=False,
+            echo_ids=ids is not None,
+        )
         call.intervals = [self._stream_interval(p) for p in sp]
         self._submit(call, body, [prompt_len(p) for p in prompts], max_new)
         return await self._respond(call)
@@ -685,9 +851,15 @@ class NodeZero:
         if req.method != "POST":
             return httpd.json_response({"detail": "Method Not Allowed"}, 405)
         if "json" not in req.headers.get("content-type", ""):
-            return httpd.json_response({"object": "error", "message": "Content-Type must be "
-                                        "application/json", "type": "BadRequestError",
-                                        "code": 400}, 400)
+            return httpd.json_response(
+                {
+                    "object": "error",
+                    "message": "Content-Type must be application/json",
+                    "type": "BadRequestError",
+                    "code": 400,
+                },
+                400,
+            )
         body = req.json()
         prompt = body.get("prompt")
         if prompt is None:
@@ -701,8 +873,14 @@ class NodeZero:
         n = len(prompts)
         max_tokens = int(body.get("max_tokens") or 16)
         opts = body.get("stream_options") or {}
-        call = GenerateCall(self, n, stream=bool(body.get("stream")), batch=n > 1, openai=True,
-                            include_usage=bool(opts.get("include_usage")))
+        call = GenerateCall(
+            self,
+            n,
+            stream=bool(body.get("stream")),
+            batch=n > 1,
+            openai=True,
+            include_usage=bool(opts.get("include_usage")),
+        )
         self._submit(call, body, [prompt_len(p) for p in prompts], [max_tokens] * n)
         return await self._respond(call)
 
@@ -734,9 +912,15 @@ class NodeZero:
                     raise httpd.HTTPError(400, "bootstrap_room is required with bootstrap_host")
         reqs = []
         for i in range(n):
-            r = Req(call, i, plens[i], max_new[i], stream=stream,
-                    routed_dp=routed[i] if isinstance(routed[i], int) else None,
-                    rid=str(rids[i]) if rids[i] is not None else None)
+            r = Req(
+                call,
+                i,
+                plens[i],
+                max_new[i],
+                stream=stream,
+                routed_dp=routed[i] if isinstance(routed[i], int) else None,
+                rid=str(rids[i]) if rids[i] is not None else None,
+            )
             reqs.append(r)
         call.reqs = reqs
         for i, r in enumerate(reqs):
@@ -745,13 +929,17 @@ class NodeZero:
                 if host is None or host == FAKE_BOOTSTRAP_HOST:
                     engine.submit_decode(r, None, self.waiting_timeout)
                 else:
-                    port = int(ports[i] if ports[i] is not None else cfg.ns.disaggregation_bootstrap_port)
+                    port = int(
+                        ports[i] if ports[i] is not None else cfg.ns.disaggregation_bootstrap_port
+                    )
                     room = room_key(rooms[i])
                     watcher = self.watcher
                     assert watcher is not None
                     engine.submit_decode(
-                        r, lambda cb, h=host, p=port, rm=room: watcher.wait(h, p, rm, cb),
-                        self.waiting_timeout)
+                        r,
+                        lambda cb, h=host, p=port, rm=room: watcher.wait(h, p, rm, cb),
+                        self.waiting_timeout,
+                    )
             elif cfg.mode == "prefill":
                 room = body.get("bootstrap_room")
                 if isinstance(room, list):
@@ -825,8 +1013,9 @@ class PeerNode:
             self.log.line(f"RuntimeError: node rank {cfg.node_rank}: {exc}")
             self._exit(1)
             return
-        self.log.lines([(self.prefixes[t], "Init torch distributed ends. mem usage=0.00 GB")
-                        for t in local])
+        self.log.lines(
+            [(self.prefixes[t], "Init torch distributed ends. mem usage=0.00 GB") for t in local]
+        )
         asyncio.ensure_future(self._serve())
 
     async def _serve(self) -> None:
@@ -834,8 +1023,11 @@ class PeerNode:
         if reason == "bye" or self.shutting_down:
             self._exit(0)
             return
-        self.log.line(f"RuntimeError: node rank {self.cfg.node_rank} lost node 0 "
-                      f"({self.cfg.ns.dist_init_addr}): {reason}", self._first_prefix())
+        self.log.line(
+            f"RuntimeError: node rank {self.cfg.node_rank} lost node 0 "
+            f"({self.cfg.ns.dist_init_addr}): {reason}",
+            self._first_prefix(),
+        )
         self._exit(1)
 
     def _first_prefix(self) -> str:
@@ -853,20 +1045,30 @@ class PeerNode:
             meta = msg["meta"]
             stage = meta["stage"] if meta.get("by_stage") else None
             out_dir = default_profile_dir(meta.get("output_dir"))
-            self.log.lines([(self.prefixes[t], self.cfg.dialect.profile_start_line(
-                out_dir, meta["profile_id"], stage)) for t in self.cfg.local_tp_ranks()])
+            self.log.lines(
+                [
+                    (
+                        self.prefixes[t],
+                        self.cfg.dialect.profile_start_line(out_dir, meta["profile_id"], stage),
+                    )
+                    for t in self.cfg.local_tp_ranks()
+                ]
+            )
         elif kind == "pstop":
             meta, steps = msg["meta"], msg["steps"]
             stage = meta["stage"] if meta.get("by_stage") else None
             local = self.cfg.local_tp_ranks()
-            self.log.lines([(self.prefixes[t], self.cfg.dialect.profile_stop_line(stage))
-                            for t in local])
+            self.log.lines(
+                [(self.prefixes[t], self.cfg.dialect.profile_stop_line(stage)) for t in local]
+            )
             loop = asyncio.get_running_loop()
-            paths = await loop.run_in_executor(None, export_traces, self.cfg,
-                                               self.cfg.node_rank, meta, steps)
+            paths = await loop.run_in_executor(
+                None, export_traces, self.cfg, self.cfg.node_rank, meta, steps
+            )
             out_dir = default_profile_dir(meta.get("output_dir"))
-            self.log.lines([(self.prefixes[t], self.cfg.dialect.profile_done_line(out_dir))
-                            for t in local])
+            self.log.lines(
+                [(self.prefixes[t], self.cfg.dialect.profile_done_line(out_dir)) for t in local]
+            )
             return {"paths": paths}
         return None
 
@@ -893,20 +1095,30 @@ async def amain(cfg: ServerConfig, log: LogWriter) -> int:
     for warning in cfg.warnings:
         log.line(f"WARNING server_args.py: {warning}")
     log.line(_server_args_line(cfg))
-    log.line(f"{NOTICE} (SGLang dialect {cfg.knobs.sglang_version}, node rank "
-             f"{cfg.node_rank} of {cfg.nnodes}, mode {cfg.mode})")
+    log.line(
+        f"{NOTICE} (SGLang dialect {cfg.knobs.sglang_version}, node rank "
+        f"{cfg.node_rank} of {cfg.nnodes}, mode {cfg.mode})"
+    )
     if cfg.unknown:
-        log.line("pdbench emulator: flags recorded but not emulated: "
-                 + json.dumps(cfg.unknown, sort_keys=True, default=str))
+        log.line(
+            "pdbench emulator: flags recorded but not emulated: "
+            + json.dumps(cfg.unknown, sort_keys=True, default=str)
+        )
     node: NodeZero | PeerNode
     try:
-        node = NodeZero(cfg, log, exit_future) if cfg.node_rank == 0 else PeerNode(cfg, log, exit_future)
+        node = (
+            NodeZero(cfg, log, exit_future)
+            if cfg.node_rank == 0
+            else PeerNode(cfg, log, exit_future)
+        )
     except StartupError as exc:
         log.line(f"Exception: {exc}")
         return 1
     if cfg.node_rank == 0:
-        log.line("pdbench emulator knobs (not a measurement): "
-                 + json.dumps(cfg.knobs.as_dict(), sort_keys=True))
+        log.line(
+            "pdbench emulator knobs (not a measurement): "
+            + json.dumps(cfg.knobs.as_dict(), sort_keys=True)
+        )
     try:
         start = asyncio.ensure_future(node.start())
         done, _ = await asyncio.wait({start, exit_future}, return_when=asyncio.FIRST_COMPLETED)
@@ -927,8 +1139,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
     except UsageError as exc:
-        sys.stderr.write("usage: python -m pdbench.emulator [SGLang launch_server flags]\n"
-                         f"python -m pdbench.emulator: error: {exc}\n")
+        sys.stderr.write(
+            "usage: python -m pdbench.emulator [SGLang launch_server flags]\n"
+            f"python -m pdbench.emulator: error: {exc}\n"
+        )
         return 2
     except StartupError as exc:
         LogWriter().line(f"Exception: {exc}")

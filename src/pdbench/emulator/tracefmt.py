@@ -61,9 +61,10 @@ class _Events:
     def x(self, cat: str, name: str, pid: Any, tid: Any, ts: float, dur: float, args: str) -> None:
         self.blocks.append(
             "  {\n"
-            f'    "ph": "X", "cat": "{cat}", "name": {json.dumps(name)}, "pid": {pid}, "tid": {tid},\n'
+            f'    "ph": "X", "cat": "{cat}", "name": {json.dumps(name)}, '
+            f'"pid": {pid}, "tid": {tid},\n'
             f'    "ts": {ts:.3f}, "dur": {max(dur, 0.001):.3f},\n'
-            "    \"args\": {\n"
+            '    "args": {\n'
             f"      {args}\n"
             "    }\n"
             "  }"
@@ -77,7 +78,7 @@ class _Events:
         self.blocks.append(
             "  {\n"
             f'    "name": "{name}", "ph": "M", "ts": {ts:.3f}, "pid": {pid}, "tid": {tid},\n'
-            "    \"args\": {\n"
+            '    "args": {\n'
             f"      {args}\n"
             "    }\n"
             "  }"
@@ -125,46 +126,123 @@ def build_events(
         cpu_dur = max(min(fwd * 0.4, fwd - 20.0), 1.0)
         if cpu:
             if dialect.scheduler_spans:
-                ev.x("user_annotation", "scheduler.get_next_batch_to_run", pid, tid,
-                     t0 - min(150.0, fwd * 0.05), min(100.0, fwd * 0.03), ev.annotation_args())
-                ev.x("user_annotation", "scheduler.run_batch", pid, tid, t0 + 2.0,
-                     sleep + cpu_dur + 30.0, ev.annotation_args())
+                ev.x(
+                    "user_annotation",
+                    "scheduler.get_next_batch_to_run",
+                    pid,
+                    tid,
+                    t0 - min(150.0, fwd * 0.05),
+                    min(100.0, fwd * 0.03),
+                    ev.annotation_args(),
+                )
+                ev.x(
+                    "user_annotation",
+                    "scheduler.run_batch",
+                    pid,
+                    tid,
+                    t0 + 2.0,
+                    sleep + cpu_dur + 30.0,
+                    ev.annotation_args(),
+                )
             if with_stack:
-                ev.x("python_function", frame, pid, tid, t0, sleep + cpu_dur + 40.0,
-                     f'"Python parent id": 1, "Python id": {len(ev.blocks) + 2}, '
-                     f'"Ev Idx": {len(ev.blocks)}')
+                ev.x(
+                    "python_function",
+                    frame,
+                    pid,
+                    tid,
+                    t0,
+                    sleep + cpu_dur + 40.0,
+                    f'"Python parent id": 1, "Python id": {len(ev.blocks) + 2}, '
+                    f'"Ev Idx": {len(ev.blocks)}',
+                )
                 if sleep > 0:
-                    ev.x("python_function", "<built-in function sleep>", pid, tid, t0 + 5.0,
-                         sleep - 10.0, f'"Python parent id": {len(ev.blocks) + 1}, '
-                         f'"Python id": {len(ev.blocks) + 2}, "Ev Idx": {len(ev.blocks)}')
-                ev.x("python_function", forward_frame, pid, tid, f0 + 4.0, cpu_dur + 8.0,
-                     f'"Python parent id": {len(ev.blocks) + 1}, "Python id": '
-                     f'{len(ev.blocks) + 2}, "Ev Idx": {len(ev.blocks)}')
+                    ev.x(
+                        "python_function",
+                        "<built-in function sleep>",
+                        pid,
+                        tid,
+                        t0 + 5.0,
+                        sleep - 10.0,
+                        f'"Python parent id": {len(ev.blocks) + 1}, '
+                        f'"Python id": {len(ev.blocks) + 2}, "Ev Idx": {len(ev.blocks)}',
+                    )
+                ev.x(
+                    "python_function",
+                    forward_frame,
+                    pid,
+                    tid,
+                    f0 + 4.0,
+                    cpu_dur + 8.0,
+                    f'"Python parent id": {len(ev.blocks) + 1}, "Python id": '
+                    f'{len(ev.blocks) + 2}, "Ev Idx": {len(ev.blocks)}',
+                )
             if dialect.step_spans:
-                ev.x("user_annotation", step_name(mode, bs, toks), pid, tid, f0 + 10.0, cpu_dur,
-                     ev.annotation_args())
+                ev.x(
+                    "user_annotation",
+                    step_name(mode, bs, toks),
+                    pid,
+                    tid,
+                    f0 + 10.0,
+                    cpu_dur,
+                    ev.annotation_args(),
+                )
             shapes = f', "Input Dims": [[{max(bs, 1)}]]' if record_shapes else ""
-            ev.x("cpu_op", "aten::copy_", pid, tid, f0 + 12.0, min(30.0, cpu_dur * 0.1),
-                 f'"External id": {ev.ext + 1},"Record function id": 0{shapes}, '
-                 f'"Ev Idx": {len(ev.blocks)}')
+            ev.x(
+                "cpu_op",
+                "aten::copy_",
+                pid,
+                tid,
+                f0 + 12.0,
+                min(30.0, cpu_dur * 0.1),
+                f'"External id": {ev.ext + 1},"Record function id": 0{shapes}, '
+                f'"Ev Idx": {len(ev.blocks)}',
+            )
             if mode == "DECODE" and bs <= cuda_graph_max_bs:
                 correlation += 1
-                ev.x("cuda_runtime", "cudaGraphLaunch", pid, tid, f0 + 10.0 + cpu_dur * 0.5,
-                     cpu_dur * 0.3, f'"cbid": 311, "correlation": {correlation}')
+                ev.x(
+                    "cuda_runtime",
+                    "cudaGraphLaunch",
+                    pid,
+                    tid,
+                    f0 + 10.0 + cpu_dur * 0.5,
+                    cpu_dur * 0.3,
+                    f'"cbid": 311, "correlation": {correlation}',
+                )
             if dialect.scheduler_spans:
-                ev.x("user_annotation", "scheduler.process_batch_result", pid, tid,
-                     f0 + fwd * 0.97, fwd * 0.02, ev.annotation_args())
+                ev.x(
+                    "user_annotation",
+                    "scheduler.process_batch_result",
+                    pid,
+                    tid,
+                    f0 + fwd * 0.97,
+                    fwd * 0.02,
+                    ev.annotation_args(),
+                )
         if gpu:
             if dialect.step_spans:
-                ev.x("gpu_user_annotation", step_name(mode, bs, toks), gpid, gtid, f0 + 30.0,
-                     fwd * 0.95 - 30.0, f'"External id": {ev.ext}')
+                ev.x(
+                    "gpu_user_annotation",
+                    step_name(mode, bs, toks),
+                    gpid,
+                    gtid,
+                    f0 + 30.0,
+                    fwd * 0.95 - 30.0,
+                    f'"External id": {ev.ext}',
+                )
             kernel = {
                 "DECODE": "emulated_decode_forward",
                 "EXTEND": "emulated_extend_forward",
                 "IDLE": "emulated_idle_forward",
             }[mode]
-            ev.x("kernel", kernel, gpid, gtid, f0 + 35.0, fwd * 0.95 - 40.0,
-                 f'"External id": {ev.ext}, "device": {rank.local_gpu}, "stream": 7')
+            ev.x(
+                "kernel",
+                kernel,
+                gpid,
+                gtid,
+                f0 + 35.0,
+                fwd * 0.95 - 40.0,
+                f'"External id": {ev.ext}, "device": {rank.local_gpu}, "stream": 7',
+            )
     if cpu:
         ev.meta("process_name", pid, 0, first, '"name": "python3"')
         ev.meta("thread_name", pid, tid, first, f'"name": "thread {tid} (sglang::schedul)"')
@@ -173,10 +251,11 @@ def build_events(
         ev.meta("thread_name", gpid, gtid, first, '"name": "stream 7 "')
     ev.blocks.append(
         "  {\n"
-        f'    "ph": "X", "cat": "Trace", "ts": {first:.3f}, "dur": {max(last - first, 0.001):.3f},\n'
+        f'    "ph": "X", "cat": "Trace", "ts": {first:.3f}, '
+        f'"dur": {max(last - first, 0.001):.3f},\n'
         '    "pid": "Spans", "tid": "PyTorch Profiler",\n'
         '    "name": "PyTorch Profiler (0)",\n'
-        "    \"args\": {\n"
+        '    "args": {\n'
         '      "Op count": 0\n'
         "    }\n"
         "  }"
@@ -210,8 +289,13 @@ def header(rank: TraceRank, *, with_stack: bool, record_shapes: bool, base_ns: i
             "world_size": rank.world_size,
             "pg_count": 1,
             "pg_config": [
-                {"pg_name": "0", "pg_desc": "default_pg", "backend_config": "cuda:nccl",
-                 "pg_size": rank.world_size, "ranks": ranks}
+                {
+                    "pg_name": "0",
+                    "pg_desc": "default_pg",
+                    "backend_config": "cuda:nccl",
+                    "pg_size": rank.world_size,
+                    "ranks": ranks,
+                }
             ],
             "nccl_version": "emulated",
         }
@@ -245,8 +329,14 @@ def write_trace(
 ) -> int:
     """Write one rank's trace to ``path`` (gzip); return the number of events."""
     blocks, _first, _last = build_events(
-        rank, steps, dialect, with_stack=with_stack, record_shapes=record_shapes, cpu=cpu,
-        gpu=gpu, cuda_graph_max_bs=cuda_graph_max_bs,
+        rank,
+        steps,
+        dialect,
+        with_stack=with_stack,
+        record_shapes=record_shapes,
+        cpu=cpu,
+        gpu=gpu,
+        cuda_graph_max_bs=cuda_graph_max_bs,
     )
     text = (
         header(rank, with_stack=with_stack, record_shapes=record_shapes, base_ns=base_ns)

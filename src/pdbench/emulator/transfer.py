@@ -50,8 +50,9 @@ class RoomBoard:
         for room in rooms:
             self.ready[room] = now
             self.ready.move_to_end(room)
-        while self.ready and (len(self.ready) > MAX_ROOMS
-                              or next(iter(self.ready.values())) < now - ROOM_TTL_S):
+        while self.ready and (
+            len(self.ready) > MAX_ROOMS or next(iter(self.ready.values())) < now - ROOM_TTL_S
+        ):
             self.ready.popitem(last=False)
         data = (json.dumps({"rooms": rooms}) + "\n").encode()
         alive = []
@@ -68,7 +69,7 @@ class RoomBoard:
         if req.path == "/pdbench/rooms":
             return httpd.StreamResponse(self._stream, content_type="application/jsonl")
         if req.path.startswith("/pdbench/room/"):
-            room = req.path[len("/pdbench/room/"):]
+            room = req.path[len("/pdbench/room/") :]
             status = 200 if room in self.ready else 404
             return httpd.json_response({"room": room, "ready": status == 200}, status)
         return httpd.Response(404, "Not Found")
@@ -95,7 +96,9 @@ class RoomWatcher:
         self.tasks: dict[tuple[str, int], asyncio.Task] = {}
         self.log_error = log_error
 
-    def wait(self, host: str, port: int, room: str, on_ready: Callable[[], None]) -> Callable[[], None]:
+    def wait(
+        self, host: str, port: int, room: str, on_ready: Callable[[], None]
+    ) -> Callable[[], None]:
         """Call ``on_ready`` once the room is finished; return a function that cancels."""
         addr = (host, int(port))
         ready = self.ready.setdefault(addr, OrderedDict())
@@ -138,8 +141,7 @@ class RoomWatcher:
         while True:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
-                writer.write(f"GET /pdbench/rooms HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n"
-                             .encode())
+                writer.write(f"GET /pdbench/rooms HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n".encode())
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 200"):
                     raise ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1"))
@@ -162,11 +164,17 @@ class RoomWatcher:
                             self._deliver(addr, json.loads(line)["rooms"])
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError,
-                    KeyError) as exc:
+            except (
+                OSError,
+                asyncio.TimeoutError,
+                asyncio.IncompleteReadError,
+                ValueError,
+                KeyError,
+            ) as exc:
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     self.log_error(
                         f"cannot reach the prefill bootstrap server {host}:{port} "
-                        f"({type(exc).__name__}: {exc}); retrying")
+                        f"({type(exc).__name__}: {exc}); retrying"
+                    )
                 await asyncio.sleep(min(0.2 * failures, 2.0))
