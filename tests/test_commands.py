@@ -294,7 +294,7 @@ def test_client_bench_serving(cfg, p3, plan):
         "--base-url", "http://gb-001:8000", "--dataset-name", "random-ids",
         "--random-input-len", "2000", "--random-output-len", "1500",
         "--random-range-ratio", "1.0", "--num-prompts", "73728", "--request-rate", "inf",
-        "--tokenizer", "deepseek-ai/DeepSeek-R1", "--output-file", "/r/ep48/p3/bench/bench.jsonl",
+        "--warmup-requests", "0", "--tokenizer", "deepseek-ai/DeepSeek-R1", "--output-file", "/r/ep48/p3/bench/bench.jsonl",
     ]  # fmt: skip
     raw = raw_default()
     raw["server_args"]["common"]["attention-backend"] = "trtllm_mla"

@@ -442,6 +442,9 @@ def client_argv(
         ]
         if w["max_concurrency"]:
             argv += ["--max-concurrency", str(w["max_concurrency"])]
+        # No warm-up request: the fill sets /slow_down before the client starts, and a
+        # warm-up request (up to 32 tokens) would then take 32 sleeps before the run.
+        argv += ["--warmup-requests", "0"]
         argv += ["--tokenizer", os.fspath(tok), "--output-file", output]
     elif w["client"] == "bench_one_batch_server":
         batch_size = w["batch_size"] or 2 * point.target_global_batch

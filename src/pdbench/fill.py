@@ -121,7 +121,9 @@ class FillTracker:
             and bool(self.ranks)
             and all(v["reached"] or v["plateaued"] for v in per_rank.values())
         )
-        running = [v["running_req"] for v in per_rank.values() if v["running_req"] is not None]
+        # A rank that only sleeps (no decode line yet) or is not seen yet holds 0 requests.
+        missing = max(0, (self.expected_ranks or 0) - len(per_rank))
+        running = [v["running_req"] or 0 for v in per_rank.values()] + [0] * missing
         return {
             "target": self.target,
             "threshold": self.threshold,

@@ -8,7 +8,6 @@ rule report:
         html=f"{RESULTS}/{{experiment}}/report.html",
     log:
         f"{RESULTS}/{{experiment}}/logs/report.log",
-    localrule: True
     conda:
         "../../envs/pdbench.yaml"
     params:

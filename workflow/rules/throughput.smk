@@ -1,5 +1,6 @@
 # Stage 6: decode tokens/s per GPU, one row per snapshot, per point and per experiment.
-# Works offline from the stored logs and traces.
+# Works offline from the stored logs and traces; these jobs go to Slurm like any
+# compute-only job (or run locally without an executor).
 
 
 rule point_throughput:
@@ -11,7 +12,6 @@ rule point_throughput:
         csv=f"{RESULTS}/{{experiment}}/{{point}}/throughput.csv",
     log:
         f"{RESULTS}/{{experiment}}/{{point}}/logs/throughput.log",
-    localrule: True
     conda:
         "../../envs/pdbench.yaml"
     params:
@@ -29,7 +29,6 @@ rule experiment_throughput:
         csv=f"{RESULTS}/{{experiment}}/throughput.csv",
     log:
         f"{RESULTS}/{{experiment}}/logs/throughput.log",
-    localrule: True
     conda:
         "../../envs/pdbench.yaml"
     shell:
