@@ -387,6 +387,10 @@ def router_argv(cfg: Mapping, plan: NodePlan) -> list[str]:
     for server in plan.prefill:
         argv += ["--prefill", server.url, str(server.bootstrap_port)]
     argv += ["--decode", plan.decode.url, "--host", "0.0.0.0", "--port", str(plan.router_port)]
+    if plan.shared_host:
+        # The router's metrics port (default 29000) would collide between routers that
+        # share one host; the port plan leaves router_port + 1 free for it.
+        argv += ["--prometheus-port", str(plan.router_port + 1)]
     if router["mini_lb"]:
         argv.append("--mini-lb")
     if router["policy"]:

@@ -34,7 +34,7 @@ class ServerError(PdbenchError):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -90,6 +90,9 @@ def _start_step(ctx: PointContext, server: str, argvs: list[list[str]], env: dic
             f"{server}: srun did not start a step in allocation {ctx.job_id}:\n"
             + log_tail(srun_log)
         ) from None
+    except BaseException:
+        slurm.stop_process_group(pid)  # interrupted: never leave the detached srun behind
+        raise
     return {"step_id": step_id, "step_name": name, "srun_pid": pid,
             "srun_log": str(srun_log), "script": str(script)}
 

@@ -310,6 +310,7 @@ def plan(
         server("prefill", g + 1, g, used[g * n : (g + 1) * n]) for g in range(point.prefill_groups)
     )
     decode = server("decode", 0, _DECODE_SLOT, used[point.prefill_groups * n :])
+    # On a shared host the router takes slot 10; router_port + 1 is kept for its metrics.
     router_port = (
         ports["router"] if not shared_host else ports["shared_host_base"] + 10 * _PORTS_PER_SLOT
     )

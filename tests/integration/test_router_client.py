@@ -1,0 +1,261 @@
+"""The rendered commands of the rehearsal work together on localhost, without Slurm.
+
+An emulated prefill server (1 node, tp = dp = ep = 4) and an emulated 2-node decode server
+(tp = dp = ep = 8) run the argvs that ``pdbench.commands.server_argvs`` renders from
+config/config.yaml + config/rehearsal.yaml (on three fake node names, every address
+127.0.0.1, a free ``ports.shared_host_base``), with ``server_env``'s environment. The
+real router (``router_argv``) and the real ``sglang.bench_serving`` client
+(``client_argv``) from .venv-sglang then run a small workload through them.
+
+Every process runs in its own process group and is stopped by a fixture finalizer, also
+when a test fails. Ports are never fixed: another run may share the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pdbench import commands, config, topology
+from pdbench.loglines import iter_log
+
+from .helpers import (
+    REPO,
+    SGLANG_PYTHON,
+    TINY_MODEL,
+    Processes,
+    free_shared_host_base,
+    http_status,
+    rehearsal_config,
+    skip_or_fail,
+    small_point_overrides,
+    tail,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.sglang, pytest.mark.slow]
+
+NODES = ["fake-node-a", "fake-node-b", "fake-node-c"]
+PROMPTS, INPUT_LEN, OUTPUT_LEN = 32, 64, 16
+SERVER_READY_S = 60
+ROUTER_READY_S = 90
+CLIENT_TIMEOUT_S = 180
+
+# The clients ask the Hugging Face Hub about the served model name ("tiny-deepseek"),
+# which is not a local path; offline, each lookup retries for ~23 s before giving up.
+# The test machine has no network, so the clients run with the Hub switched off.
+CLIENT_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sglang_side():
+    if not SGLANG_PYTHON.exists():
+        skip_or_fail(f"{SGLANG_PYTHON} missing (scripts/setup-sglang-venv creates .venv-sglang)")
+    if not (TINY_MODEL / "tokenizer.json").exists():
+        skip_or_fail(f"{TINY_MODEL} missing (scripts/make-tiny-model builds it)")
+    probe = subprocess.run(
+        [
+            str(SGLANG_PYTHON),
+            "-c",
+            "import importlib.util as u, sys; "
+            "missing = [m for m in ('sglang', 'sglang_router', 'pdbench.emulator') "
+            "if u.find_spec(m) is None]; print(' '.join(missing)); sys.exit(1 if missing else 0)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        skip_or_fail(f".venv-sglang lacks {probe.stdout.strip() or probe.stderr.strip()}")
+
+
+@pytest.fixture
+def procs():
+    p = Processes()
+    yield p
+    p.stop_all()
+
+
+def make_deployment(*overrides: dict):
+    """Validated config, its single point and the plan on 3 fake nodes at 127.0.0.1."""
+    base, (prometheus,) = free_shared_host_base([1], 2, extra=1)
+    cfg = rehearsal_config(small_point_overrides(base, prometheus), *overrides)
+    (point,) = config.grid_points(cfg)
+    plan = topology.plan(point, NODES, cfg["ports"], {n: "127.0.0.1" for n in NODES})
+    assert plan.shared_host and len(plan.decode.nodes) == 2 and len(plan.prefill) == 1
+    return cfg, point, plan
+
+
+def start_server(procs: Processes, cfg, point, plan, name: str, tmp_path: Path) -> list[Path]:
+    """Start every node of server ``name`` from its rendered argv; return the node logs."""
+    server = plan.server(name)
+    env = {**os.environ, **commands.server_env(cfg, server.role, shared_dir=tmp_path)}
+    logs = []
+    for rank, argv in enumerate(commands.server_argvs(cfg, point, plan, name)):
+        assert argv[0] == cfg["site"]["python"] == ".venv-sglang/bin/python"
+        assert argv[1:3] == ["-m", "pdbench.emulator"]
+        log = tmp_path / "logs" / commands.server_log_name(f"launch_server_{name}", rank)
+        procs.start(f"{name} node {rank}", argv, log, env=env, cwd=REPO)
+        logs.append(log)
+    return logs
+
+
+def wait_healthy(procs: Processes, plan, names: list[str], logs: dict[str, list[Path]]):
+    """Node 0 of each server answers /health 200, and so does every other node's dummy."""
+    for name in names:
+        for node, log in zip(plan.server(name).nodes, logs[name]):
+            wait_for(
+                lambda: http_status(f"{node.url}/health") == 200,
+                SERVER_READY_S,
+                f"{name} node {node.rank} at {node.url}/health",
+                check=procs.check_alive,
+                detail=lambda: tail(log),
+            )
+
+
+def run_client(
+    argv: list[str], tmp_path: Path, name: str
+) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    try:
+        cp = subprocess.run(
+            argv,
+            cwd=REPO,
+            env={**os.environ, **CLIENT_ENV},
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"{name} did not finish within {CLIENT_TIMEOUT_S} s:\n{(exc.stdout or b'')[-3000:]!r}"
+        ) from None
+    (tmp_path / f"{name}.log").write_text(cp.stdout + "\n--- stderr ---\n" + cp.stderr)
+    return cp, time.monotonic() - start
+
+
+def last_jsonl(path: Path) -> dict:
+    assert path.exists(), f"the client wrote no {path}"
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one result line in {path}, got {len(lines)}"
+    return json.loads(lines[0])
+
+
+def decode_ranks(log: Path) -> dict[int, list[dict]]:
+    by_rank: dict[int, list[dict]] = {}
+    for record in iter_log(log):
+        if record["kind"] == "decode":
+            by_rank.setdefault(record["dp"], []).append(record)
+    return by_rank
+
+
+def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path):
+    cfg, point, plan = make_deployment(
+        {"workload": {"num_prompts": PROMPTS, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN}}
+    )
+    logs = {
+        name: start_server(procs, cfg, point, plan, name, tmp_path)
+        for name in ("prefill-1", "decode")
+    }
+    wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
+
+    router_argv = commands.router_argv(cfg, plan)
+    assert router_argv[:3] == [".venv-sglang/bin/python", "-m", "sglang_router.launch_router"]
+    assert router_argv[-2:] == cfg["router"]["extra_args"]  # the free --prometheus-port
+    router_log = tmp_path / "logs" / "router.log"
+    procs.start("router", router_argv, router_log, cwd=REPO)
+    wait_for(
+        lambda: http_status(f"{plan.router_url}/readiness") == 200,
+        ROUTER_READY_S,
+        f"the router at {plan.router_url}/readiness",
+        interval=0.25,
+        check=procs.check_alive,
+        detail=lambda: tail(router_log),
+    )
+
+    output = tmp_path / "bench" / "bench.jsonl"
+    output.parent.mkdir()
+    argv = commands.client_argv(cfg, point, plan, output_file=output)
+    assert argv[:3] == [".venv-sglang/bin/python", "-m", "sglang.bench_serving"]
+    assert argv[argv.index("--base-url") + 1] == plan.router_url
+    cp, took = run_client(argv, tmp_path, "bench_serving")
+    assert cp.returncode == 0, f"bench_serving exited {cp.returncode}:\n{cp.stderr[-3000:]}"
+    procs.check_alive()  # no server or router died under the load
+
+    result = last_jsonl(output)
+    assert result["completed"] == PROMPTS
+    assert result["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    assert result["total_input_tokens"] == PROMPTS * INPUT_LEN
+    assert result["backend"] == "sglang" and result["dataset_name"] == "random-ids"
+
+    # Every decode node logs its own DP ranks (4 per node), in the grammar pdbench reads.
+    decode0, decode1 = decode_ranks(logs["decode"][0]), decode_ranks(logs["decode"][1])
+    assert decode0 and set(decode0) <= {0, 1, 2, 3}, tail(logs["decode"][0])
+    assert decode1 and set(decode1) <= {4, 5, 6, 7}, tail(logs["decode"][1])
+    records = [r for rank in (decode0 | decode1).values() for r in rank]
+    assert max(r["running_req"] for r in records) >= 1
+    assert all(r["running_req"] <= point.target_batch_per_rank for r in records)
+    prefill = [r for r in iter_log(logs["prefill-1"][0]) if r["kind"] == "prefill"]
+    assert prefill, tail(logs["prefill-1"][0])
+    print(f"bench_serving: {took:.1f} s, {result['duration']:.2f} s of benchmark")
+
+
+def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path):
+    """``workload.client: bench_one_batch_server``'s rendered argv, aimed at the decode
+    server itself with ``--fake-prefill`` (no prefill server, no router).
+
+    The client in .venv-sglang is SGLang 0.5.23's, so the config speaks 0.5.23 (its
+    /server_info path, the module ``sglang.benchmark.one_batch_server``) and the emulator
+    does too. ``--device cpu`` lets its server-argument parsing pass without a GPU, and
+    ``--dataset-name random-ids`` keeps its prompts local (its default, ``random``,
+    downloads ShareGPT).
+    """
+    cfg, point, plan = make_deployment(
+        {
+            "sglang": {"version": "0.5.23"},
+            "env": {"common": {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.23"}},
+            # cutlass_mla was removed in 0.5.20; the config check refuses it for 0.5.23.
+            "server_args": {"common": {"attention-backend": "trtllm_mla"}},
+            "workload": {
+                "client": "bench_one_batch_server",
+                "batch_size": PROMPTS,
+                "input_len": INPUT_LEN,
+                "output_len": OUTPUT_LEN,
+                "extra_args": ["--fake-prefill", "--device", "cpu", "--dataset-name", "random-ids"],
+            },
+        }
+    )
+    logs = {"decode": start_server(procs, cfg, point, plan, "decode", tmp_path)}
+    wait_healthy(procs, plan, ["decode"], logs)
+
+    output = tmp_path / "bench" / "one_batch.jsonl"
+    output.parent.mkdir()
+    argv = commands.client_argv(cfg, point, plan, output_file=output)
+    assert argv[:3] == [".venv-sglang/bin/python", "-m", "sglang.benchmark.one_batch_server"]
+    base_url = argv.index("--base-url") + 1
+    assert argv[base_url] == plan.router_url
+    argv[base_url] = plan.decode.url
+    cp, took = run_client(argv, tmp_path, "bench_one_batch_server")
+    assert cp.returncode == 0, (
+        f"bench_one_batch_server exited {cp.returncode}:\n{cp.stdout[-1500:]}\n{cp.stderr[-3000:]}"
+    )
+    procs.check_alive()
+
+    result = last_jsonl(output)
+    assert result["batch_size"] == PROMPTS
+    assert (result["input_len"], result["output_len"]) == (INPUT_LEN, OUTPUT_LEN)
+    assert result["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    assert result["num_early_stopped"] == 0
+    decode0, decode1 = decode_ranks(logs["decode"][0]), decode_ranks(logs["decode"][1])
+    assert set(decode0) == {0, 1, 2, 3}, tail(logs["decode"][0])
+    assert set(decode1) == {4, 5, 6, 7}, tail(logs["decode"][1])
+    # The whole batch was admitted at once: 32 requests over 8 ranks at the cap of 4.
+    assert max(r["running_req"] for r in decode0[0]) == point.target_batch_per_rank == 4
+    print(f"bench_one_batch_server: {took:.1f} s")
