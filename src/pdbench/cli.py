@@ -88,12 +88,13 @@ def cmd_validate_config(args) -> None:
 
 def cmd_plan(args) -> None:
     from . import config, topology
+    from .layout import read_json, write_text
 
     cfg = config.load(args.config)
     point = config.find_point(cfg, args.experiment, args.point)
     addresses = None
     if args.allocation:
-        allocation = _read_json(args.allocation)
+        allocation = read_json(args.allocation)
         try:
             nodes = topology.expand_nodelist(allocation["nodelist"])
             addresses = allocation.get("addresses")
@@ -105,9 +106,9 @@ def cmd_plan(args) -> None:
         addresses = {**(addresses or {}), **dict(a.split("=", 1) for a in args.address)}
     plan = topology.plan(point, nodes, cfg["ports"], addresses)
     if args.env_sh:
-        _write_atomic(Path(args.env_sh), plan.to_env_sh())
+        write_text(args.env_sh, plan.to_env_sh())
     if args.json_out:
-        _write_atomic(Path(args.json_out), plan.to_json())
+        write_text(args.json_out, plan.to_json())
     _dump(plan.to_dict())
 
 
@@ -168,8 +169,11 @@ def cmd_teardown(args) -> None:
     from .layout import write_json
 
     ctx = _point(args)
-    keep = ctx.cfg["site"]["keep_allocation"]
-    result = stop_point(ctx, release_allocation=not keep)
+    if ctx.cfg["site"]["keep_allocation"]:
+        # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
+        result = {"kept": True, "stopped_steps": [], "cancelled_job": None}
+    else:
+        result = stop_point(ctx)
     if args.out:
         write_json(args.out, result)
     _dump(result)
@@ -213,22 +217,6 @@ def cmd_sweep(args) -> None:
     from .teardown import sweep_stale
 
     _dump(sweep_stale(args.results))
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
