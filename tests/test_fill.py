@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from pdbench.fill import FillTracker, fill_status
 from pdbench.loglines import iter_log

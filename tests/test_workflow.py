@@ -27,7 +27,15 @@ STAGES = [
 ]
 
 
-def snakemake(*args, cwd=REPO):
+@pytest.fixture
+def workdir(tmp_path):
+    """A fresh work directory with the workflow (no results from other runs)."""
+    for name in ("Snakefile", "workflow", "config", "slurm", "profiles"):
+        (tmp_path / name).symlink_to(REPO / name)
+    return tmp_path
+
+
+def snakemake(*args, cwd):
     exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -37,8 +45,8 @@ def job_counts(stdout: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def test_dry_run_lists_every_stage_for_every_point():
-    result = snakemake("-n", "results/ep48/report.html")
+def test_dry_run_lists_every_stage_for_every_point(workdir):
+    result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
     assert result.returncode == 0, result.stderr + result.stdout
     counts = job_counts(result.stdout)
     assert set(STAGES) <= set(counts), counts
@@ -52,14 +60,14 @@ def test_dry_run_lists_every_stage_for_every_point():
     assert "results/ep48/p2/ready/prefill-3.json" not in result.stdout
 
 
-def test_slurm_profile_resolves_from_repo_root():
-    result = snakemake("--profile", "slurm", "-n", "results/ep48/report.html")
+def test_slurm_profile_resolves_from_repo_root(workdir):
+    result = snakemake("--profile", "slurm", "-n", "results/ep48/report.html", cwd=workdir)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "report" in job_counts(result.stdout)
 
 
-def test_lint_is_clean():
-    result = snakemake("--lint")
+def test_lint_is_clean(workdir):
+    result = snakemake("--lint", cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -80,13 +88,25 @@ def test_snakefmt_is_clean():
         (lambda c: c["site"].update(max_nodes=14), "site.max_nodes"),
     ],
 )
-def test_bad_config_fails_before_any_job(tmp_path, mutate, key):
+def test_bad_config_fails_before_any_job(workdir, tmp_path, mutate, key):
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     mutate(raw)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(bad))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(bad), cwd=workdir)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert key in output
     assert "Job stats" not in output
+
+
+def test_rehearsal_profile_merges_its_config(workdir):
+    result = snakemake(
+        "--profile", "profiles/rehearsal", "-n", "results/ep48/report.html", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["profile_snapshot"] == 3 * 2  # rehearsal.yaml: 2 snapshots per point
+    resolved = (workdir / "results" / ".pdbench" / "config.json").read_text()
+    assert '"server_module": "pdbench.emulator"' in resolved
+    assert '"max-running-requests": 384' in resolved

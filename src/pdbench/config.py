@@ -304,4 +304,3 @@ def find_point(cfg: Mapping, experiment: str, name: str) -> Point:
 
 def experiments(cfg: Mapping) -> list[str]:
     return [f"ep{ep}" for ep in sorted(cfg["grid"]["ep_sizes"])]
-

@@ -68,11 +68,12 @@ th {{ background: #f0f0f0; }}
 {body}</table>
 <h2>Method</h2>
 {METHOD}
-<p>Generated {generated}{' from ' + html.escape(config_path) if config_path else ''}.</p>
+<p>Generated {generated}{" from " + html.escape(config_path) if config_path else ""}.</p>
 </body></html>
 """
 
 
-def write(path: str | os.PathLike, experiment: str, rows: Sequence[dict],
-          config_path: str | None = None) -> None:
+def write(
+    path: str | os.PathLike, experiment: str, rows: Sequence[dict], config_path: str | None = None
+) -> None:
     write_text(path, render(experiment, rows, config_path=config_path))

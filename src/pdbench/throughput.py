@@ -63,8 +63,13 @@ def read_rank_logs(paths: Iterable[str | os.PathLike]) -> dict[int, list[dict]]:
     for path in paths:
         for record in iter_log(path):
             found_any = True
-            if record["kind"] in ("decode", "profile_start", "profile_stop", "profile_done",
-                                  "slow_down"):
+            if record["kind"] in (
+                "decode",
+                "profile_start",
+                "profile_stop",
+                "profile_done",
+                "slow_down",
+            ):
                 by_rank[rank_key(record)].append(record)
     if not found_any:
         names = ", ".join(str(p) for p in paths) or "(none given)"
@@ -85,15 +90,21 @@ def profile_ids(by_rank: dict[int, list[dict]]) -> list[str]:
 def _window(records: list[dict], profile_id: str) -> tuple[int, int] | None:
     """Indexes of this rank's profile start and the end of its window (stop/done/end)."""
     start = next(
-        (i for i, r in enumerate(records)
-         if r["kind"] == "profile_start" and r.get("profile_id") == profile_id),
+        (
+            i
+            for i, r in enumerate(records)
+            if r["kind"] == "profile_start" and r.get("profile_id") == profile_id
+        ),
         None,
     )
     if start is None:
         return None
     end = next(
-        (i for i in range(start + 1, len(records))
-         if records[i]["kind"] in ("profile_done", "profile_start")),
+        (
+            i
+            for i in range(start + 1, len(records))
+            if records[i]["kind"] in ("profile_done", "profile_start")
+        ),
         None,
     )
     if end is None:
@@ -126,8 +137,9 @@ def _log_step_ms(records: list[dict], start: int, end: int) -> list[float]:
             before.append(value)
         i -= 1
     after, i = [], end + 1
-    while i < len(records) and len(after) < LOG_WINDOW_LINES and records[i]["kind"] != \
-            "profile_start":
+    while (
+        i < len(records) and len(after) < LOG_WINDOW_LINES and records[i]["kind"] != "profile_start"
+    ):
         value = usable(i)
         if value is not None:
             after.append(value)
@@ -145,8 +157,11 @@ def _traces_for(trace_dir: str | os.PathLike, profile_id: str) -> dict[int, Path
             rank = trace_rank_from_name(path.name)
         except (InputError, ValueError):
             continue
-        if rank.get("profile_id") != profile_id or rank.get("stage") not in (None, "DECODE",
-                                                                              "decode"):
+        if rank.get("profile_id") != profile_id or rank.get("stage") not in (
+            None,
+            "DECODE",
+            "decode",
+        ):
             continue
         found.setdefault(rank_key(rank), path)
     return found

@@ -337,7 +337,9 @@ def _check_ports_unique(prefill, decode, router_port, router_node, addresses) ->
     def take(address: str, port: int, what: str) -> None:
         key = (address, port)
         if key in taken:
-            raise PdbenchError(f"port plan clash: {what} and {taken[key]} both use {address}:{port}")
+            raise PdbenchError(
+                f"port plan clash: {what} and {taken[key]} both use {address}:{port}"
+            )
         taken[key] = what
 
     for s in (*prefill, decode):
