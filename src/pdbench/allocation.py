@@ -27,6 +27,13 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
              queue_timeout_s: float = 24 * 3600.0) -> dict:
     site = cfg["site"]
     adopted = site["allocation_job_id"] or adopt_job_id
+    reused = _reusable(cfg, point, paths)
+    if reused and not adopted:
+        record = {**reused, "point": f"{point.experiment}/{point.name}",
+                  "reused_from": reused["point"], "start_time": _now()}
+        write_json(paths.allocation, record)
+        progress(f"allocation {record['job_id']} reused from {reused['point']}")
+        return record
     if adopted:
         info = slurm.job_info(int(adopted))
         if info.state not in slurm.RUNNING_STATES:
@@ -70,6 +77,24 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
             progress(f"cancelled holder job {job_id}")
         raise
     progress(f"allocation {job_id}: {info.nodelist}")
+    return record
+
+
+def _reusable(cfg: dict, point: Point, paths: PointPaths) -> dict | None:
+    """The live allocation of the previous point of the same size (site.reuse_allocation)."""
+    from .config import allocation_neighbours
+    from .layout import read_json
+
+    previous, _ = allocation_neighbours(cfg, point)
+    if previous is None:
+        return None
+    record_path = PointPaths.of(paths.root.parent.parent, previous.experiment,
+                                previous.name).allocation
+    if not record_path.exists():
+        return None
+    record = read_json(record_path)
+    if slurm.job_info(int(record["job_id"])).state not in slurm.RUNNING_STATES:
+        return None
     return record
 
 

@@ -173,7 +173,13 @@ def cmd_teardown(args) -> None:
         # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
         result = {"kept": True, "stopped_steps": [], "cancelled_job": None}
     else:
-        result = stop_point(ctx)
+        from .config import allocation_neighbours
+
+        # With site.reuse_allocation the next point of the same size adopts the holder.
+        _, successor = allocation_neighbours(ctx.cfg, ctx.point)
+        result = stop_point(ctx, release_allocation=successor is None)
+        if successor is not None:
+            result["allocation_passed_to"] = f"{successor.experiment}/{successor.name}"
     if args.out:
         write_json(args.out, result)
     _dump(result)

@@ -302,5 +302,15 @@ def find_point(cfg: Mapping, experiment: str, name: str) -> Point:
     raise ConfigError(f"{experiment}/{name} is not a point of the configured grid (known: {known})")
 
 
+def allocation_neighbours(cfg: Mapping, point: Point) -> tuple[Point | None, Point | None]:
+    """With ``site.reuse_allocation``: the grid points just before and after ``point``
+    that need the same number of nodes (they share one allocation, in grid order)."""
+    if not cfg["site"]["reuse_allocation"]:
+        return None, None
+    same = [p for p in grid_points(cfg) if p.total_nodes == point.total_nodes]
+    i = same.index(point)
+    return (same[i - 1] if i > 0 else None), (same[i + 1] if i + 1 < len(same) else None)
+
+
 def experiments(cfg: Mapping) -> list[str]:
     return [f"ep{ep}" for ep in sorted(cfg["grid"]["ep_sizes"])]

@@ -2,6 +2,8 @@
 
 
 rule allocation:
+    input:
+        previous=get_allocation_predecessor,
     output:
         allocation=f"{RESULTS}/{{experiment}}/{{point}}/allocation.json",
     log:
