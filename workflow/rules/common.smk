@@ -24,9 +24,12 @@ CONFIG_FILE = pdconfig.write_resolved(CFG, f"{RESULTS}/.pdbench/config.json")
 ADOPT_JOB_ID = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
 
 # Markers of allocations or servers that are gone are removed before the DAG is built,
-# so Snakemake re-creates them; markers of live things are kept and reused.
-for _removed in sweep_stale(RESULTS)["removed"]:
-    print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
+# so Snakemake re-creates them; markers of live things are kept and reused. Only the
+# main Snakemake sweeps: jobs submitted to Slurm parse this file too, on a node where
+# the srun clients that keep the servers' steps alive are not visible.
+if workflow.is_main_process:
+    for _removed in sweep_stale(RESULTS)["removed"]:
+        print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -69,6 +72,14 @@ def get_previous_snapshot(wildcards):
     if k == 1:
         return []
     return f"{RESULTS}/{wildcards.experiment}/{wildcards.point}/profile/{k - 1}/snapshot.json"
+
+
+def get_allocation_predecessor(wildcards):
+    """With site.reuse_allocation, a point waits for the previous point of its size."""
+    previous, _ = pdconfig.allocation_neighbours(CFG, get_point(wildcards))
+    if previous is None:
+        return []
+    return f"{RESULTS}/{previous.experiment}/{previous.name}/teardown.json"
 
 
 def get_adopt_option(wildcards):
