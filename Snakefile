@@ -9,6 +9,8 @@
 #   profile/{k}/           torch-profiler traces of snapshot k
 #   bench/bench.jsonl      the benchmark client's result
 #   throughput.csv         one row per snapshot
+#   attempts/<time>-job<id>/  what servers that died mid-measurement left (fill, profile,
+#                          bench, logs), set aside when the next run starts; kept
 # and per experiment (results/{experiment}/): throughput.csv and report.html.
 
 

@@ -49,6 +49,8 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
             site, point.total_nodes, job_name, str((paths.logs / "allocation-%j.out").resolve())
         )
         submitted = True
+        write_json(paths.pending_allocation, {"job_id": job_id, "submitted_at": _now(),
+                                              "point": f"{point.experiment}/{point.name}"})
         progress(f"submitted holder job {job_id} ({point.total_nodes} nodes) for "
                  f"{point.experiment}/{point.name}")
     try:
@@ -76,6 +78,9 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
             slurm.cancel(str(job_id))
             progress(f"cancelled holder job {job_id}")
         raise
+    finally:
+        if submitted:
+            paths.pending_allocation.unlink(missing_ok=True)
     progress(f"allocation {job_id}: {info.nodelist}")
     return record
 

@@ -26,7 +26,11 @@ from .servers import ServerError, log_tail, server_alive, step_name, stop_step
 from .throughput import rank_key
 from .trace import trace_rank_from_name
 
-POLL_S = 1.0
+# Waits read the decode logs (or look for trace files) every POLL_S; whether the
+# servers still run (squeue and the srun clients) is checked every CHECK_EVERY_S, which
+# keeps the load on slurmctld low while the logs are followed closely.
+POLL_S = 0.2
+CHECK_EVERY_S = 2.0
 CURVE_EVERY_S = 5.0
 
 
@@ -74,11 +78,27 @@ def _check_servers(ctx: PointContext, servers: list[str]) -> None:
     for server in servers:
         marker = read_json(ctx.paths.ready(server))
         if not server_alive(marker):
+            # srun names the node whose task ended first ("srun: error: node03: task 1:
+            # Killed"); each node's log follows.
             logs = "\n".join(f"  {log}:\n{log_tail(Path(log), 5)}" for log in marker["logs"])
             raise ServerError(
-                f"{server} (Slurm step {marker['step_id']}) stopped running; its logs end:\n"
-                + logs
+                f"{server} (Slurm step {marker['step_id']} on {','.join(marker['nodes'])}) "
+                f"stopped running; srun ({marker['srun_log']}) ends:\n"
+                f"{log_tail(Path(marker['srun_log']), 5)}\nits logs end:\n" + logs
             )
+
+
+class _Liveness:
+    """``_check_servers`` at most every CHECK_EVERY_S (the first call checks at once)."""
+
+    def __init__(self, ctx: PointContext, servers: list[str]) -> None:
+        self.ctx, self.servers, self.next = ctx, servers, 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            _check_servers(self.ctx, self.servers)
+            self.next = now + CHECK_EVERY_S
 
 
 def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
@@ -152,6 +172,7 @@ def run_fill(ctx: PointContext) -> dict:
              f"per rank on {point.decode_dp} ranks")
     curve: list[dict] = []
     ended_by = None
+    live = _Liveness(ctx, ["decode", "router"] + [s.name for s in ctx.plan.prefill])
     next_curve = started
     timeout = cfg["fill"]["timeout_s"]
     try:
@@ -178,7 +199,7 @@ def run_fill(ctx: PointContext) -> dict:
                          f"{status['ranks_seen']}/{point.decode_dp} ranks")
                 next_curve += CURVE_EVERY_S
             if ended_by is None:
-                _check_servers(ctx, ["decode", "router"] + [s.name for s in ctx.plan.prefill])
+                live.check()
                 if not slurm.pid_alive(client["srun_pid"]) and not Path(client["output"]).exists():
                     raise StageError("fill: the benchmark client ended before the batch "
                                      f"filled; its log:\n{log_tail(Path(client['log']))}")
@@ -227,6 +248,7 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     timeout_s = timeout_s or filled["sleep_s"] + 300.0
     seen: dict[int, list[dict]] = {}
     ranks = ctx.point.decode_dp
+    live = _Liveness(ctx, ["decode"])
     while True:
         for record in follower.read():
             if record["kind"] in ("decode", "slow_down"):
@@ -238,8 +260,8 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
         if time.monotonic() - released_at > timeout_s:
             raise StageError(f"release: decode still not running without sleeps on "
                              f"{ranks - len(running)} of {ranks} ranks after {timeout_s:.0f} s")
-        _check_servers(ctx, ["decode"])
-        time.sleep(0.2)
+        live.check()
+        time.sleep(POLL_S)
     batch = {str(r): recs[-1]["running_req"] for r, recs in sorted(running.items())}
     released = {
         "released_at": _now(),
@@ -276,6 +298,7 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> di
     profile_id = None
     done_ranks: set[int] = set()
     ranks = ctx.point.decode_dp
+    live = _Liveness(ctx, ["decode"])
     while True:
         for record in follower.read():
             if record["kind"] == "profile_start" and record.get("output_dir") == str(out_dir):
@@ -290,8 +313,8 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> di
             raise StageError(
                 f"snapshot {k}: after {timeout_s:.0f} s profile {profile_id or '(not started)'}"
                 f" has {len(files)} of {ranks} trace files in {out_dir}")
-        _check_servers(ctx, ["decode"])
-        time.sleep(0.5)
+        live.check()
+        time.sleep(POLL_S)
     snapshot = {
         "snapshot": k,
         "profile_id": profile_id,

@@ -34,6 +34,12 @@ class PointPaths:
         return self.root / "allocation.json"
 
     @property
+    def pending_allocation(self) -> Path:
+        """A holder job submitted and not yet running (removed once allocation.json is
+        written or the holder is cancelled), so a teardown can find it while it queues."""
+        return self.root / "allocation.pending.json"
+
+    @property
     def env_sh(self) -> Path:
         return self.root / "node_list_env.sh"
 

@@ -5,14 +5,16 @@ and ``srun`` client recorded under a results tree and cancels the holder jobs pd
 submitted; adopted allocations are left running, only pdbench's steps in them end.
 
 ``sweep_stale`` runs when the workflow is parsed: markers of things that are gone
-(an allocation that ended, a server step that stopped) are removed so Snakemake
-re-creates them, while markers of live things are kept so a restarted Snakemake reuses
-the running servers. Durable results are never touched.
+(an allocation that ended, with the node plan made for it; a server step that
+stopped) are removed so Snakemake re-creates them, while markers of live things are
+kept so a restarted Snakemake reuses the running servers. Durable results are never
+touched.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from . import slurm
@@ -40,46 +42,106 @@ def stop_all(results: str | os.PathLike, reason: str = "requested") -> dict:
         if not alloc.get("adopted") and slurm.job_info(int(alloc["job_id"])).alive:
             slurm.cancel(str(alloc["job_id"]))
             cancelled.append(alloc["job_id"])
+    # Holders still queued: their allocation stage is waiting for them (and ends when
+    # they are cancelled).
+    for pending in sorted(Path(results).glob("*/*/allocation.pending.json")):
+        try:
+            job_id = int(read_json(pending)["job_id"])
+            if slurm.job_info(job_id).alive:
+                slurm.cancel(str(job_id))
+                cancelled.append(job_id)
+        except Exception:  # noqa: BLE001 - teardown must go on with the rest
+            continue
     return {"reason": reason, "stopped_steps": stopped, "cancelled_jobs": cancelled}
 
 
 def sweep_stale(results: str | os.PathLike) -> dict:
-    """Remove markers of allocations and server steps that are gone (needs squeue)."""
+    """Remove markers of allocations and server steps that are gone (needs squeue).
+
+    When a point's servers are gone before its measurement finished (no
+    ``bench/bench.jsonl`` yet), what they left belongs to them: the batch they held is
+    gone, and their logs (which give each snapshot's batch) would be overwritten by a
+    relaunch. The point's ``fill/``, ``profile/``, ``bench/`` and ``logs/`` are moved to
+    ``attempts/<time>-job<id>/`` (kept, never deleted), and the measurement starts again
+    on new servers. A finished measurement is never touched.
+    """
     import shutil
 
     if shutil.which("squeue") is None:
-        return {"removed": [], "skipped": "squeue not found: liveness not checked"}
-    removed = []
+        return {"removed": [], "set_aside": [], "skipped": "squeue not found: liveness not checked"}
+    removed, set_aside = [], []
     for point_dir in _point_dirs(results):
         alloc_path = point_dir / "allocation.json"
         try:
             alloc = read_json(alloc_path)
             alive = slurm.job_info(int(alloc["job_id"])).state in slurm.RUNNING_STATES
         except Exception:  # noqa: BLE001 - an unreadable marker is stale
-            alive = False
+            alloc, alive = {}, False
         markers = sorted((point_dir / "ready").glob("*.json"))
         if not alive:
-            for path in [alloc_path, *markers]:
-                path.unlink(missing_ok=True)
-                removed.append(str(path))
-            continue
-        stale = []
-        for path in markers:
-            try:
-                live = server_alive(read_json(path))
-            except Exception:  # noqa: BLE001
-                live = False
-            if not live:
-                stale.append(path)
-        router = point_dir / "ready" / "router.json"
-        if stale and router.exists() and router not in stale:
-            # The router was set up for the servers that are gone: start it afresh.
-            try:
-                stop_step(int(read_json(router)["job_id"]), read_json(router))
-            except Exception:  # noqa: BLE001
-                pass
-            stale.append(router)
+            # The node plan (node_list_env.sh, plan.json) describes this allocation's
+            # nodes: it goes with it, so a new allocation gets a plan of its own.
+            plan = [p for p in (point_dir / "node_list_env.sh", point_dir / "plan.json")
+                    if p.exists()]
+            stale = [alloc_path, *plan, *markers]
+        else:
+            stale = []
+            for path in markers:
+                try:
+                    live = server_alive(read_json(path))
+                except Exception:  # noqa: BLE001
+                    live = False
+                if not live:
+                    stale.append(path)
+            router = point_dir / "ready" / "router.json"
+            # The router was set up for the servers that are gone: start it afresh. In
+            # the middle of a measurement every server goes: what the others hold (the
+            # batch, their logs) belongs to the attempt that is set aside below.
+            restart = [router] if router.exists() else []
+            if _unfinished(point_dir):
+                restart = markers
+            for path in restart if stale else []:
+                if path not in stale:
+                    try:
+                        stop_step(int(read_json(path)["job_id"]), read_json(path))
+                    except Exception:  # noqa: BLE001
+                        pass
+                    stale.append(path)
+        if stale and _unfinished(point_dir):
+            moved = _set_aside(point_dir, alloc.get("job_id"))
+            if moved:
+                set_aside.append(moved)
         for path in stale:
             path.unlink(missing_ok=True)
             removed.append(str(path))
-    return {"removed": removed}
+    for pending in sorted(Path(results).glob("*/*/allocation.pending.json")):
+        # A queued holder whose job is gone (a run stopped while it queued); one that is
+        # still queued may belong to a run in progress and is left alone.
+        try:
+            gone = not slurm.job_info(int(read_json(pending)["job_id"])).alive
+        except Exception:  # noqa: BLE001 - an unreadable marker is stale
+            gone = True
+        if gone:
+            pending.unlink(missing_ok=True)
+            removed.append(str(pending))
+    return {"removed": removed, "set_aside": set_aside}
+
+
+def _unfinished(point_dir: Path) -> bool:
+    """Servers of this point ran (logs or a fill) and its measurement is not finished."""
+    if any((point_dir / f).exists() for f in ("bench/bench.jsonl", "teardown.json")):
+        return False
+    return (point_dir / "fill" / "filled.json").exists() or any(
+        (point_dir / "logs").glob("launch_server_*_node_rank_*.log"))
+
+
+def _set_aside(point_dir: Path, job_id) -> dict:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = point_dir / "attempts" / (f"{stamp}-job{job_id}" if job_id else stamp)
+    dest.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for name in ("fill", "profile", "bench", "logs"):
+        if (point_dir / name).exists():
+            (point_dir / name).replace(dest / name)
+            moved.append(name)
+    return {"from": str(point_dir), "to": str(dest), "moved": moved}

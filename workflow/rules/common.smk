@@ -28,8 +28,16 @@ ADOPT_JOB_ID = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_J
 # main Snakemake sweeps: jobs submitted to Slurm parse this file too, on a node where
 # the srun clients that keep the servers' steps alive are not visible.
 if workflow.is_main_process:
-    for _removed in sweep_stale(RESULTS)["removed"]:
+    _swept = sweep_stale(RESULTS)
+    for _removed in _swept["removed"]:
         print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
+    for _aside in _swept["set_aside"]:
+        print(
+            f"pdbench: the servers of {_aside['from']} are gone before its measurement"
+            f" finished: moved its {', '.join(_aside['moved'])} to {_aside['to']};"
+            " the measurement starts again on new servers",
+            file=sys.stderr,
+        )
 
 
 wildcard_constraints:

@@ -1,0 +1,715 @@
+"""The whole chain on the local Slurm cluster, and how it fails and resumes.
+
+Each test runs Snakemake as a subprocess in a working directory of its own (a ``config``
+link for the Snakefile's ``configfile:``, a profile made from ``profiles/rehearsal``,
+``--snakefile`` pointing at the repository) on a small grid: EP8 decode on 2 nodes, one
+1-node prefill group (``tests/data/configs/chain-small.yaml``), the SGLang emulator in
+place of the servers and the real router and client from ``.venv-sglang``. Every test
+has its own ``ports.shared_host_base`` from a free range and its own Slurm job-name
+prefix; it only ever cancels Slurm jobs whose working directory is its own.
+
+They need root and a local cluster that ``scripts/local-slurm status`` reports as up;
+otherwise they are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "tests" / "data" / "configs"
+VENV_BIN = REPO / ".venv" / "bin"
+SGLANG_PYTHON = REPO / ".venv-sglang" / "bin" / "python"
+TINY_MODEL = REPO / ".cache" / "tiny-model"
+REHEARSAL_PROFILE = REPO / "profiles" / "rehearsal" / "config.yaml"
+CLUSTER_DIR = Path(os.environ.get("PDBENCH_SLURM_DIR", "/var/tmp/pdbench-slurm"))
+# Working directories live outside pytest's rotating basetemp (another pytest session
+# on the machine may remove old basetemps while a chain still runs). A test's directory
+# is removed when it passes, kept when it fails (and always with PDBENCH_KEEP_CHAIN=1).
+CHAIN_TMP = Path(os.environ.get("PDBENCH_CHAIN_TMP", "/var/tmp"))
+KEEP = os.environ.get("PDBENCH_KEEP_CHAIN") == "1"
+
+EXPERIMENT, POINT = "ep8", "p1"
+# chain-small.yaml: the emulator's step model and the decode server's shape.
+STEP_BASE_MS, STEP_PER_REQ_MS = 50.0, 0.5
+TARGET_PER_RANK, DECODE_RANKS, DECODE_GPUS, SNAPSHOTS = 4, 8, 8, 2
+TARGET_GLOBAL = TARGET_PER_RANK * DECODE_RANKS
+LAUNCH_RULES = ("allocation", "node_list", "prefill_server", "decode_server", "router")
+RUN_TIMEOUT_S = 600
+TRUTH_MARK = "emulator ground truth (test double, not a measurement): "
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (the local Slurm cluster runs as root)"
+    for path in (VENV_BIN / "snakemake", SGLANG_PYTHON, TINY_MODEL / "config.json"):
+        if not path.exists():
+            return f"{path} missing (run scripts/setup)"
+    try:
+        status = subprocess.run([str(REPO / "scripts" / "local-slurm"), "status"],
+                                capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"scripts/local-slurm status failed: {exc}"
+    if status.returncode != 0:
+        return "local Slurm cluster not up (scripts/local-slurm up)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster_up():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+_TAKEN_BASES: set[int] = set()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+# Never a block here: the local cluster's daemons (16800), a second test cluster (26800)
+# and the rehearsal's default shared_host_base block (40000).
+_RESERVED = ((16800, 17300), (26800, 27300), (40000, 41100))
+
+
+def free_port_base() -> int:
+    """A ``ports.shared_host_base`` whose ports are free, below the ephemeral range.
+
+    One point uses base + 0..9 and +90/+91 (prefill), +900..909 and +990/+991 (decode),
+    +1000 (router) and +1001 (router metrics).
+    """
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(200):
+        base = rng.randrange(18000, 31000 - 1002, 10)
+        if any(base <= hi and base + 1001 >= lo for lo, hi in _RESERVED):
+            continue
+        if any(abs(base - taken) <= 1001 for taken in _TAKEN_BASES):
+            continue
+        ports = [*range(base, base + 10), base + 90, base + 91, *range(base + 900, base + 910),
+                 base + 990, base + 991, base + 1000, base + 1001]
+        if all(_port_free(p) for p in ports):
+            _TAKEN_BASES.add(base)
+            return base
+    raise RuntimeError("no free port base between 18000 and 31000")
+
+
+def _deep_update(target: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+    return pids
+
+
+def _proc_table() -> list[dict]:
+    procs = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            raw = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        state = stat[stat.rindex(")") + 2:].split()[0]
+        if state == "Z" or not raw:
+            continue
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        procs.append({"pid": int(entry.name), "argv": argv, "cwd": cwd})
+    return procs
+
+
+class Chain:
+    """One Snakemake working directory on the local cluster, with its own ports."""
+
+    def __init__(self, workdir: Path, name: str, overlays: list[str],
+                 extra: dict | None = None) -> None:
+        self.dir = workdir.resolve()
+        self.name = name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config").symlink_to(REPO / "config")
+        self.base = free_port_base()
+        override = {
+            "site": {"python": str(SGLANG_PYTHON)},
+            "model": {"path": str(TINY_MODEL), "tokenizer": str(TINY_MODEL)},
+            "ports": {"shared_host_base": self.base},
+        }
+        _deep_update(override, extra or {})
+        (self.dir / "test-config.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+        profile = yaml.safe_load(REHEARSAL_PROFILE.read_text())
+        profile["configfile"] = [str(CONFIGS / f) for f in overlays] + [
+            str(self.dir / "test-config.yaml")]
+        profile["slurm-jobname-prefix"] = f"pdbt-{name}"
+        (self.dir / "profile").mkdir()
+        (self.dir / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+        self.runs = 0
+        self.seen_jobs: set[str] = set()
+        self.proc: subprocess.Popen | None = None
+
+    # -- paths
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    @property
+    def point(self) -> Path:
+        return self.results / EXPERIMENT / POINT
+
+    def fill_log(self) -> str:
+        path = self.point / "logs" / "fill.log"
+        return path.read_text() if path.exists() else ""
+
+    # -- running Snakemake
+
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SLURM_") and k != "PDBENCH_ADOPT_JOB_ID"}
+        env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["PYTHONUNBUFFERED"] = "1"
+        # No network here: the client's Hugging Face look-ups fail at once, not after
+        # a minute of retries.
+        env["HF_HUB_OFFLINE"] = "1"
+        conf = CLUSTER_DIR / "etc" / "slurm.conf"
+        if conf.exists():
+            env["SLURM_CONF"] = str(conf)
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(VENV_BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+                "--profile", str(self.dir / "profile"), *args]
+
+    def start(self, *args: str) -> Path:
+        self.runs += 1
+        out = self.dir / f"snakemake-{self.runs}.out"
+        with open(out, "wb") as fh:
+            self.proc = subprocess.Popen(self.argv(*args), cwd=self.dir, env=self.env(),
+                                         stdout=fh, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.out = out
+        return out
+
+    def wait(self, timeout: float = RUN_TIMEOUT_S) -> tuple[int, str]:
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_snakemake()
+            raise AssertionError(f"snakemake still running after {timeout:.0f} s:\n"
+                                 + self.out.read_text()[-6000:]) from None
+        self.proc = None
+        self._note_jobs()
+        return rc, self.out.read_text()
+
+    def run(self, *args: str, timeout: float = RUN_TIMEOUT_S) -> tuple[int, str, float]:
+        start = time.monotonic()
+        self.start(*args)
+        rc, text = self.wait(timeout)
+        return rc, text, time.monotonic() - start
+
+    def kill_snakemake(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=20)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+        self.proc = None
+
+    def wait_for_fill_running(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while "client step" not in self.fill_log():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("snakemake ended before the fill ran:\n"
+                                     + self.out.read_text()[-6000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the fill did not start within {timeout} s:\n"
+                                     + self.out.read_text()[-6000:])
+            time.sleep(0.5)
+        self._note_jobs()
+
+    # -- what of this test lives
+
+    def _note_jobs(self) -> None:
+        alloc = self.point / "allocation.json"
+        if alloc.exists():
+            self.seen_jobs.add(str(json.loads(alloc.read_text())["job_id"]))
+        for out in (self.point / "logs").glob("allocation-*.out"):
+            self.seen_jobs.add(out.stem.split("-", 1)[1])
+
+    def slurm_jobs(self) -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%Z"], capture_output=True,
+                             text=True, timeout=30, env=self.env()).stdout
+        jobs = []
+        for line in out.splitlines():
+            job_id, name, state, workdir = (line.split("|") + ["", "", ""])[:4]
+            mine = (job_id in self.seen_jobs or workdir == str(self.dir)
+                    or workdir.startswith(f"{self.dir}/") or name.startswith(f"pdbt-{self.name}_"))
+            if mine:
+                jobs.append(f"{job_id} {name} {state}")
+        return jobs
+
+    def slurm_steps(self) -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-s", "-o", "%i|%j"], capture_output=True,
+                             text=True, timeout=30, env=self.env()).stdout
+        steps = []
+        for line in out.splitlines():
+            step_id, _, name = line.partition("|")
+            if step_id.split(".")[0] in self.seen_jobs:
+                steps.append(f"{step_id} {name}")
+        return steps
+
+    def processes(self) -> list[str]:
+        own = _ancestors()
+        ports = range(self.base, self.base + 1002)
+        found = []
+        for proc in _proc_table():
+            if proc["pid"] in own:
+                continue
+            text = " ".join(proc["argv"])
+            in_dir = proc["cwd"] == str(self.dir) or proc["cwd"].startswith(f"{self.dir}/")
+            server = any(k in text for k in ("pdbench.emulator", "sglang_router", "bench_serving",
+                                             "srun"))
+            numbers = re.findall(r"(?<!\d)(\d{4,5})(?!\d)", text)
+            uses_port = server and any(int(p) in ports for p in numbers)
+            if in_dir or str(self.dir) in text or uses_port:
+                found.append(f"{proc['pid']} {text[:200]}")
+        return found
+
+    def leftovers(self) -> dict:
+        self._note_jobs()
+        return {"jobs": self.slurm_jobs(), "steps": self.slurm_steps(),
+                "processes": self.processes()}
+
+    def wait_clean(self, timeout: float = 30) -> dict:
+        """Nothing of this test left; a cancelled job may take a moment to leave squeue."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.leftovers()
+            if not any(left.values()) or time.monotonic() > deadline:
+                return left
+            time.sleep(1)
+
+    def cleanup(self) -> None:
+        """After a test, whatever happened: stop what this tree started."""
+        self.kill_snakemake()
+        if self.results.exists():
+            subprocess.run([str(VENV_BIN / "pdbench"), "stop-all", "--results", "results",
+                            "--reason", "test cleanup"], cwd=self.dir, env=self.env(),
+                           capture_output=True, timeout=300)
+        self._note_jobs()
+        for job in self.slurm_jobs():
+            subprocess.run(["scancel", job.split()[0]], env=self.env(), capture_output=True,
+                           timeout=30)
+        for proc in self.processes():
+            try:
+                os.kill(int(proc.split()[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # -- results
+
+    def rows(self) -> list[dict]:
+        with open(self.results / EXPERIMENT / "throughput.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def ground_truth(self) -> dict[str, dict]:
+        """The emulator's ground truth per profile id, from decode node 0's log."""
+        truth = {}
+        log = self.point / "logs" / "launch_server_decode_node_rank_0.log"
+        for line in log.read_text().splitlines():
+            if TRUTH_MARK in line:
+                record = json.loads(line.split(TRUTH_MARK, 1)[1])
+                truth[record["profile_id"]] = record
+        return truth
+
+
+def new_workdir(name: str) -> Path:
+    CHAIN_TMP.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"pdbench-chain-{name}-", dir=CHAIN_TMP))
+
+
+def finish(chains: list[Chain], failed: bool) -> None:
+    for chain in chains:
+        chain.cleanup()
+        _TAKEN_BASES.discard(chain.base)
+        if failed or KEEP:
+            print(f"kept {chain.dir}")
+        else:
+            shutil.rmtree(chain.dir.parent if chain.dir.name == "run" else chain.dir,
+                          ignore_errors=True)
+
+
+@pytest.fixture
+def make_chain(request):
+    chains: list[Chain] = []
+    failed_before = request.session.testsfailed
+
+    def make(name: str, overlays=("chain-small.yaml",), extra: dict | None = None) -> Chain:
+        chain = Chain(new_workdir(name) / "run", name, list(overlays), extra)
+        chains.append(chain)
+        return chain
+
+    yield make
+    finish(chains, request.session.testsfailed > failed_before)
+
+
+def jobs_run(text: str) -> dict[str, int]:
+    """Jobs Snakemake ran (or would run), from its 'Job stats' table."""
+    if "Job stats:" not in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    counts = {}
+    for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M):
+        if m[1] == "total":
+            break
+        counts[m[1]] = int(m[2])
+    return counts
+
+
+def assert_clean(chain: Chain, timeout: float = 30) -> None:
+    left = chain.wait_clean(timeout)
+    assert not any(left.values()), f"left running after the run: {json.dumps(left, indent=2)}"
+
+
+def assert_ground_truth(chain: Chain) -> None:
+    rows = chain.rows()
+    assert len(rows) == SNAPSHOTS, rows
+    step_ms = STEP_BASE_MS + STEP_PER_REQ_MS * TARGET_PER_RANK
+    tokens = TARGET_GLOBAL / (step_ms / 1000) / DECODE_GPUS
+    truth = chain.ground_truth()
+    for row in rows:
+        assert row["point"] == POINT and int(row["ep"]) == 8, row
+        assert int(row["global_batch"]) == int(row["target_global_batch"]) == TARGET_GLOBAL, row
+        assert int(row["rank_batch_min"]) == int(row["rank_batch_max"]) == TARGET_PER_RANK, row
+        assert int(row["ranks"]) == DECODE_RANKS and int(row["decode_gpus"]) == DECODE_GPUS, row
+        assert float(row["step_ms"]) == pytest.approx(step_ms, rel=0.005), row
+        assert float(row["tokens_per_s_per_gpu"]) == pytest.approx(tokens, rel=0.005), row
+        assert row["fill_ended_by"] == "reached", row
+        assert not row["flags"], row
+        # The emulator's own record of the profiled steps agrees.
+        steps = truth[row["profile_id"]]["steps"]
+        assert all(sum(s["batch"]) == TARGET_GLOBAL for s in steps), steps
+        model_step = sum(s["forward_ms"] + s["sleep_ms"] for s in steps) / len(steps)
+        assert float(row["step_ms"]) == pytest.approx(model_step, rel=0.005)
+        assert float(row["tokens_per_s_per_gpu"]) == pytest.approx(
+            TARGET_GLOBAL / (model_step / 1000) / DECODE_GPUS, rel=0.005)
+
+
+def decode_node_pid(chain: Chain, rank: int) -> int:
+    """The emulator process of decode node ``rank`` of this test (by its ports)."""
+    ports = {str(p) for p in range(chain.base + 900, chain.base + 910)}
+    found = [p["pid"] for p in _proc_table()
+             if "pdbench.emulator" in p["argv"] and "decode" in p["argv"]
+             and "--node-rank" in p["argv"]
+             and p["argv"][p["argv"].index("--node-rank") + 1] == str(rank)
+             and "--port" in p["argv"] and p["argv"][p["argv"].index("--port") + 1] in ports]
+    assert len(found) == 1, f"decode node rank {rank} of port base {chain.base}: {found}"
+    return found[0]
+
+
+def swept(text: str) -> set[str]:
+    return {m.split(f"/{POINT}/", 1)[-1] for m in
+            re.findall(r"pdbench: removed stale marker (\S+)", text)}
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+@pytest.fixture(scope="module")
+def completed(request):
+    """One full small chain, shared by the tests that only read its tree."""
+    failed_before = request.session.testsfailed
+    chain = Chain(new_workdir("full") / "run", "full", ["chain-small.yaml"])
+    try:
+        rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+        left = chain.wait_clean()
+        yield chain, rc, text, wall, left
+    finally:
+        finish([chain], request.session.testsfailed > failed_before)
+
+
+def test_full_chain_matches_ground_truth_and_leaves_nothing(completed):
+    chain, rc, text, wall, left = completed
+    assert rc == 0, text[-8000:]
+    print(f"full chain: {wall:.0f} s")
+    assert (chain.results / EXPERIMENT / "report.html").stat().st_size > 0
+    assert_ground_truth(chain)
+    released = json.loads((chain.point / "fill" / "released.json").read_text())
+    assert released["fill_ended_by"] == "reached"
+    assert released["global_running_req"] == TARGET_GLOBAL
+    teardown = json.loads((chain.point / "teardown.json").read_text())
+    alloc = json.loads((chain.point / "allocation.json").read_text())
+    assert teardown["cancelled_job"] == alloc["job_id"]
+    assert len(teardown["stopped_steps"]) == 4  # prefill-1, decode, router, client
+    assert not any(left.values()), f"left running: {json.dumps(left, indent=2)}"
+    # Jobs submitted to Slurm (the compute-only rules) parse the Snakefile too; they must
+    # not touch the tree's markers (the sweep belongs to the main Snakemake only).
+    slurm_logs = list((chain.dir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert slurm_logs, "no Slurm job ran"
+    for log in slurm_logs:
+        assert "removed stale marker" not in log.read_text(), log
+    assert (chain.point / "allocation.json").exists()
+
+
+def test_dead_decode_node_fails_fast_then_rerun_completes(make_chain):
+    chain = make_chain("deadnode", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    alloc = json.loads((chain.point / "allocation.json").read_text())
+    decode = json.loads((chain.point / "ready" / "decode.json").read_text())
+    old_steps = {p.stem: json.loads(p.read_text())["step_id"]
+                 for p in (chain.point / "ready").glob("*.json")}
+    victim = decode_node_pid(chain, 1)
+    time.sleep(2)  # a little into the fill
+    assert "fill ended" not in chain.fill_log()
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    rc, text = chain.wait(timeout=60)
+    took = time.monotonic() - killed_at
+    print(f"dead decode node: snakemake exited {took:.1f} s after the kill")
+    assert rc != 0
+    assert took < 60
+    assert "Error in rule fill" in text
+    assert "decode" in chain.fill_log()
+    dead_node = decode["nodes"][1]
+    assert re.search(rf"decode \(Slurm step {re.escape(decode['step_id'])}.*stopped running",
+                     text), text[-6000:]
+    assert dead_node in text, f"the failure does not name node {dead_node}"
+    assert_clean(chain)
+    logs = chain.point / "logs"
+    for name in ("fill.log", "launch_server_decode_node_rank_0.log",
+                 "launch_server_decode_node_rank_1.log",
+                 "launch_server_prefill-1_node_rank_0.log", "router_node_rank_0.log"):
+        assert (logs / name).stat().st_size > 0, name
+    assert not (chain.point / "fill" / "filled.json").exists()
+
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"dead decode node: rerun {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    # Every ephemeral artifact of the dead allocation was removed and re-created.
+    assert {"allocation.json", "node_list_env.sh", "plan.json", "ready/decode.json",
+            "ready/prefill-1.json", "ready/router.json"} <= swept(text), text[:3000]
+    ran = jobs_run(text)
+    assert all(ran.get(rule) == 1 for rule in LAUNCH_RULES), ran
+    new_alloc = json.loads((chain.point / "allocation.json").read_text())
+    assert new_alloc["job_id"] != alloc["job_id"]
+    plan = json.loads((chain.point / "plan.json").read_text())
+    assert plan["nodes"] == new_alloc["nodes"][:3]
+    new_steps = {p.stem: json.loads(p.read_text())["step_id"]
+                 for p in (chain.point / "ready").glob("*.json")}
+    assert all(s.split(".")[0] == str(new_alloc["job_id"]) for s in new_steps.values())
+    assert new_steps != old_steps
+    assert_ground_truth(chain)
+    # The failed attempt's logs were not overwritten by the relaunch: they are kept aside.
+    attempts = list((chain.point / "attempts").glob(f"*-job{alloc['job_id']}"))
+    assert len(attempts) == 1, attempts
+    assert "stopped running" in (attempts[0] / "logs" / "fill.log").read_text()
+    assert (attempts[0] / "logs" / "launch_server_decode_node_rank_1.log").stat().st_size > 0
+    assert_clean(chain)
+
+
+def test_dead_decode_between_snapshots_then_rerun_measures_afresh(make_chain):
+    chain = make_chain("snapgap", overlays=("chain-small.yaml", "chain-snapshot-gap.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    deadline = time.monotonic() + 300
+    snapshot1 = chain.point / "profile" / "1" / "snapshot.json"
+    while not snapshot1.exists():
+        assert chain.proc.poll() is None, chain.out.read_text()[-6000:]
+        assert time.monotonic() < deadline, "snapshot 1 was not taken within 300 s"
+        time.sleep(0.3)
+    chain._note_jobs()
+    first = json.loads(snapshot1.read_text())["profile_id"]
+    os.kill(decode_node_pid(chain, 1), signal.SIGKILL)
+    rc, text = chain.wait(timeout=60)
+    assert rc != 0
+    assert "Error in rule profile_snapshot" in text, text[-6000:]
+    assert not (chain.point / "profile" / "2" / "snapshot.json").exists()
+    assert_clean(chain)
+
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"dead decode between snapshots: rerun {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    ran = jobs_run(text)
+    # The servers that held the fill are gone: the measurement starts again at the fill,
+    # on the new servers, and both snapshots come from them.
+    assert {"fill": 1, "release": 1, "profile_snapshot": SNAPSHOTS}.items() <= ran.items(), ran
+    assert_ground_truth(chain)
+    rows = chain.rows()
+    assert first not in {r["profile_id"] for r in rows}
+    # The unfinished measurement of the dead servers is kept aside, with their logs.
+    kept = list((chain.point / "attempts").glob("*/profile/1/snapshot.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["profile_id"] == first
+    attempt = kept[0].parents[2]
+    assert (attempt / "fill" / "released.json").exists()
+    assert (attempt / "logs" / "launch_server_decode_node_rank_0.log").exists()
+    assert_clean(chain)
+
+
+def test_sigint_stops_everything_then_rerun_completes(make_chain):
+    chain = make_chain("sigint", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    time.sleep(2)
+    assert "fill ended" not in chain.fill_log()
+    sent_at = time.monotonic()
+    chain.proc.send_signal(signal.SIGINT)
+    rc, text = chain.wait(timeout=90)
+    took = time.monotonic() - sent_at
+    print(f"SIGINT: snakemake exited {took:.1f} s after the signal")
+    assert rc != 0
+    assert took < 60, text[-6000:]
+    assert_clean(chain)
+    assert (chain.point / "logs" / "fill.log").exists()
+
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"SIGINT: rerun {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert "allocation.json" in swept(text)
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
+def test_sigint_while_the_allocation_queues(make_chain):
+    # The holder may not start for ten minutes (--begin), so the allocation stage waits.
+    chain = make_chain("queued", extra={"site": {"sbatch_extra": ["--begin=now+600"]}})
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    deadline = time.monotonic() + 120
+    while not any("PENDING" in job for job in chain.slurm_jobs()):
+        assert chain.proc.poll() is None, chain.out.read_text()[-6000:]
+        assert time.monotonic() < deadline, "no pending holder job within 120 s"
+        time.sleep(0.5)
+    time.sleep(2)
+    sent_at = time.monotonic()
+    chain.proc.send_signal(signal.SIGINT)
+    rc, text = chain.wait(timeout=90)
+    took = time.monotonic() - sent_at
+    print(f"SIGINT while queued: snakemake exited {took:.1f} s after the signal")
+    assert rc != 0
+    assert took < 30, text[-6000:]
+    assert_clean(chain)
+    assert not (chain.point / "allocation.json").exists()
+
+
+def test_restart_reuses_live_servers(make_chain):
+    chain = make_chain("restart")
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html", "--until", "router")
+    print(f"restart: --until router {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert set(jobs_run(text)) == set(LAUNCH_RULES), jobs_run(text)
+    markers = {p.name: (p.read_text(), p.stat().st_mtime_ns)
+               for p in (chain.point / "ready").glob("*.json")}
+    assert set(markers) == {"prefill-1.json", "decode.json", "router.json"}
+    steps = {json.loads(m[0])["step_id"] for m in markers.values()}
+    assert steps <= {s.split()[0] for s in chain.slurm_steps()}, "the servers are not running"
+
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"restart: to the report {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert not swept(text), text[:3000]
+    ran = jobs_run(text)
+    assert not set(LAUNCH_RULES) & set(ran), ran
+    assert {"fill", "release", "profile_snapshot", "teardown", "report"} <= set(ran), ran
+    after = {p.name: (p.read_text(), p.stat().st_mtime_ns)
+             for p in (chain.point / "ready").glob("*.json")}
+    assert after == markers
+    teardown = json.loads((chain.point / "teardown.json").read_text())
+    assert steps <= set(teardown["stopped_steps"])
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
+def test_forcerun_until_omit_from_per_stage(completed, make_chain):
+    source, rc, _, _, _ = completed
+    assert rc == 0, "the full chain failed"
+    # A copy of the completed tree (its Snakemake metadata included), so the shared one
+    # stays as it was.
+    chain = make_chain("controls")
+    shutil.rmtree(chain.dir)
+    shutil.copytree(source.dir, chain.dir, symlinks=True,
+                    ignore=shutil.ignore_patterns("snakemake-*.out", "locks", "incomplete"))
+    target = f"results/{EXPERIMENT}/report.html"
+
+    def dry(*args: str) -> dict[str, int]:
+        rc, text, _ = chain.run("-n", target, *args)
+        assert rc == 0, text[-6000:]
+        return jobs_run(text)
+
+    # Completed tree: nothing to do, although the allocation and markers are gone.
+    assert dry() == {}
+    # Analysis reruns offline: only the throughput table and what follows it.
+    assert dry("--forcerun", "point_throughput") == {
+        "point_throughput": 1, "experiment_throughput": 1, "report": 1}
+    assert dry("--forcerun", "report") == {"report": 1}
+    # A stage that needs live servers brings back the ephemeral chain it stands on.
+    upto_fill = {"allocation": 1, "node_list": 1, "prefill_server": 1, "decode_server": 1,
+                 "router": 1, "fill": 1}
+    assert dry("--forcerun", "fill", "--until", "fill") == upto_fill
+    assert dry("--forcerun", "fill", "--omit-from", "release") == upto_fill
+    forced = dry("--forcerun", "fill")
+    assert forced == {**upto_fill, "release": 1, "profile_snapshot": SNAPSHOTS,
+                      "bench_result": 1, "teardown": 1, "point_throughput": 1,
+                      "experiment_throughput": 1, "report": 1}
+
+    # A fresh tree: --until and --omit-from stop where they say.
+    fresh = make_chain("fresh")
+    rc, text, _ = fresh.run("-n", target, "--until", "fill")
+    assert rc == 0 and jobs_run(text) == upto_fill, text[-4000:]
+    rc, text, _ = fresh.run("-n", target, "--omit-from", "profile_snapshot")
+    assert rc == 0 and jobs_run(text) == {**upto_fill, "release": 1}, text[-4000:]
+    rc, text, _ = fresh.run("-n", target, "--until", "router")
+    assert rc == 0 and jobs_run(text) == {r: 1 for r in LAUNCH_RULES}, text[-4000:]
+
+    # And the offline rerun really runs: no allocation, the same numbers.
+    before = chain.rows()
+    rc, text, wall = chain.run(target, "--forcerun", "point_throughput")
+    print(f"controls: offline --forcerun point_throughput {wall:.0f} s")
+    assert rc == 0, text[-6000:]
+    assert set(jobs_run(text)) == {"point_throughput", "experiment_throughput", "report"}
+    assert not (chain.point / "allocation.json").exists()
+    assert chain.rows() == before
+    assert_clean(chain)
