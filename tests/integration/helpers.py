@@ -256,3 +256,26 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def local_slurm_skip_reason(*required: Path) -> str | None:
+    """Why tests on the local Slurm cluster cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (the local Slurm cluster runs as root)"
+    for path in required:
+        if not Path(path).exists():
+            return f"{path} missing (run scripts/setup)"
+    script = REPO / "scripts" / "local-slurm"
+    try:
+        status = subprocess.run(
+            [str(script), "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"scripts/local-slurm status failed: {exc}"
+    if status.returncode != 0:
+        return f"local Slurm cluster not up (scripts/local-slurm up): {status.stdout.strip()}"
+    return None

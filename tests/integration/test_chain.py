@@ -21,7 +21,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from .helpers import local_slurm_skip_reason, port_free
 
 pytestmark = pytest.mark.slurm
 
@@ -58,26 +59,9 @@ TRUTH_MARK = "emulator ground truth (test double, not a measurement): "
 # ------------------------------------------------------------------------------ setup
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (the local Slurm cluster runs as root)"
-    for path in (VENV_BIN / "snakemake", SGLANG_PYTHON, TINY_MODEL / "config.json"):
-        if not path.exists():
-            return f"{path} missing (run scripts/setup)"
-    try:
-        status = subprocess.run([str(REPO / "scripts" / "local-slurm"), "status"],
-                                capture_output=True, text=True, timeout=60,
-                                stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"scripts/local-slurm status failed: {exc}"
-    if status.returncode != 0:
-        return "local Slurm cluster not up (scripts/local-slurm up)"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _cluster_up():
-    reason = _skip_reason()
+    reason = local_slurm_skip_reason(VENV_BIN / "snakemake", SGLANG_PYTHON, TINY_MODEL / "config.json")
     if reason:
         pytest.skip(reason)
 
@@ -85,14 +69,6 @@ def _cluster_up():
 _TAKEN_BASES: set[int] = set()
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 # Never a block here: the local cluster's daemons (16800), a second test cluster (26800)
@@ -115,7 +91,7 @@ def free_port_base() -> int:
             continue
         ports = [*range(base, base + 10), base + 90, base + 91, *range(base + 900, base + 910),
                  base + 990, base + 991, base + 1000, base + 1001]
-        if all(_port_free(p) for p in ports):
+        if all(port_free(p) for p in ports):
             _TAKEN_BASES.add(base)
             return base
     raise RuntimeError("no free port base between 18000 and 31000")

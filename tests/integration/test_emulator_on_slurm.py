@@ -13,7 +13,6 @@ skipped), plus .venv-sglang and the tiny model (the step runs ``site.python``).
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
@@ -27,6 +26,7 @@ from pdbench.loglines import iter_log
 from pdbench.servers import launch_server, stop_step
 
 from .helpers import (
+    local_slurm_skip_reason,
     REPO,
     SGLANG_PYTHON,
     TINY_MODEL,
@@ -50,24 +50,9 @@ FAKE_BOOTSTRAP_HOST = "2.2.2.2"
 
 @pytest.fixture(scope="module", autouse=True)
 def _cluster_up():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (the local Slurm cluster runs jobs as root)")
-    script = REPO / "scripts" / "local-slurm"
-    try:
-        status = subprocess.run(
-            [str(script), "status"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"scripts/local-slurm status failed: {exc}")
-    if status.returncode != 0:
-        pytest.skip(
-            "local Slurm cluster not up (sudo scripts/local-slurm up): "
-            + (status.stdout.strip().splitlines() or ["?"])[0]
-        )
+    reason = local_slurm_skip_reason()
+    if reason:
+        pytest.skip(reason)
     if not SGLANG_PYTHON.exists() or not (TINY_MODEL / "tokenizer.json").exists():
         skip_or_fail(f"needs {SGLANG_PYTHON} and {TINY_MODEL} (scripts/setup)")
 
