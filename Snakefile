@@ -30,7 +30,8 @@ include: "workflow/rules/report.smk"
 onerror:
     # A failed job or Ctrl-C: stop every server step, client and holder job this tree
     # records, so nothing is left running (adopted allocations stay, their steps end).
-    shell(f"pdbench stop-all --results {RESULTS} --reason error >&2")
+    # With site.keep_servers_on_failure only clients and queued holders stop.
+    shell(f"pdbench stop-all --results {RESULTS} --reason error {KEEP_SERVERS_OPTION} >&2")
 
 
 rule all:

@@ -12,14 +12,16 @@ the time from the router's ready marker (``ready_at``: every server is up) to sn
 1's ``done_at`` against the lower bound
 
     prefill supply   target global batch x input_len / (prefill groups x PREFILL_TOKENS_PER_S)
-  + client start-up  launch of the benchmark client to its first request (measured apart)
-  + profiled steps   profile.num_steps x decode step time (the emulator's step model)
-  + profile.interval_s
+  + client start   the client's start signal to its first request (measured apart)
+  + profiled steps profile.num_steps x decode step time (the emulator's step model)
+  + profile.interval_s (counted from the release request)
 
-and prints each component and each measured stage. The client start-up is measured
-separately: the exact client command of the run (its ``bench/client.json``) is started
-against a stub server that only records when the first ``POST /generate`` arrives. It is
-included in the bound, since the fill cannot start before the client's first request.
+and prints each component and each measured stage. The client is started with the
+servers and held, its imports done, until the fill sends SIGUSR1; what it still does
+after the signal (tokenizer, dataset, bench_serving's own 1 s pause) is measured apart:
+the run's exact held client command (its ``bench/client.json``) against a stub server
+that records when the first ``POST /generate`` arrives. The ratio against the bound
+without that term is printed too.
 Needs root and a running local cluster (``scripts/local-slurm up``). Numbers, not a test.
 """
 
@@ -30,6 +32,7 @@ import datetime as dt
 import http.server
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -159,8 +162,11 @@ class _Stub(http.server.BaseHTTPRequestHandler):
 
 
 def client_startup(workdir: Path, point_dir: Path, model: str, hf_online: bool,
-                   repeats: int) -> list[float]:
-    """Launch of the run's client command to its first POST /generate, against a stub."""
+                   repeats: int) -> list[tuple[float, float]]:
+    """(import time, start signal -> first POST /generate) of the run's held client."""
+    sys.path.insert(0, str(REPO / "src"))
+    from pdbench.commands import gated_client_argv
+
     client = json.loads((point_dir / "bench" / "client.json").read_text())
     times = []
     for _ in range(repeats):
@@ -174,18 +180,24 @@ def client_startup(workdir: Path, point_dir: Path, model: str, hf_online: bool,
                 if flag in argv:
                     argv[argv.index(flag) + 1] = str(Path(tmp) / "out.jsonl")
             launched = time.time()
-            proc = subprocess.Popen(argv, cwd=workdir, env=env(hf_online),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(gated_client_argv(argv), cwd=workdir, env=env(hf_online),
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, text=True)
+            for line in proc.stdout:
+                if "waiting for SIGUSR1" in line:
+                    break
+            imported = time.time() - launched
+            go = time.time()
+            proc.send_signal(signal.SIGUSR1)
             while _Stub.first_generate is None and proc.poll() is None \
-                    and time.time() - launched < 300:
-                time.sleep(0.02)
+                    and time.time() - go < 300:
+                time.sleep(0.01)
             proc.kill()
-            proc.wait()
+            proc.communicate()
         server.shutdown()
         if _Stub.first_generate is None:
             raise SystemExit("the client sent no request to the stub within 300 s")
-        times.append(_Stub.first_generate - launched)
+        times.append((imported, _Stub.first_generate - go))
     return times
 
 
@@ -210,28 +222,28 @@ def analyse(workdir: Path, experiment: str, startup_s: float) -> list[dict]:
         prof = cfg["profile"]
         bound = {
             "prefill supply": target * cfg["workload"]["input_len"] / (groups * rate),
-            "client start-up": startup_s,
+            "client start (signal -> first request)": startup_s,
             "profiled steps": prof["num_steps"] * step_s,
             "profile.interval_s": float(prof["interval_s"]),
         }
         t_ready, t_done = ts(router["ready_at"]), ts(snap["done_at"])
-        t_release = ts(released["released_at"]) - released["release_latency_s"]
+        t_release = ts(filled["release_requested_at"])
         stages = {
             "router ready -> fill starts (scheduling, checks, slow_down)":
                 ts(filled["started_at"]) - t_ready,
-            "fill starts -> client launched": ts(client["started_at"]) - ts(filled["started_at"]),
-            "client launched -> batch full seen in the logs":
-                ts(filled["filled_at"]) - ts(client["started_at"]),
-            "batch full -> slow_down cleared (scheduling)": t_release - ts(filled["filled_at"]),
-            "slow_down cleared -> decode seen running (the last sleep)":
-                released["release_latency_s"],
-            "released -> snapshot 1 requested (interval, scheduling)":
-                ts(snap["requested_at"]) - ts(released["released_at"]),
+            "fill starts -> client let go": ts(client["go_at"]) - ts(filled["started_at"]),
+            "client let go -> batch full seen in the logs":
+                ts(filled["filled_at"]) - ts(client["go_at"]),
+            "batch full -> slow_down cleared": t_release - ts(filled["filled_at"]),
+            "slow_down cleared -> snapshot 1 requested (interval)":
+                ts(snap["requested_at"]) - t_release,
             "snapshot 1 requested -> traces written": t_done - ts(snap["requested_at"]),
         }
+        aside = {"slow_down cleared -> decode seen running (release stage)":
+                 ts(released["released_at"]) - t_release}
         rows.append({"point": point_dir.name, "prefill_groups": groups, "target": target,
                      "nodes": plan["nodes"] if plan else None, "bound": bound,
-                     "stages": stages, "actual_s": t_done - t_ready,
+                     "stages": stages, "aside": aside, "actual_s": t_done - t_ready,
                      "bound_s": sum(bound.values()), "sleep_s": filled["sleep_s"]})
     return rows
 
@@ -265,14 +277,18 @@ def main() -> int:
     model = cfg["model"]["served_model_name"] or cfg["model"]["path"]
     log(f"measuring the client start-up ({args.startup_repeats} launches against a stub)")
     startups = client_startup(workdir, first_point, model, args.hf_online, args.startup_repeats)
-    startup = statistics.median(startups)
+    startup = statistics.median(t for _, t in startups)
+    imports = statistics.median(i for i, _ in startups)
 
     print(f"working directory: {workdir}")
     if wall is not None:
         print(f"whole chain (snakemake to report.html): {wall:.1f} s")
-    print(f"client start-up (launch -> first POST /generate, against a stub; "
-          f"{', '.join(f'{t:.2f}' for t in startups)} s): median {startup:.2f} s"
-          f" [{'HF online' if args.hf_online else 'HF_HUB_OFFLINE=1'}] -- included in the bound")
+    print(f"held client against a stub [{'HF online' if args.hf_online else 'HF_HUB_OFFLINE=1'}]"
+          f": launch -> armed and imported {', '.join(f'{i:.2f}' for i, _ in startups)} s "
+          f"(median {imports:.2f} s, hidden behind the servers' start); start signal -> first "
+          f"request {', '.join(f'{t:.2f}' for _, t in startups)} s (median {startup:.2f} s, "
+          "in the bound)")
+    ratios = []
     for row in analyse(workdir, experiment, startup):
         print(f"\n{experiment}/{row['point']}: {row['prefill_groups']} prefill group(s), "
               f"target batch {row['target']}, slow_down {row['sleep_s']:g} s per forward")
@@ -284,16 +300,19 @@ def main() -> int:
         for name, value in row["stages"].items():
             print(f"    {name:<58} {value:8.2f} s")
         print(f"    {'total':<58} {row['actual_s']:8.2f} s")
+        for name, value in row["aside"].items():
+            print(f"    (in parallel: {name} {value:.2f} s)")
         ratio = row["actual_s"] / row["bound_s"]
-        print(f"  ratio {ratio:.2f} (target <= 1.20){'' if ratio <= 1.2 else '  ABOVE TARGET'}")
-        # slow_down's own granularity, which no orchestration removes: a batch admitted
-        # at the start of a forward is logged only after that forward's sleep, and the
-        # release takes effect only when the sleep under way ends (the batch is seen
-        # right after a forward, so nearly a whole sleep is left).
-        sleeps = 2 * row["sleep_s"]
-        print(f"  slow_down granularity (1 sleep before the full batch is logged + the sleep "
-              f"under way at release): {sleeps:.2f} s, not in the bound; actual / (bound + "
-              f"that) = {row['actual_s'] / (row['bound_s'] + sleeps):.2f}")
+        ratios.append(ratio)
+        strict = row["bound_s"] - row["bound"]["client start (signal -> first request)"]
+        print(f"  ratio {ratio:.2f} (target <= 1.20){'' if ratio <= 1.2 else '  ABOVE TARGET'}"
+              f"; against the bound without the client's own start: "
+              f"{row['actual_s'] / strict:.2f}")
+        # slow_down's own granularity: a batch admitted at the start of a forward is
+        # logged only after that forward's sleep, and the release takes effect only when
+        # the sleep under way ends.
+        print(f"  of which slow_down granularity (up to 2 sleeps): {2 * row['sleep_s']:.2f} s")
+    print(f"\nworst ratio {max(ratios):.2f}, median {statistics.median(ratios):.2f}")
     return 0
 
 

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,13 @@ import yaml
 from pdbench import config as config_mod
 from pdbench import topology
 from pdbench.commands import (
+    CLIENT_GATE_ARMED,
+    CLIENT_GATE_RELEASED,
     ControlRequest,
     client_argv,
     control_request,
     curl_argv,
+    gated_client_argv,
     missing_secrets,
     node_launcher_script,
     render_shell,
@@ -732,3 +736,51 @@ def test_hostile_value_detector_can_fire(tmp_path):
     run_bash(f"echo {hostile(tmp_path)}", {}, cwd=tmp_path)  # exits 2 on its last line
     with pytest.raises(AssertionError, match="executed"):
         assert_nothing_ran(tmp_path)
+
+
+# ------------------------------------------------------------------- held client
+
+
+def _held(tmp_path, *args):
+    """A held `python -m` client (a small module that records its argv and exits 3)."""
+    (tmp_path / "heldclient.py").write_text(
+        "import sys, pathlib\n"
+        "if __name__ == '__main__':\n"
+        "    pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[1:]))\n"
+        "    sys.exit(3)\n")
+    argv = gated_client_argv([sys.executable, "-m", "heldclient", *args])
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+def test_held_client_waits_for_sigusr1_then_runs_its_module(tmp_path):
+    out = tmp_path / "ran.txt"
+    proc = _held(tmp_path, str(out), "--flag", "a b")
+    lines = [proc.stdout.readline(), proc.stdout.readline()]
+    assert lines[0].startswith(CLIENT_GATE_ARMED) and "heldclient" in lines[0]
+    assert "waiting for SIGUSR1" in lines[1]
+    # Held: it does not run before the signal.
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.5)
+    assert not out.exists()
+    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(signal.SIGUSR1)  # a repeated start signal does not kill it
+    rest, _ = proc.communicate(timeout=30)
+    assert CLIENT_GATE_RELEASED in rest
+    # Runs as `python -m heldclient ARGS` would: same argv, same exit status.
+    assert proc.returncode == 3
+    assert out.read_text() == f"{out} --flag a b"
+
+
+def test_held_client_keeps_a_signal_sent_while_it_imports(tmp_path):
+    out = tmp_path / "ran.txt"
+    proc = _held(tmp_path, str(out))
+    assert proc.stdout.readline().startswith(CLIENT_GATE_ARMED)
+    proc.send_signal(signal.SIGUSR1)  # may arrive before the module is imported
+    proc.communicate(timeout=30)
+    assert proc.returncode == 3 and out.exists()
+
+
+def test_gated_client_argv_needs_python_dash_m():
+    with pytest.raises(ValueError, match="python -m"):
+        gated_client_argv(["python", "bench.py"])

@@ -140,6 +140,12 @@ def cmd_launch(args) -> None:
         _dump(launch_server(ctx, args.server))
 
 
+def cmd_start_client(args) -> None:
+    from .drive import start_client
+
+    _dump(start_client(_point(args)))
+
+
 def cmd_fill(args) -> None:
     from .drive import run_fill
 
@@ -216,7 +222,12 @@ def cmd_report(args) -> None:
 def cmd_stop_all(args) -> None:
     from .teardown import stop_all
 
-    _dump(stop_all(args.results, reason=args.reason))
+    result = stop_all(args.results, reason=args.reason, keep_servers=args.keep_servers)
+    if result["kept"]:
+        print("pdbench: servers kept running for a rerun (site.keep_servers_on_failure): "
+              + ", ".join(result["kept"]) + f"; `pdbench stop-all --results {args.results}` "
+              "ends them", file=sys.stderr)
+    _dump(result)
 
 
 def cmd_sweep(args) -> None:
@@ -286,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = point_cmd("launch", cmd_launch, "start a server or the router and wait until ready")
     p.add_argument("--server", required=True, help="prefill-G, decode or router")
-    point_cmd("fill", cmd_fill, "slow_down, start the client, follow the batch until full")
-    point_cmd("release", cmd_release, "clear slow_down and confirm decode runs again")
+    point_cmd("start-client", cmd_start_client,
+              "start the benchmark client, held until the fill lets it go")
+    point_cmd("fill", cmd_fill, "slow_down, let the client go, follow the batch until full, "
+              "release")
+    point_cmd("release", cmd_release, "confirm decode runs again without slow_down")
     p = point_cmd("snapshot", cmd_snapshot, "take torch-profiler snapshot K of decode")
     p.add_argument("--snapshot", type=int, required=True, metavar="K")
     point_cmd("bench-result", cmd_bench_result, "wait for the client and validate its JSONL")
@@ -310,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop-all", help="stop every step and holder job a results tree records")
     p.add_argument("--results", default="results")
     p.add_argument("--reason", default="requested")
+    p.add_argument("--keep-servers", action="store_true",
+                   help="stop only clients and queued holders; keep servers and allocations")
     p.set_defaults(func=cmd_stop_all)
 
     p = sub.add_parser("sweep", help="remove markers of allocations or servers that are gone")

@@ -477,6 +477,42 @@ def client_argv(
     return [*argv, *w["extra_args"]]
 
 
+# The client is started while the servers load and waits, its imports done, for the
+# fill to let it go: importing the client costs seconds (torch, transformers) that would
+# otherwise lie between "servers ready" and the first request. The start signal is
+# SIGUSR1 to the client's Slurm step (``scancel --signal=USR1 JOB.STEP``), not a file on
+# the shared filesystem, whose negative look-ups NFS may cache for up to a minute.
+# SIGUSR1 is blocked before anything else, so a signal sent at any time after the
+# "armed" line stays pending until ``sigwait`` takes it; later ones are ignored, so the
+# sender may repeat it until the "released" line shows. The module then runs as
+# ``python -m`` would run it (its imports are already in ``sys.modules``).
+CLIENT_GATE_ARMED = "pdbench-client-gate: armed"
+CLIENT_GATE_RELEASED = "pdbench-client-gate: released"
+_CLIENT_GATE = f"""\
+import runpy, signal, sys, time, warnings
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
+print("{CLIENT_GATE_ARMED}; importing " + sys.argv[1], flush=True)
+t0 = time.monotonic()
+__import__(sys.argv[1])
+print("pdbench-client-gate: imported in %.1f s; waiting for SIGUSR1" % (time.monotonic() - t0),
+      flush=True)
+signal.sigwait({{signal.SIGUSR1}})
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a repeated start signal is harmless
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGUSR1}})
+print("{CLIENT_GATE_RELEASED}", flush=True)
+sys.argv = sys.argv[1:]
+warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def gated_client_argv(argv: Sequence[str]) -> list[str]:
+    """``python -m MODULE ARGS`` as a client that imports, then waits for SIGUSR1."""
+    if len(argv) < 3 or argv[1] != "-m":
+        raise ValueError(f"not a `python -m MODULE` command: {render_shell(argv)}")
+    return [argv[0], "-c", _CLIENT_GATE, *argv[2:]]
+
+
 # --------------------------------------------------------------------------------------
 # Control calls
 

@@ -20,7 +20,7 @@ from .context import PointContext, progress
 from .errors import InputError, PdbenchError
 from .fill import FillTracker
 from .http import call
-from .layout import read_json, write_json
+from .layout import read_json, write_json, write_text
 from .loglines import parse_line
 from .servers import ServerError, log_tail, server_alive, step_name, stop_step
 from .throughput import rank_key
@@ -32,6 +32,10 @@ from .trace import trace_rank_from_name
 POLL_S = 0.2
 CHECK_EVERY_S = 2.0
 CURVE_EVERY_S = 5.0
+# A held client arms within seconds; a container image pulled on first use can take
+# minutes.
+CLIENT_ARM_TIMEOUT_S = 900.0
+CLIENT_SIGNAL_ATTEMPTS = 10
 
 
 class StageError(PdbenchError):
@@ -45,9 +49,16 @@ def _now() -> str:
 class LogFollower:
     """Reads the records appended to a set of log files since the last call."""
 
-    def __init__(self, paths: list[Path], *, from_end: bool = False) -> None:
+    def __init__(self, paths: list[Path], *, from_end: bool = False,
+                 offsets: dict[str, int] | None = None) -> None:
+        """Start at each file's end (``from_end``), at the given ``offsets`` (as
+        :meth:`positions` returns them; files not named start at 0), or at 0."""
         self.paths = list(paths)
-        self.offsets = {p: (p.stat().st_size if from_end and p.exists() else 0) for p in paths}
+        if offsets is not None:
+            self.offsets = {p: int(offsets.get(str(p), 0)) for p in paths}
+        else:
+            self.offsets = {p: (p.stat().st_size if from_end and p.exists() else 0)
+                            for p in paths}
         self.partial = {p: b"" for p in paths}
 
     def positions(self) -> dict[str, int]:
@@ -126,6 +137,9 @@ def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
 
 
 def start_client(ctx: PointContext) -> dict:
+    """Start the benchmark client on the client node, held at its gate (see
+    :data:`pdbench.commands.CLIENT_GATE_ARMED`): it imports while the servers load and
+    sends its first request only when the fill lets it go."""
     plan = ctx.plan
     output = ctx.paths.client_output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -134,23 +148,89 @@ def start_client(ctx: PointContext) -> dict:
     argv = commands.client_argv(ctx.cfg, ctx.point, plan, output_file=output,
                                 dialect=ctx.dialect)
     script = ctx.paths.commands / "client.sh"
-    from .layout import write_text
-
+    log = ctx.paths.logs / commands.server_log_name("bench_client", 0)
+    log.unlink(missing_ok=True)  # the gate's lines are read from it: none from a former run
     write_text(script, commands.node_launcher_script(
-        [argv], {}, log_dir=ctx.paths.logs.resolve(), role_name="bench_client",
-        node_names=[plan.client_node]))
+        [commands.gated_client_argv(argv)], {}, log_dir=ctx.paths.logs.resolve(),
+        role_name="bench_client", node_names=[plan.client_node],
+        required_env=ctx.cfg["site"]["secret_env"]))
     name = step_name(ctx, "client")
     srun = commands.srun_argv(ctx.cfg, job_id=ctx.job_id, nodes=[plan.client_node],
                               script_path=script.resolve(), step_name=name)
     srun_log = ctx.paths.logs / "client.srun.log"
     pid = slurm.start_detached(srun, srun_log)
-    record = {"job_id": ctx.job_id, "step_name": name, "srun_pid": pid,
-              "srun_log": str(srun_log), "output": str(output),
-              "log": str(ctx.paths.logs / commands.server_log_name("bench_client", 0)),
-              "started_at": _now(), "argv": argv}
-    record["step_id"] = slurm.find_step(ctx.job_id, name)
+    try:
+        step_id = slurm.find_step(ctx.job_id, name)
+    except BaseException:
+        slurm.stop_process_group(pid)  # never leave the detached srun behind
+        raise
+    record = {"job_id": ctx.job_id, "step_name": name, "step_id": step_id, "srun_pid": pid,
+              "srun_log": str(srun_log), "output": str(output), "log": str(log),
+              "started_at": _now(), "go_at": None, "argv": argv}
     write_json(ctx.paths.client, record)
+    progress(f"client: step {step_id} on {plan.client_node}, held until the fill starts; "
+             f"log {log}")
     return record
+
+
+def _client_dead_message(client: dict, what: str) -> str:
+    return (f"the benchmark client (Slurm step {client['step_id']}) {what}; srun "
+            f"({client['srun_log']}) ends:\n{log_tail(Path(client['srun_log']), 5)}\n"
+            f"its log ({client['log']}) ends:\n{log_tail(Path(client['log']))}")
+
+
+def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S) -> dict:
+    """Wait until the held client is armed, then send it the start signal."""
+    client = read_json(ctx.paths.client)
+    log = Path(client["log"])
+    started = time.monotonic()
+    next_report = started + 10.0
+    while True:
+        try:
+            armed = commands.CLIENT_GATE_ARMED in log.read_text(errors="replace")
+        except FileNotFoundError:
+            armed = False
+        if armed:
+            break
+        if not server_alive(client):
+            raise StageError(_client_dead_message(client, "ended before it was armed"))
+        waited = time.monotonic() - started
+        if waited > timeout_s:
+            raise StageError(f"the benchmark client is not armed after {timeout_s:.0f} s "
+                             f"(no '{commands.CLIENT_GATE_ARMED}' in {log})")
+        if time.monotonic() >= next_report:
+            progress(f"fill: waiting for the client to start: {waited:.0f} s; last log line: "
+                     f"{log_tail(log, 1).strip()[:160]}")
+            next_report += 10.0
+        time.sleep(POLL_S)
+    # Repeated until the client says it was let go (it ignores repeats).
+    sent, last_sent, complaint = 0, 0.0, ""
+    while commands.CLIENT_GATE_RELEASED not in log.read_text(errors="replace"):
+        if time.monotonic() - last_sent >= 1.0:
+            if sent >= CLIENT_SIGNAL_ATTEMPTS:
+                raise StageError(f"the benchmark client (Slurm step {client['step_id']}) did "
+                                 f"not start after {sent} start signals; scancel said: "
+                                 f"{complaint or 'nothing'}; its log ends:\n{log_tail(log)}")
+            complaint = slurm.signal_step(client["step_id"], "USR1") or complaint
+            sent, last_sent = sent + 1, time.monotonic()
+            if sent == 1:
+                client["go_at"] = _now()
+                write_json(ctx.paths.client, client)
+        if not server_alive(client):
+            raise StageError(_client_dead_message(client, "ended at its start signal"))
+        time.sleep(0.05)
+    return client
+
+
+def _clear_slow_down(ctx: PointContext, *, quiet: bool = False) -> None:
+    req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=None)
+    if not quiet:
+        call(req.method, req.url, req.body)
+        return
+    try:  # on the way out of a failure: leave decode able to run, if it still answers
+        call(req.method, req.url, req.body, timeout_s=10, retry=False)
+    except PdbenchError:
+        pass
 
 
 def run_fill(ctx: PointContext) -> dict:
@@ -167,8 +247,12 @@ def run_fill(ctx: PointContext) -> dict:
     started_at = _now()
     req = commands.control_request("slow_down", decode_url, forward_sleep_time=sleep_s)
     call(req.method, req.url, req.body)
-    client = start_client(ctx)
-    progress(f"fill: client step {client['step_id']} started; target {tracker.threshold} "
+    try:
+        client = let_client_go(ctx)
+    except BaseException:
+        _clear_slow_down(ctx, quiet=True)
+        raise
+    progress(f"fill: client step {client['step_id']} let go; target {tracker.threshold} "
              f"per rank on {point.decode_dp} ranks")
     curve: list[dict] = []
     ended_by = None
@@ -201,17 +285,17 @@ def run_fill(ctx: PointContext) -> dict:
             if ended_by is None:
                 live.check()
                 if not slurm.pid_alive(client["srun_pid"]) and not Path(client["output"]).exists():
-                    raise StageError("fill: the benchmark client ended before the batch "
-                                     f"filled; its log:\n{log_tail(Path(client['log']))}")
+                    raise StageError("fill: " + _client_dead_message(
+                        client, "ended before the batch filled"))
                 time.sleep(POLL_S)
     except BaseException:
-        # Leave decode able to run: clearing slow_down is harmless if it fails.
-        try:
-            req = commands.control_request("slow_down", decode_url, forward_sleep_time=None)
-            call(req.method, req.url, req.body, timeout_s=10, retry=False)
-        except PdbenchError:
-            pass
+        _clear_slow_down(ctx, quiet=True)
         raise
+    # Release at once (runbook step 9): every forward under slow_down from here on is
+    # time lost. The release stage confirms that decode runs again.
+    offsets = follower.positions()
+    _clear_slow_down(ctx)
+    release_requested_at = _now()
     filled = {
         "ended_by": ended_by,
         "sleep_s": sleep_s,
@@ -219,7 +303,8 @@ def run_fill(ctx: PointContext) -> dict:
         "started_at": started_at,
         "filled_at": _now(),
         "fill_s": round(time.monotonic() - started, 2),
-        "log_offsets": follower.positions(),
+        "release_requested_at": release_requested_at,
+        "log_offsets": offsets,
         **{k: tracker.status()[k] for k in ("target", "threshold", "global_running_req",
                                             "min_running_req", "max_running_req",
                                             "ranks_seen")},
@@ -239,10 +324,11 @@ def run_fill(ctx: PointContext) -> dict:
 def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     filled = read_json(ctx.paths.filled)
     _check_servers(ctx, ["decode"])
-    follower = LogFollower(ctx.decode_logs(), from_end=True)
-    req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=None)
+    # The fill cleared slow_down when it ended; clearing it again is harmless (and what
+    # a rerun of this stage alone needs). Decode lines logged since the fill ended count.
+    follower = LogFollower(ctx.decode_logs(), offsets=filled.get("log_offsets"))
     released_at = time.monotonic()
-    call(req.method, req.url, req.body)
+    _clear_slow_down(ctx)
     progress("release: slow_down cleared; waiting for decode to run again")
     # The current sleep must end first (up to one whole sleep).
     timeout_s = timeout_s or filled["sleep_s"] + 300.0
@@ -265,7 +351,8 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     batch = {str(r): recs[-1]["running_req"] for r, recs in sorted(running.items())}
     released = {
         "released_at": _now(),
-        "release_latency_s": round(time.monotonic() - released_at, 2),
+        # From the fill's release request (or this stage's, when the fill is older).
+        "release_latency_s": round(time.time() - _release_requested(filled, released_at), 2),
         "running_batch": batch,
         "global_running_req": sum(batch.values()),
         "fill_ended_by": filled["ended_by"],
@@ -276,11 +363,34 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     return released
 
 
+def _release_requested(filled: dict, stage_started: float) -> float:
+    """Wall-clock time of the release request: the fill's, else this stage's start."""
+    if filled.get("release_requested_at"):
+        return dt.datetime.fromisoformat(filled["release_requested_at"]).timestamp()
+    return time.time() - (time.monotonic() - stage_started)
+
+
+def _interval_start(ctx: PointContext, k: int) -> float:
+    """profile.interval_s counts from the previous snapshot, or for the first one from
+    the release request (the batch has run freely since then)."""
+    if k > 1:
+        return ctx.paths.snapshot(k - 1).stat().st_mtime
+    filled = read_json(ctx.paths.filled)
+    if filled.get("release_requested_at"):
+        return dt.datetime.fromisoformat(filled["release_requested_at"]).timestamp()
+    return ctx.paths.released.stat().st_mtime
+
+
 def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> dict:
     prof = ctx.cfg["profile"]
+    if not ctx.paths.ready("decode").exists():
+        raise StageError(
+            f"snapshot {k} needs the decode server of {ctx.paths.root} at full batch, and it "
+            "is not running (no ready/decode.json): the point was torn down or its servers "
+            "are gone. Through Snakemake the point is measured again; to add snapshots to a "
+            "measured point on live servers, set site.keep_allocation: true")
     _check_servers(ctx, ["decode"])
-    previous = ctx.paths.snapshot(k - 1) if k > 1 else ctx.paths.released
-    wait = prof["interval_s"] - (time.time() - previous.stat().st_mtime)
+    wait = prof["interval_s"] - (time.time() - _interval_start(ctx, k))
     if wait > 0:
         progress(f"snapshot {k}: waiting {wait:.0f} s (profile.interval_s)")
         time.sleep(wait)
@@ -339,9 +449,27 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = 7200.0) -> dict:
                              f"log {client['log']}")
         time.sleep(2.0)
     output = Path(client["output"])
+    try:
+        result = _valid_client_result(output, Path(client["log"]))
+    except PdbenchError as exc:
+        # This measurement is not valid: it is kept under attempts/ and a rerun measures
+        # again from the client on (on the same servers, if they still run).
+        from .teardown import MEASUREMENT_DIRS, set_aside
+
+        moved = set_aside(ctx.paths.root, client.get("job_id"), MEASUREMENT_DIRS,
+                          why="invalid-benchmark")
+        raise StageError(f"{exc}\nthe measurement ({', '.join(moved['moved'])}) was moved "
+                         f"to {moved['to']}; a rerun measures again") from None
+    ctx.paths.bench.parent.mkdir(parents=True, exist_ok=True)
+    ctx.paths.bench.write_text(output.read_text())
+    return result
+
+
+def _valid_client_result(output: Path, log: Path) -> dict:
+    """The client's last JSON line, if it completed requests and generated tokens."""
     if not output.exists() or not output.read_text().strip():
         raise StageError(f"benchmark client wrote no result ({output}); its log ends:\n"
-                         + log_tail(Path(client["log"])))
+                         + log_tail(log))
     try:
         result = json.loads(output.read_text().strip().splitlines()[-1])
     except json.JSONDecodeError as exc:
@@ -351,8 +479,6 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = 7200.0) -> dict:
     if not completed or not tokens:
         raise StageError(f"benchmark client completed {completed} requests and generated "
                          f"{tokens} tokens ({output}); the point is not valid")
-    ctx.paths.bench.parent.mkdir(parents=True, exist_ok=True)
-    ctx.paths.bench.write_text(output.read_text())
     return result
 
 

@@ -142,6 +142,20 @@ def cancel(job_or_step: str) -> None:
     run(["scancel", str(job_or_step)], check=False)
 
 
+def signal_step(step_id: str, signal_name: str) -> str:
+    """Send a signal to every task of a step (``scancel --signal``; the step goes on).
+
+    Returns scancel's complaint, if any: it may report an error for a signal that was
+    delivered, so the caller confirms delivery by what the tasks do."""
+    argv = ["scancel", f"--signal={signal_name}", str(step_id)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(argv)}: {exc}"
+    return "" if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()
+
+
 def steps(job_id: int) -> list[tuple[str, str]]:
     """(step id, step name) of every step of the job."""
     out = run(["squeue", "-h", "-s", "-j", str(job_id), "-o", "%i|%j"], check=False)

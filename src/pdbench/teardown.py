@@ -26,20 +26,29 @@ def _point_dirs(results: str | os.PathLike) -> list[Path]:
     return sorted(p.parent for p in Path(results).glob("*/*/allocation.json"))
 
 
-def stop_all(results: str | os.PathLike, reason: str = "requested") -> dict:
-    stopped, cancelled = [], []
+def stop_all(results: str | os.PathLike, reason: str = "requested", *,
+             keep_servers: bool = False) -> dict:
+    """Stop every step and holder a results tree records; with ``keep_servers`` only the
+    clients and the holders still queued (the servers and their allocations stay)."""
+    stopped, cancelled, kept = [], [], []
     for point_dir in _point_dirs(results):
         alloc = read_json(point_dir / "allocation.json")
-        markers = sorted((point_dir / "ready").glob("*.json"))
+        markers = [] if keep_servers else sorted((point_dir / "ready").glob("*.json"))
         client = point_dir / "bench" / "client.json"
         for marker_path in [*markers, *([client] if client.exists() else [])]:
             try:
                 marker = read_json(marker_path)
+                if marker_path == client and keep_servers and not _step_alive(client):
+                    continue  # a finished client: its srun pid may be reused
                 stop_step(int(marker["job_id"]), marker)
                 stopped.append(marker["step_id"])
             except Exception:  # noqa: BLE001 - teardown must go on with the rest
                 continue
-        if not alloc.get("adopted") and slurm.job_info(int(alloc["job_id"])).alive:
+        alive = slurm.job_info(int(alloc["job_id"])).alive
+        if keep_servers:
+            if alive:
+                kept.append(f"{point_dir} (job {alloc['job_id']})")
+        elif not alloc.get("adopted") and alive:
             slurm.cancel(str(alloc["job_id"]))
             cancelled.append(alloc["job_id"])
     # Holders still queued: their allocation stage is waiting for them (and ends when
@@ -52,7 +61,8 @@ def stop_all(results: str | os.PathLike, reason: str = "requested") -> dict:
                 cancelled.append(job_id)
         except Exception:  # noqa: BLE001 - teardown must go on with the rest
             continue
-    return {"reason": reason, "stopped_steps": stopped, "cancelled_jobs": cancelled}
+    return {"reason": reason, "stopped_steps": stopped, "cancelled_jobs": cancelled,
+            "kept": kept}
 
 
 def sweep_stale(results: str | os.PathLike) -> dict:
@@ -69,7 +79,7 @@ def sweep_stale(results: str | os.PathLike) -> dict:
 
     if shutil.which("squeue") is None:
         return {"removed": [], "set_aside": [], "skipped": "squeue not found: liveness not checked"}
-    removed, set_aside = [], []
+    removed, aside = [], []
     for point_dir in _point_dirs(results):
         alloc_path = point_dir / "allocation.json"
         try:
@@ -78,39 +88,44 @@ def sweep_stale(results: str | os.PathLike) -> dict:
         except Exception:  # noqa: BLE001 - an unreadable marker is stale
             alloc, alive = {}, False
         markers = sorted((point_dir / "ready").glob("*.json"))
+        # The benchmark client is a live thing until the fill is done; after that it
+        # ends by itself and its marker only says where its output is.
+        client = point_dir / "bench" / "client.json"
+        held = [client] if client.exists() and not (point_dir / "fill" / "filled.json") \
+            .exists() else []
         if not alive:
             # The node plan (node_list_env.sh, plan.json) describes this allocation's
             # nodes: it goes with it, so a new allocation gets a plan of its own.
             plan = [p for p in (point_dir / "node_list_env.sh", point_dir / "plan.json")
                     if p.exists()]
-            stale = [alloc_path, *plan, *markers]
+            stale = [alloc_path, *plan, *markers, *held]
         else:
-            stale = []
-            for path in markers:
-                try:
-                    live = server_alive(read_json(path))
-                except Exception:  # noqa: BLE001
-                    live = False
-                if not live:
-                    stale.append(path)
-            router = point_dir / "ready" / "router.json"
-            # The router was set up for the servers that are gone: start it afresh. In
-            # the middle of a measurement every server goes: what the others hold (the
-            # batch, their logs) belongs to the attempt that is set aside below.
-            restart = [router] if router.exists() else []
-            if _unfinished(point_dir):
-                restart = markers
-            for path in restart if stale else []:
-                if path not in stale:
-                    try:
-                        stop_step(int(read_json(path)["job_id"]), read_json(path))
-                    except Exception:  # noqa: BLE001
-                        pass
-                    stale.append(path)
-        if stale and _unfinished(point_dir):
-            moved = _set_aside(point_dir, alloc.get("job_id"))
+            stale = [path for path in markers if not _step_alive(path)]
+            dead = set(stale)
+            if stale:
+                router = point_dir / "ready" / "router.json"
+                # The router was set up for the servers that are gone: start it afresh.
+                # In the middle of a measurement every server goes: what the others hold
+                # (the batch, their logs) belongs to the attempt that is set aside below.
+                restart = [router] if router.exists() else []
+                if _unfinished(point_dir):
+                    restart = [*markers, *held]
+                stale += [path for path in restart if path not in stale]
+            elif held and (read_json(client).get("go_at") or not _step_alive(client)):
+                # A failed benchmark on live servers: its client ended, or a fill that
+                # did not finish let it go. Only the client starts again; the requests
+                # it sent were aborted by SGLang when their connections closed.
+                stale = [client]
+            # Steps still running are stopped; a gone step's srun pid may be reused.
+            for path in stale:
+                if path not in dead and _step_alive(path):
+                    _stop_marker_step(path)
+        # A client that starts again on live servers keeps the servers' logs in place.
+        servers_gone = any(path != client for path in stale)
+        if servers_gone and _unfinished(point_dir):
+            moved = set_aside(point_dir, alloc.get("job_id"))
             if moved:
-                set_aside.append(moved)
+                aside.append(moved)
         for path in stale:
             path.unlink(missing_ok=True)
             removed.append(str(path))
@@ -124,7 +139,23 @@ def sweep_stale(results: str | os.PathLike) -> dict:
         if gone:
             pending.unlink(missing_ok=True)
             removed.append(str(pending))
-    return {"removed": removed, "set_aside": set_aside}
+    return {"removed": removed, "set_aside": aside}
+
+
+def _step_alive(marker_path: Path) -> bool:
+    try:
+        return server_alive(read_json(marker_path))
+    except Exception:  # noqa: BLE001 - an unreadable marker is stale
+        return False
+
+
+def _stop_marker_step(marker_path: Path) -> None:
+    """Stop the step a stale marker names, in case it still runs (no-op if gone)."""
+    try:
+        marker = read_json(marker_path)
+        stop_step(int(marker["job_id"]), marker)
+    except Exception:  # noqa: BLE001 - nothing to stop
+        pass
 
 
 def _unfinished(point_dir: Path) -> bool:
@@ -135,12 +166,18 @@ def _unfinished(point_dir: Path) -> bool:
         (point_dir / "logs").glob("launch_server_*_node_rank_*.log"))
 
 
-def _set_aside(point_dir: Path, job_id) -> dict:
+MEASUREMENT_DIRS = ("fill", "profile", "bench")
+
+
+def set_aside(point_dir: Path, job_id, names: tuple[str, ...] = (*MEASUREMENT_DIRS, "logs"),
+              why: str = "") -> dict:
+    """Move ``names`` of a point to ``attempts/<time>[-job<id>][-<why>]/``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = point_dir / "attempts" / (f"{stamp}-job{job_id}" if job_id else stamp)
+    dest = point_dir / "attempts" / "-".join(
+        [stamp, *([f"job{job_id}"] if job_id else []), *([why] if why else [])])
     dest.mkdir(parents=True, exist_ok=True)
     moved = []
-    for name in ("fill", "profile", "bench", "logs"):
+    for name in names:
         if (point_dir / name).exists():
             (point_dir / name).replace(dest / name)
             moved.append(name)

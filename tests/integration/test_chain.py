@@ -639,6 +639,48 @@ def test_restart_reuses_live_servers(make_chain):
     assert_clean(chain)
 
 
+def client_pid(chain: Chain) -> int:
+    """The benchmark client process of this test (by its output file)."""
+    output = str((chain.point / "bench" / "client-output.jsonl").resolve())
+    found = [p["pid"] for p in _proc_table() if output in p["argv"] and "-c" in p["argv"]]
+    assert len(found) == 1, f"client of {output}: {found}"
+    return found[0]
+
+
+def test_failed_benchmark_reruns_on_live_servers(make_chain):
+    chain = make_chain("benchfail", overlays=("chain-small.yaml", "chain-slow-fill.yaml"),
+                       extra={"site": {"keep_servers_on_failure": True}})
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    time.sleep(2)
+    assert "fill ended" not in chain.fill_log()
+    servers = {p.stem: json.loads(p.read_text())["step_id"]
+               for p in (chain.point / "ready").glob("*.json")}
+    client = json.loads((chain.point / "bench" / "client.json").read_text())
+    os.kill(client_pid(chain), signal.SIGKILL)
+    rc, text = chain.wait(timeout=60)
+    assert rc != 0
+    assert "Error in rule fill" in text
+    assert f"the benchmark client (Slurm step {client['step_id']}) ended" in chain.fill_log()
+    assert "servers kept running for a rerun" in text, text[-4000:]
+    # The client's step is gone; the servers' steps still run.
+    running = {s.split()[0] for s in chain.slurm_steps()}
+    assert client["step_id"] not in running
+    assert set(servers.values()) <= running, (servers, running)
+
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"failed benchmark: rerun on live servers {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert swept(text) == {"bench/client.json"}, text[:3000]
+    ran = jobs_run(text)
+    assert not set(LAUNCH_RULES) & set(ran), ran
+    assert {"bench_client": 1, "fill": 1, "release": 1}.items() <= ran.items(), ran
+    teardown = json.loads((chain.point / "teardown.json").read_text())
+    assert set(servers.values()) <= set(teardown["stopped_steps"])
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
 def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     source, rc, _, _, _ = completed
     assert rc == 0, "the full chain failed"
@@ -663,13 +705,21 @@ def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     assert dry("--forcerun", "report") == {"report": 1}
     # A stage that needs live servers brings back the ephemeral chain it stands on.
     upto_fill = {"allocation": 1, "node_list": 1, "prefill_server": 1, "decode_server": 1,
-                 "router": 1, "fill": 1}
+                 "router": 1, "bench_client": 1, "fill": 1}
     assert dry("--forcerun", "fill", "--until", "fill") == upto_fill
     assert dry("--forcerun", "fill", "--omit-from", "release") == upto_fill
     forced = dry("--forcerun", "fill")
     assert forced == {**upto_fill, "release": 1, "profile_snapshot": SNAPSHOTS,
                       "bench_result": 1, "teardown": 1, "point_throughput": 1,
                       "experiment_throughput": 1, "report": 1}
+
+    # One more snapshot than the tree holds: the point's servers are gone, so it is
+    # measured again (servers, client, fill, release, every snapshot), never profiled cold.
+    more = chain.dir / "more-snapshots.yaml"
+    more.write_text(yaml.safe_dump({"profile": {"snapshots": SNAPSHOTS + 1}}))
+    configs = yaml.safe_load((chain.dir / "profile" / "config.yaml").read_text())["configfile"]
+    assert dry("--configfile", *configs, str(more)) == {
+        **forced, "profile_snapshot": SNAPSHOTS + 1}
 
     # A fresh tree: --until and --omit-from stop where they say.
     fresh = make_chain("fresh")

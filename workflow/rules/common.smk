@@ -23,6 +23,8 @@ CONFIG_FILE = pdconfig.write_resolved(CFG, f"{RESULTS}/.pdbench/config.json")
 # executor plugin removes SLURM_* from the environment.
 ADOPT_JOB_ID = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
 
+KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"] else ""
+
 # Markers of allocations or servers that are gone are removed before the DAG is built,
 # so Snakemake re-creates them; markers of live things are kept and reused. Only the
 # main Snakemake sweeps: jobs submitted to Slurm parse this file too, on a node where

@@ -6,6 +6,7 @@ rule profile_snapshot:
     input:
         released=f"{RESULTS}/{{experiment}}/{{point}}/fill/released.json",
         previous=get_previous_snapshot,
+        decode=ancient(f"{RESULTS}/{{experiment}}/{{point}}/ready/decode.json"),
     output:
         snapshot=f"{RESULTS}/{{experiment}}/{{point}}/profile/{{snapshot}}/snapshot.json",
     log:
