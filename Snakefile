@@ -9,8 +9,11 @@
 #   profile/{k}/           torch-profiler traces of snapshot k
 #   bench/bench.jsonl      the benchmark client's result
 #   throughput.csv         one row per snapshot
+#   bench/client.json      the benchmark client, started with the servers and held
+#                          until the fill lets it go
 #   attempts/<time>-job<id>/  what servers that died mid-measurement left (fill, profile,
 #                          bench, logs), set aside when the next run starts; kept
+#                          (…-invalid-benchmark: a client result that failed the gate)
 # and per experiment (results/{experiment}/): throughput.csv and report.html.
 
 
@@ -31,7 +34,9 @@ onerror:
     # A failed job or Ctrl-C: stop every server step, client and holder job this tree
     # records, so nothing is left running (adopted allocations stay, their steps end).
     # With site.keep_servers_on_failure only clients and queued holders stop.
-    shell(f"pdbench stop-all --results {RESULTS} --reason error {KEEP_SERVERS_OPTION} >&2")
+    shell(
+        f"pdbench stop-all --results {RESULTS} --reason error {KEEP_SERVERS_OPTION} >&2"
+    )
 
 
 rule all:
