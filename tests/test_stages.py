@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdbench import config, drive, slurm, teardown
+from pdbench import config, drive, runstate, slurm, teardown
 from pdbench.context import PointContext
 from pdbench.drive import LogFollower, StageError, collect_bench
 from pdbench.layout import PointPaths, write_json
@@ -190,3 +190,48 @@ def test_first_snapshot_interval_counts_from_the_release_request(ctx):
     assert drive._interval_start(ctx, 1) == 1767225600.0
     write_json(ctx.paths.snapshot(1), {})
     assert drive._interval_start(ctx, 2) == ctx.paths.snapshot(1).stat().st_mtime
+
+
+def test_a_failed_stage_stops_the_other_waits_of_its_run(tmp_path):
+    results = tmp_path / "results"
+    runstate.start_run(results)
+    runstate.check(results)  # nothing failed yet
+    runstate.mark_failed(results, "ep48/p1 fill: decode stopped running")
+    runstate.mark_failed(results, "ep48/p2 launch: a later failure")
+    with pytest.raises(runstate.RunFailed, match="ep48/p1 fill: decode stopped running"):
+        runstate.check(results)
+    # The next run starts clean; with --keep-going a failure stops only its own point.
+    runstate.start_run(results, keep_going=True)
+    runstate.check(results)
+    runstate.mark_failed(results, "ep48/p1 fill: again")
+    runstate.check(results)
+
+
+def test_cli_stage_errors_mark_the_run_failed_offline_ones_do_not(tmp_path):
+    from pdbench.cli import main
+
+    results = tmp_path / "results"
+    runstate.start_run(results)
+    missing = str(tmp_path / "missing.json")
+    assert main(["merge-csv", missing, "--out", str(results / "ep48" / "t.csv")]) == 2
+    runstate.check(results)
+    point = results / "ep48" / "p2"
+    assert main(["fill", "--config", missing, "--point-dir", str(point),
+                 "--out", str(point / "fill" / "filled.json")]) == 2
+    with pytest.raises(runstate.RunFailed, match="ep48/p2 fill: .*missing.json"):
+        runstate.check(results)
+
+
+def test_a_queued_holder_stops_waiting_when_the_run_failed(monkeypatch):
+    monkeypatch.setattr(slurm, "job_info",
+                        lambda job_id: slurm.JobInfo(job_id, "PENDING", "", "Resources"))
+    calls = []
+
+    def check_run():
+        calls.append(1)
+        if len(calls) == 3:
+            raise runstate.RunFailed("stopped: another stage of this run failed")
+
+    with pytest.raises(runstate.RunFailed):
+        slurm.wait_running(5, 60, lambda msg: None, poll_s=0.01, check_run=check_run)
+    assert len(calls) == 3

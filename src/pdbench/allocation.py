@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from . import slurm, topology
+from . import runstate, slurm, topology
 from .config import Point
 from .context import progress
 from .errors import ConfigError
@@ -54,7 +54,8 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
         progress(f"submitted holder job {job_id} ({point.total_nodes} nodes) for "
                  f"{point.experiment}/{point.name}")
     try:
-        info = slurm.wait_running(job_id, queue_timeout_s, progress)
+        info = slurm.wait_running(job_id, queue_timeout_s, progress,
+                                  check_run=lambda: runstate.check(paths.root.parent.parent))
         nodes = topology.expand_nodelist(info.nodelist)
         if len(nodes) < point.total_nodes:
             raise ConfigError(

@@ -352,6 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mark_run_failed(args, exc: Exception) -> None:
+    """A stage of a run failed: the run's other waiting stages stop (pdbench.runstate)."""
+    from .runstate import RunFailed, mark_failed
+
+    if isinstance(exc, RunFailed):
+        return
+    if getattr(args, "point_dir", None):
+        point_dir = Path(args.point_dir)
+    elif args.func is cmd_allocate:
+        point_dir = Path(args.out).parent
+    else:
+        return  # offline commands do not stop a run
+    mark_failed(point_dir.parent.parent,
+                f"{point_dir.parent.name}/{point_dir.name} {args.func.__name__[4:]}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -359,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except PdbenchError as exc:
         print(f"pdbench: error: {exc}", file=sys.stderr)
+        _mark_run_failed(args, exc)
         return 2
     except BrokenPipeError:
         return 1

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import config as pdconfig
-from . import topology
+from . import runstate, topology
 from .config import Point
 from .dialects import Dialect, dialect_for
 from .errors import InputError
@@ -61,6 +61,15 @@ class PointContext:
         """Absolute directory of this point; the results directory must be on the
         filesystem every node sees (the Slurm executor needs that anyway)."""
         return self.paths.root.resolve()
+
+    @property
+    def results_root(self) -> Path:
+        """``results/`` (the point directory is ``results/{experiment}/{point}``)."""
+        return self.paths.root.parent.parent
+
+    def check_run(self) -> None:
+        """Raise :class:`pdbench.runstate.RunFailed` if another stage of the run failed."""
+        runstate.check(self.results_root)
 
     def decode_logs(self) -> list[Path]:
         return self.paths.server_logs("decode")

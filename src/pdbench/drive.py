@@ -23,8 +23,7 @@ from .http import call
 from .layout import read_json, write_json, write_text
 from .loglines import parse_line
 from .servers import ServerError, log_tail, server_alive, step_name, stop_step
-from .throughput import rank_key
-from .trace import trace_rank_from_name
+from .throughput import rank_key, traces_for
 
 # Waits read the decode logs (or look for trace files) every POLL_S: only the bytes
 # appended since the last read, so a short period costs little and every stage sees
@@ -108,6 +107,7 @@ class _Liveness:
         self.ctx, self.servers, self.next = ctx, servers, 0.0
 
     def check(self) -> None:
+        self.ctx.check_run()
         now = time.monotonic()
         if now >= self.next:
             _check_servers(self.ctx, self.servers)
@@ -196,6 +196,7 @@ def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S)
             break
         if not server_alive(client):
             raise StageError(_client_dead_message(client, "ended before it was armed"))
+        ctx.check_run()
         waited = time.monotonic() - started
         if waited > timeout_s:
             raise StageError(f"the benchmark client is not armed after {timeout_s:.0f} s "
@@ -417,8 +418,7 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> di
                 profile_id = profile_id or record["profile_id"]
             elif record["kind"] == "profile_done" and profile_id:
                 done_ranks.add(rank_key(record))
-        files = [p for p in out_dir.glob("*.trace.json*")
-                 if profile_id and trace_rank_from_name(p.name).get("profile_id") == profile_id]
+        files = list(traces_for(out_dir, profile_id).values()) if profile_id else []
         if profile_id and len(done_ranks) >= ranks and len(files) >= ranks:
             break
         if time.monotonic() - started > timeout_s:
@@ -446,6 +446,7 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = 7200.0) -> dict:
     client = read_json(ctx.paths.client)
     started = time.monotonic()
     while slurm.pid_alive(int(client["srun_pid"])):
+        ctx.check_run()
         if time.monotonic() - started > timeout_s:
             raise StageError(f"benchmark client still running after {timeout_s:.0f} s; "
                              f"log {client['log']}")

@@ -98,12 +98,14 @@ def _start_step(ctx: PointContext, server: str, argvs: list[list[str]], env: dic
 
 
 def _wait(what: str, ready: Callable[[], bool], alive: Callable[[], bool], log: Path,
-          timeout_s: float, on_dead: Callable[[], str]) -> float:
+          timeout_s: float, on_dead: Callable[[], str],
+          check_run: Callable[[], None] = lambda: None) -> float:
     start = time.monotonic()
     next_report = start
     while True:
         if ready():
             return time.monotonic() - start
+        check_run()
         if not alive():
             raise ServerError(on_dead())
         waited = time.monotonic() - start
@@ -143,6 +145,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
             log=node0_log,
             timeout_s=timeout_s,
             on_dead=lambda: _dead_message(ctx, server, spec.node_names, log_role, step),
+            check_run=ctx.check_run,
         )
     except BaseException:
         stop_step(ctx.job_id, step)
@@ -203,6 +206,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
             timeout_s=timeout_s,
             on_dead=lambda: f"router: step {step['step_id']} ended while starting:\n"
             + log_tail(log),
+            check_run=ctx.check_run,
         )
         test = call(
             "POST",

@@ -112,11 +112,14 @@ def wait_running(
     timeout_s: float,
     progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
     poll_s: float = 2.0,
+    check_run: Callable[[], None] = lambda: None,
 ) -> JobInfo:
-    """Wait until the job runs; report its state while it queues."""
+    """Wait until the job runs; report its state while it queues. ``check_run`` raises
+    to stop waiting (another stage of the run failed)."""
     start = time.monotonic()
     last = None
     while True:
+        check_run()
         info = job_info(job_id)
         if info.state in RUNNING_STATES and info.nodelist:
             return info

@@ -147,7 +147,9 @@ def _log_step_ms(records: list[dict], start: int, end: int) -> list[float]:
     return before + after
 
 
-def _traces_for(trace_dir: str | os.PathLike, profile_id: str) -> dict[int, Path]:
+def traces_for(trace_dir: str | os.PathLike, profile_id: str) -> dict[int, Path]:
+    """The decode trace file of each rank for one profile id (other names, such as a
+    writer's temporary file, are not traces)."""
     directory = Path(trace_dir)
     if not directory.is_dir():
         raise InputError(f"trace directory {directory} does not exist or is not a directory")
@@ -191,7 +193,7 @@ def measure(
             f"profile id {profile_id} does not appear in the logs "
             f"({', '.join(map(str, log_paths))}); found: {', '.join(ids) or 'none'}"
         )
-    traces = _traces_for(trace_dir, profile_id)
+    traces = traces_for(trace_dir, profile_id)
     if not traces:
         raise InputError(f"no trace files of profile {profile_id} in {trace_dir}")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from pdbench import config as pdconfig
+from pdbench import runstate
 from pdbench.errors import ConfigError
 from pdbench.teardown import sweep_stale
 
@@ -30,6 +31,8 @@ KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"]
 # main Snakemake sweeps: jobs submitted to Slurm parse this file too, on a node where
 # the srun clients that keep the servers' steps alive are not visible.
 if workflow.is_main_process:
+    # A failure recorded by the previous run (pdbench.runstate) does not stop this one.
+    runstate.start_run(RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False))
     _swept = sweep_stale(RESULTS)
     for _removed in _swept["removed"]:
         print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
