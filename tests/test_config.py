@@ -1,6 +1,7 @@
 """Config validation: defaults, unknown keys, semantic checks, grid points."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,19 @@ def test_grid_point_names_and_lookup(raw):
     assert (point.ep, point.prefill_groups, point.eplb, point.decode_nodes) == (32, 2, "online", 8)
     with pytest.raises(ConfigError, match="ep48/p1 is not a point of the configured grid"):
         config.find_point(cfg, "ep48", "p1")
+
+
+def test_resolved_config_is_trusted_only_while_its_stamp_matches(tmp_path, monkeypatch):
+    cfg = config.validate(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    path = Path(config.write_resolved(cfg, tmp_path / "config.json"))
+    calls = []
+    real = config.validate
+    monkeypatch.setattr(config, "validate", lambda raw, **kw: calls.append(1) or real(raw, **kw))
+    assert config.load(path) == cfg and calls == []
+    # A hand edit: validated again, and a bad key is named.
+    edited = json.loads(path.read_text())
+    edited["grid"]["ep_sizes"] = [50]
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match=r"grid.ep_sizes\[0\]"):
+        config.load(path)
+    assert calls == [1]

@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from .errors import ConfigError
@@ -73,10 +72,18 @@ def _with_defaults(validator_class):
                     instance[name] = copy.deepcopy(prop["default"])
         yield from validate_properties(validator, properties, instance, subschema)
 
+    import jsonschema
+
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+@cache
+def _validator_class():
+    # jsonschema costs ~40 ms to import; stages that read the resolved config (which
+    # was validated when the workflow wrote it) do not need it.
+    import jsonschema
+
+    return _with_defaults(jsonschema.Draft202012Validator)
 
 
 def _key_path(path) -> str:
@@ -86,7 +93,7 @@ def _key_path(path) -> str:
     return out or "(top level)"
 
 
-def _schema_error_message(error: jsonschema.ValidationError) -> str:
+def _schema_error_message(error) -> str:
     key = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -102,8 +109,10 @@ def validate(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict:
     Returns a new dict; ``raw`` is not modified. Raises ConfigError naming the key.
     """
     cfg = copy.deepcopy(dict(raw or {}))
-    errors = list(_Validator(schema()).iter_errors(cfg))
+    errors = list(_validator_class()(schema()).iter_errors(cfg))
     if errors:
+        import jsonschema
+
         # best_match prefers the most specific error, which names the deepest key.
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"{source}: {_schema_error_message(best)}")
@@ -115,10 +124,19 @@ def validate(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Read a YAML config file and validate it."""
+    """Read a YAML config file and validate it.
+
+    The resolved config the workflow writes (:func:`write_resolved`) is trusted as long
+    as its stamp matches its text and the schema: every stage reads it, and validating it
+    again would cost each stage ~60 ms on the way from one stage to the next."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        if _stamp_path(path).exists() and _stamp_path(path).read_text() == _stamp(text):
+            import json
+
+            return json.loads(text)
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -134,12 +152,28 @@ def write_resolved(cfg: Mapping, path: str | os.PathLike) -> str:
 
     path = Path(path)
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-    if not path.exists() or path.read_text() != text:
+    stamp = _stamp_path(path)
+    if not path.exists() or path.read_text() != text or not stamp.exists() \
+            or stamp.read_text() != _stamp(text):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(path)
+        for target, content in ((path, text), (stamp, _stamp(text))):
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            tmp.write_text(content)
+            tmp.replace(target)
     return str(path)
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.validated")
+
+
+def _stamp(text: str) -> str:
+    """What a validated config's stamp holds: the digest of its text and of the schema
+    it was validated against (a hand edit or a new schema means validating again)."""
+    import hashlib
+
+    schema_text = resources.files("pdbench").joinpath("schemas/config.schema.yaml").read_text()
+    return hashlib.sha256((schema_text + "\0" + text).encode()).hexdigest() + "\n"
 
 
 def _check_semantics(cfg: dict) -> None:

@@ -32,7 +32,9 @@ KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"]
 # the srun clients that keep the servers' steps alive are not visible.
 if workflow.is_main_process:
     # A failure recorded by the previous run (pdbench.runstate) does not stop this one.
-    runstate.start_run(RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False))
+    runstate.start_run(
+        RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
+    )
     _swept = sweep_stale(RESULTS)
     for _removed in _swept["removed"]:
         print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
