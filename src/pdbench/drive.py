@@ -296,15 +296,15 @@ def run_fill(ctx: PointContext) -> dict:
         raise
     # Release at once (runbook step 9): every forward under slow_down from here on is
     # time lost. The release stage confirms that decode runs again.
-    offsets = follower.positions()
-    _clear_slow_down(ctx)
+    filled_at, offsets = _now(), follower.positions()
     release_requested_at = _now()
+    _clear_slow_down(ctx)  # answered once the sleep under way has ended
     filled = {
         "ended_by": ended_by,
         "sleep_s": sleep_s,
         "sleep_rule": why,
         "started_at": started_at,
-        "filled_at": _now(),
+        "filled_at": filled_at,
         "fill_s": round(time.monotonic() - started, 2),
         "release_requested_at": release_requested_at,
         "log_offsets": offsets,
