@@ -187,6 +187,7 @@ def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S)
     log = Path(client["log"])
     started = time.monotonic()
     next_report = started + 10.0
+    next_check = started  # the client step's liveness (squeue) at most every CHECK_EVERY_S
     while True:
         try:
             armed = commands.CLIENT_GATE_ARMED in log.read_text(errors="replace")
@@ -194,8 +195,10 @@ def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S)
             armed = False
         if armed:
             break
-        if not server_alive(client):
-            raise StageError(_client_dead_message(client, "ended before it was armed"))
+        if time.monotonic() >= next_check:
+            if not server_alive(client):
+                raise StageError(_client_dead_message(client, "ended before it was armed"))
+            next_check = time.monotonic() + CHECK_EVERY_S
         ctx.check_run()
         waited = time.monotonic() - started
         if waited > timeout_s:
@@ -219,9 +222,9 @@ def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S)
             if sent == 1:
                 client["go_at"] = _now()
                 write_json(ctx.paths.client, client)
-        if not server_alive(client):
-            raise StageError(_client_dead_message(client, "ended at its start signal"))
-        time.sleep(0.05)
+            elif not server_alive(client):
+                raise StageError(_client_dead_message(client, "ended at its start signal"))
+        time.sleep(POLL_S)
     return client
 
 
@@ -238,7 +241,8 @@ def _clear_slow_down(ctx: PointContext, *, quiet: bool = False) -> None:
 
 def run_fill(ctx: PointContext) -> dict:
     cfg, point = ctx.cfg, ctx.point
-    _check_servers(ctx, ["decode", "router"])
+    live = _Liveness(ctx, ["decode", "router"] + [s.name for s in ctx.plan.prefill])
+    live.check()  # every server, before anything is sent
     decode_url = ctx.plan.decode.url
     sleep_s, why = fill_sleep_s(ctx)
     progress(f"fill: slow_down {sleep_s:g} s per forward ({why})")
@@ -259,7 +263,6 @@ def run_fill(ctx: PointContext) -> dict:
              f"per rank on {point.decode_dp} ranks")
     curve: list[dict] = []
     ended_by = None
-    live = _Liveness(ctx, ["decode", "router"] + [s.name for s in ctx.plan.prefill])
     next_curve = started
     timeout = cfg["fill"]["timeout_s"]
     try:
