@@ -640,29 +640,42 @@ def test_restart_reuses_live_servers(make_chain):
 
 
 def test_a_failed_point_stops_a_point_queued_behind_it(make_chain):
-    # Two points restricted to the same four nodes: p2 (4 nodes) queues until p1 (3 nodes)
-    # gives its nodes back, which it does only when the run's onerror stops it.
+    # Two points restricted to the same four nodes: whichever holder starts first (p1
+    # needs 3 nodes, p2 4), the other queues until the first gives its nodes back, which
+    # it does only when the run's onerror stops it.
     chain = make_chain("queuedbehind", overlays=("chain-small.yaml", "chain-slow-fill.yaml"),
                        extra={"grid": {"prefill_groups": [1, 2]},
                               "site": {"sbatch_extra": ["--exclude=node[05-18]"]}})
     chain.start(f"results/{EXPERIMENT}/report.html")
-    chain.wait_for_fill_running()
-    p2 = chain.results / EXPERIMENT / "p2"
+    points = {name: chain.results / EXPERIMENT / name for name in ("p1", "p2")}
+
+    def fill_log(name: str) -> str:
+        path = points[name] / "logs" / "fill.log"
+        return path.read_text() if path.exists() else ""
+
+    deadline = time.monotonic() + 240
+    while not (filling := [n for n in points if "client step" in fill_log(n)]):
+        assert chain.proc.poll() is None, chain.out.read_text()[-6000:]
+        assert time.monotonic() < deadline, "no fill started within 240 s"
+        time.sleep(0.5)
+    (running,) = filling
+    (queued,) = set(points) - {running}
+    assert (points[queued] / "allocation.pending.json").exists()
     assert any("PENDING" in job for job in chain.slurm_jobs()), chain.slurm_jobs()
     killed_at = time.monotonic()
     os.kill(decode_node_pid(chain, 1), signal.SIGKILL)
     rc, text = chain.wait(timeout=90)
     took = time.monotonic() - killed_at
-    print(f"failed point with another queued behind it: snakemake exited {took:.1f} s after "
-          "the kill")
+    print(f"failed point ({running}) with another ({queued}) queued behind it: snakemake "
+          f"exited {took:.1f} s after the kill")
     assert rc != 0
     assert took < 60, text[-6000:]
     assert "Error in rule fill" in text
-    allocation_log = (p2 / "logs" / "allocation.log").read_text()
+    allocation_log = (points[queued] / "logs" / "allocation.log").read_text()
     assert "another stage of this run failed" in allocation_log, allocation_log
-    assert f"{EXPERIMENT}/{POINT} fill" in allocation_log
+    assert f"{EXPERIMENT}/{running} fill" in allocation_log
     assert "cancelled holder job" in allocation_log
-    assert not (p2 / "allocation.json").exists()
+    assert not (points[queued] / "allocation.json").exists()
     assert_clean(chain)
 
 
