@@ -171,7 +171,7 @@ def client_startup(workdir: Path, point_dir: Path, model: str, hf_online: bool,
                    repeats: int) -> list[tuple[float, float]]:
     """(import time, start signal -> first POST /generate) of the run's held client."""
     sys.path.insert(0, str(REPO / "src"))
-    from pdbench.commands import gated_client_argv
+    from pdbench.commands import CLIENT_GATE_WAITING, gated_client_argv
 
     client = json.loads((point_dir / "bench" / "client.json").read_text())
     times = []
@@ -190,7 +190,7 @@ def client_startup(workdir: Path, point_dir: Path, model: str, hf_online: bool,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     stdin=subprocess.DEVNULL, text=True)
             for line in proc.stdout:
-                if "waiting for SIGUSR1" in line:
+                if CLIENT_GATE_WAITING in line:
                     break
             imported = time.time() - launched
             go = time.time()

@@ -106,7 +106,9 @@ class FakeCluster:
         monkeypatch.setattr(slurm, "job_info", lambda job_id: slurm.JobInfo(
             job_id, "RUNNING" if job_id in self.jobs else "GONE", "", ""))
         monkeypatch.setattr(slurm, "cancel", self.cancelled.append)
-        monkeypatch.setattr(teardown, "server_alive", lambda m: m["step_id"] in self.steps)
+        monkeypatch.setattr(teardown, "listed_steps", lambda job_id: set(self.steps))
+        monkeypatch.setattr(teardown, "server_alive",
+                            lambda m, listed=None: m["step_id"] in self.steps)
         monkeypatch.setattr(teardown, "stop_step",
                             lambda job_id, m: self.stopped.append(m["step_id"]))
 

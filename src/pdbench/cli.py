@@ -365,7 +365,7 @@ def _mark_run_failed(args, exc: Exception) -> None:
     else:
         return  # offline commands do not stop a run
     mark_failed(point_dir.parent.parent,
-                f"{point_dir.parent.name}/{point_dir.name} {args.func.__name__[4:]}: {exc}")
+                f"{point_dir.parent.name}/{point_dir.name} {args.command}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -487,6 +487,7 @@ def client_argv(
 # sender may repeat it until the "released" line shows. The module then runs as
 # ``python -m`` would run it (its imports are already in ``sys.modules``).
 CLIENT_GATE_ARMED = "pdbench-client-gate: armed"
+CLIENT_GATE_WAITING = "waiting for SIGUSR1"  # the client is imported and held
 CLIENT_GATE_RELEASED = "pdbench-client-gate: released"
 _CLIENT_GATE = f"""\
 import runpy, signal, sys, time, warnings
@@ -494,7 +495,7 @@ signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
 print("{CLIENT_GATE_ARMED}; importing " + sys.argv[1], flush=True)
 t0 = time.monotonic()
 __import__(sys.argv[1])
-print("pdbench-client-gate: imported in %.1f s; waiting for SIGUSR1" % (time.monotonic() - t0),
+print("pdbench-client-gate: imported in %.1f s; {CLIENT_GATE_WAITING}" % (time.monotonic() - t0),
       flush=True)
 signal.sigwait({{signal.SIGUSR1}})
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a repeated start signal is harmless

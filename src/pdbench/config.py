@@ -56,9 +56,13 @@ _POINT_RE = re.compile(r"^p(?P<groups>[1-9])(?:-eplb_(?P<eplb>static|online))?$"
 
 
 @cache
+def _schema_text() -> str:
+    return resources.files("pdbench").joinpath("schemas/config.schema.yaml").read_text()
+
+
+@cache
 def schema() -> dict:
-    text = resources.files("pdbench").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    return yaml.safe_load(_schema_text())
 
 
 def _with_defaults(validator_class):
@@ -150,16 +154,15 @@ def write_resolved(cfg: Mapping, path: str | os.PathLike) -> str:
     """Write the validated config as JSON (only when it changed); return the path."""
     import json
 
+    from .layout import write_text
+
     path = Path(path)
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
     stamp = _stamp_path(path)
     if not path.exists() or path.read_text() != text or not stamp.exists() \
             or stamp.read_text() != _stamp(text):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for target, content in ((path, text), (stamp, _stamp(text))):
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            tmp.write_text(content)
-            tmp.replace(target)
+        write_text(path, text)
+        write_text(stamp, _stamp(text))
     return str(path)
 
 
@@ -172,8 +175,7 @@ def _stamp(text: str) -> str:
     it was validated against (a hand edit or a new schema means validating again)."""
     import hashlib
 
-    schema_text = resources.files("pdbench").joinpath("schemas/config.schema.yaml").read_text()
-    return hashlib.sha256((schema_text + "\0" + text).encode()).hexdigest() + "\n"
+    return hashlib.sha256((_schema_text() + "\0" + text).encode()).hexdigest() + "\n"
 
 
 def _check_semantics(cfg: dict) -> None:

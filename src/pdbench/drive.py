@@ -20,9 +20,16 @@ from .context import PointContext, progress
 from .errors import InputError, PdbenchError
 from .fill import FillTracker
 from .http import call
-from .layout import read_json, write_json, write_text
+from .layout import read_json, write_json
 from .loglines import parse_line
-from .servers import ServerError, log_tail, server_alive, step_name, stop_step
+from .servers import (
+    ServerError,
+    listed_steps,
+    log_tail,
+    server_alive,
+    start_step,
+    stop_step,
+)
 from .throughput import rank_key, traces_for
 
 # Waits read the decode logs (or look for trace files) every POLL_S: only the bytes
@@ -87,9 +94,10 @@ class LogFollower:
 
 
 def _check_servers(ctx: PointContext, servers: list[str]) -> None:
+    listed = listed_steps(ctx.job_id)
     for server in servers:
         marker = read_json(ctx.paths.ready(server))
-        if not server_alive(marker):
+        if not server_alive(marker, listed):
             # srun names the node whose task ended first ("srun: error: node03: task 1:
             # Killed"); each node's log follows.
             logs = "\n".join(f"  {log}:\n{log_tail(Path(log), 5)}" for log in marker["logs"])
@@ -149,29 +157,15 @@ def start_client(ctx: PointContext) -> dict:
         output.unlink()  # bench_serving appends; one run per file
     argv = commands.client_argv(ctx.cfg, ctx.point, plan, output_file=output,
                                 dialect=ctx.dialect)
-    script = ctx.paths.commands / "client.sh"
     log = ctx.paths.logs / commands.server_log_name("bench_client", 0)
     log.unlink(missing_ok=True)  # the gate's lines are read from it: none from a former run
-    write_text(script, commands.node_launcher_script(
-        [commands.gated_client_argv(argv)], {}, log_dir=ctx.paths.logs.resolve(),
-        role_name="bench_client", node_names=[plan.client_node],
-        required_env=ctx.cfg["site"]["secret_env"]))
-    name = step_name(ctx, "client")
-    srun = commands.srun_argv(ctx.cfg, job_id=ctx.job_id, nodes=[plan.client_node],
-                              script_path=script.resolve(), step_name=name)
-    srun_log = ctx.paths.logs / "client.srun.log"
-    pid = slurm.start_detached(srun, srun_log)
-    try:
-        step_id = slurm.find_step(ctx.job_id, name)
-    except BaseException:
-        slurm.stop_process_group(pid)  # never leave the detached srun behind
-        raise
-    record = {"job_id": ctx.job_id, "step_name": name, "step_id": step_id, "srun_pid": pid,
-              "srun_log": str(srun_log), "output": str(output), "log": str(log),
+    step = start_step(ctx, "client", [commands.gated_client_argv(argv)], {},
+                      [plan.client_node], "bench_client")
+    record = {"job_id": ctx.job_id, **step, "output": str(output), "log": str(log),
               "started_at": _now(), "go_at": None, "argv": argv}
     write_json(ctx.paths.client, record)
-    progress(f"client: step {step_id} on {plan.client_node}, held until the fill starts; "
-             f"log {log}")
+    progress(f"client: step {step['step_id']} on {plan.client_node}, held until the fill "
+             f"starts; log {log}")
     return record
 
 
@@ -334,6 +328,7 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     # a rerun of this stage alone needs). Decode lines logged since the fill ended count.
     follower = LogFollower(ctx.decode_logs(), offsets=filled.get("log_offsets"))
     released_at = time.monotonic()
+    requested = _release_requested(filled) or time.time()
     _clear_slow_down(ctx)
     progress("release: slow_down cleared; waiting for decode to run again")
     # The current sleep must end first (up to one whole sleep).
@@ -357,8 +352,8 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     batch = {str(r): recs[-1]["running_req"] for r, recs in sorted(running.items())}
     released = {
         "released_at": _now(),
-        # From the fill's release request (or this stage's, when the fill is older).
-        "release_latency_s": round(time.time() - _release_requested(filled, released_at), 2),
+        # From the fill's release request (or this stage's, for a fill that has none).
+        "release_latency_s": round(time.time() - requested, 2),
         "running_batch": batch,
         "global_running_req": sum(batch.values()),
         "fill_ended_by": filled["ended_by"],
@@ -369,11 +364,10 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     return released
 
 
-def _release_requested(filled: dict, stage_started: float) -> float:
-    """Wall-clock time of the release request: the fill's, else this stage's start."""
-    if filled.get("release_requested_at"):
-        return dt.datetime.fromisoformat(filled["release_requested_at"]).timestamp()
-    return time.time() - (time.monotonic() - stage_started)
+def _release_requested(filled: dict) -> float | None:
+    """When the fill asked for the release (epoch seconds), if it recorded it."""
+    at = filled.get("release_requested_at")
+    return dt.datetime.fromisoformat(at).timestamp() if at else None
 
 
 def _interval_start(ctx: PointContext, k: int) -> float:
@@ -381,10 +375,8 @@ def _interval_start(ctx: PointContext, k: int) -> float:
     the release request (the batch has run freely since then)."""
     if k > 1:
         return ctx.paths.snapshot(k - 1).stat().st_mtime
-    filled = read_json(ctx.paths.filled)
-    if filled.get("release_requested_at"):
-        return dt.datetime.fromisoformat(filled["release_requested_at"]).timestamp()
-    return ctx.paths.released.stat().st_mtime
+    requested = _release_requested(read_json(ctx.paths.filled))
+    return requested if requested is not None else ctx.paths.released.stat().st_mtime
 
 
 def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> dict:

@@ -59,7 +59,7 @@ def step_name(ctx: PointContext, server: str) -> str:
     return f"pdbench-{ctx.point.experiment}-{ctx.point.name}-{server}"
 
 
-def _start_step(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
+def start_step(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
                 nodes: list[str], log_role: str) -> dict:
     """Write the launcher script, start its srun detached, return the step record."""
     script = ctx.paths.commands / f"{server}.sh"
@@ -133,7 +133,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
         raise ServerError(f"{server}: environment variable(s) {', '.join(missing)} "
                           "(site.secret_env) are not set")
     started_at = _now()
-    step = _start_step(ctx, server, argvs, env, spec.node_names, log_role)
+    step = start_step(ctx, server, argvs, env, spec.node_names, log_role)
     node0_log = ctx.paths.logs / commands.server_log_name(log_role, 0)
     progress(f"{server}: step {step['step_id']} on {','.join(spec.node_names)}; "
              f"waiting for {spec.url}/health")
@@ -186,7 +186,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
     argv = commands.router_argv(ctx.cfg, plan)
     log_role = "router"
     started_at = _now()
-    step = _start_step(ctx, "router", [argv], {}, [plan.router_node], log_role)
+    step = start_step(ctx, "router", [argv], {}, [plan.router_node], log_role)
     log = ctx.paths.logs / commands.server_log_name(log_role, 0)
     expected = len(plan.prefill) + 1
 
@@ -237,11 +237,17 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
     return marker
 
 
-def server_alive(marker: dict) -> bool:
-    """The step still runs: listed by Slurm and, where visible, its srun client alive."""
-    job_id = marker["job_id"]
-    listed = any(step_id == marker["step_id"] for step_id, _ in slurm.steps(job_id))
-    return listed and slurm.pid_alive(int(marker["srun_pid"]))
+def listed_steps(job_id: int) -> set[str]:
+    """Ids of the job's steps Slurm lists (one squeue for checking several markers)."""
+    return {step_id for step_id, _ in slurm.steps(job_id)}
+
+
+def server_alive(marker: dict, listed: set[str] | None = None) -> bool:
+    """The step still runs: listed by Slurm (``listed``, else asked now) and, where
+    visible, its srun client alive."""
+    if listed is None:
+        listed = listed_steps(marker["job_id"])
+    return marker["step_id"] in listed and slurm.pid_alive(int(marker["srun_pid"]))
 
 
 def stop_step(job_id: int, step: dict) -> None:

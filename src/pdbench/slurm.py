@@ -150,13 +150,11 @@ def signal_step(step_id: str, signal_name: str) -> str:
 
     Returns scancel's complaint, if any: it may report an error for a signal that was
     delivered, so the caller confirms delivery by what the tasks do."""
-    argv = ["scancel", f"--signal={signal_name}", str(step_id)]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{' '.join(argv)}: {exc}"
-    return "" if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()
+        run(["scancel", f"--signal={signal_name}", str(step_id)])
+    except SlurmError as exc:
+        return str(exc)
+    return ""
 
 
 def steps(job_id: int) -> list[tuple[str, str]]:

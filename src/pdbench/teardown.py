@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import slurm
 from .layout import read_json
-from .servers import server_alive, stop_step
+from .servers import listed_steps, server_alive, stop_step
 
 
 def _point_dirs(results: str | os.PathLike) -> list[Path]:
@@ -81,49 +81,16 @@ def sweep_stale(results: str | os.PathLike) -> dict:
         return {"removed": [], "set_aside": [], "skipped": "squeue not found: liveness not checked"}
     removed, aside = [], []
     for point_dir in _point_dirs(results):
-        alloc_path = point_dir / "allocation.json"
         try:
-            alloc = read_json(alloc_path)
-            alive = slurm.job_info(int(alloc["job_id"])).state in slurm.RUNNING_STATES
+            job_id = int(read_json(point_dir / "allocation.json")["job_id"])
+            alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES
         except Exception:  # noqa: BLE001 - an unreadable marker is stale
-            alloc, alive = {}, False
-        markers = sorted((point_dir / "ready").glob("*.json"))
-        # The benchmark client is a live thing until the fill is done; after that it
-        # ends by itself and its marker only says where its output is.
+            job_id, alive = None, False
+        stale = _stale_markers(point_dir, job_id if alive else None)
         client = point_dir / "bench" / "client.json"
-        held = [client] if client.exists() and not (point_dir / "fill" / "filled.json") \
-            .exists() else []
-        if not alive:
-            # The node plan (node_list_env.sh, plan.json) describes this allocation's
-            # nodes: it goes with it, so a new allocation gets a plan of its own.
-            plan = [p for p in (point_dir / "node_list_env.sh", point_dir / "plan.json")
-                    if p.exists()]
-            stale = [alloc_path, *plan, *markers, *held]
-        else:
-            stale = [path for path in markers if not _step_alive(path)]
-            dead = set(stale)
-            if stale:
-                router = point_dir / "ready" / "router.json"
-                # The router was set up for the servers that are gone: start it afresh.
-                # In the middle of a measurement every server goes: what the others hold
-                # (the batch, their logs) belongs to the attempt that is set aside below.
-                restart = [router] if router.exists() else []
-                if _unfinished(point_dir):
-                    restart = [*markers, *held]
-                stale += [path for path in restart if path not in stale]
-            elif held and (read_json(client).get("go_at") or not _step_alive(client)):
-                # A failed benchmark on live servers: its client ended, or a fill that
-                # did not finish let it go. Only the client starts again; the requests
-                # it sent were aborted by SGLang when their connections closed.
-                stale = [client]
-            # Steps still running are stopped; a gone step's srun pid may be reused.
-            for path in stale:
-                if path not in dead and _step_alive(path):
-                    _stop_marker_step(path)
         # A client that starts again on live servers keeps the servers' logs in place.
-        servers_gone = any(path != client for path in stale)
-        if servers_gone and _unfinished(point_dir):
-            moved = set_aside(point_dir, alloc.get("job_id"))
+        if any(path != client for path in stale) and _unfinished(point_dir):
+            moved = set_aside(point_dir, job_id)
             if moved:
                 aside.append(moved)
         for path in stale:
@@ -142,9 +109,49 @@ def sweep_stale(results: str | os.PathLike) -> dict:
     return {"removed": removed, "set_aside": aside}
 
 
-def _step_alive(marker_path: Path) -> bool:
+def _stale_markers(point_dir: Path, live_job_id: int | None) -> list[Path]:
+    """The markers of ``point_dir`` to remove; steps of them that still run are stopped.
+
+    ``live_job_id`` is the point's running allocation (None: gone or unreadable)."""
+    markers = sorted((point_dir / "ready").glob("*.json"))
+    # The benchmark client is a live thing until the fill is done; after that it ends by
+    # itself and its marker only says where its output is.
+    client = point_dir / "bench" / "client.json"
+    held = [client] if client.exists() and not (point_dir / "fill" / "filled.json") \
+        .exists() else []
+    if live_job_id is None:
+        # The node plan (node_list_env.sh, plan.json) describes this allocation's nodes:
+        # it goes with it, so a new allocation gets a plan of its own.
+        plan = [p for p in (point_dir / "node_list_env.sh", point_dir / "plan.json")
+                if p.exists()]
+        return [point_dir / "allocation.json", *plan, *markers, *held]
+    listed = listed_steps(live_job_id)
+    dead = [path for path in markers if not _step_alive(path, listed)]
+    if dead:
+        # The router was set up for the servers that are gone: start it afresh. In the
+        # middle of a measurement every server goes: what the others hold (the batch,
+        # their logs) belongs to the attempt that is set aside.
+        router = point_dir / "ready" / "router.json"
+        restart = [*markers, *held] if _unfinished(point_dir) else \
+            [router] if router.exists() else []
+        stale = dead + [path for path in restart if path not in dead]
+    elif held and (read_json(client).get("go_at") or not _step_alive(client, listed)):
+        # A failed benchmark on live servers: its client ended, or a fill that did not
+        # finish let it go. Only the client starts again; the requests it sent were
+        # aborted by SGLang when their connections closed.
+        stale = [client]
+    else:
+        return []
+    # Steps still running are stopped; a gone step's srun pid may be reused.
+    for path in stale:
+        if path not in dead and _step_alive(path, listed):
+            _stop_marker_step(path)
+    return stale
+
+
+def _step_alive(marker_path: Path, listed: set[str] | None = None) -> bool:
     try:
-        return server_alive(read_json(marker_path))
+        return server_alive(read_json(marker_path), listed)
     except Exception:  # noqa: BLE001 - an unreadable marker is stale
         return False
 
