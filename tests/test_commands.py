@@ -85,17 +85,20 @@ def plan(cfg, p3):
 
 
 GB200_DECODE_RANK5_0_5_5_POST2 = (
-    "python3 -m sglang.launch_server --model-path deepseek-ai/DeepSeek-R1 "
-    "--served-model-name deepseek-ai/DeepSeek-R1 --disaggregation-mode decode "
+    "python3 -m sglang.launch_server --model-path models/nvidia/DeepSeek-R1-0528-FP4 "
+    "--served-model-name nvidia/DeepSeek-R1-0528-FP4 --disaggregation-mode decode "
     "--host 0.0.0.0 --port 30000 --dist-init-addr gb-007:5757 --nnodes 12 --node-rank 5 "
     "--tp-size 48 --dp-size 48 --enable-dp-attention --ep-size 48 "
-    "--trust-remote-code --decode-log-interval 1 --context-length 2716 --disable-radix-cache "
-    "--moe-a2a-backend deepep --moe-dense-tp-size 1 --enable-dp-lm-head "
-    "--disable-shared-experts-fusion --ep-num-redundant-experts 32 "
-    "--ep-dispatch-algorithm static --eplb-algorithm deepseek --attention-backend cutlass_mla "
-    "--watchdog-timeout 1000000 --disaggregation-transfer-backend mooncake "
-    "--deepep-mode low_latency --max-running-requests 36864 --chunked-prefill-size 36864 "
-    "--mem-fraction-static 0.82 --cuda-graph-bs 768"
+    "--decode-log-interval 1 --context-length 2176 --disable-radix-cache "
+    "--disable-shared-experts-fusion --watchdog-timeout 1000000 "
+    "--disable-chunked-prefix-cache --attention-backend trtllm_mla --kv-cache-dtype fp8_e4m3 "
+    "--enable-single-batch-overlap --moe-dense-tp-size 1 --enable-dp-lm-head "
+    "--eplb-algorithm deepseek --quantization modelopt_fp4 "
+    "--max-running-requests 49152 --chunked-prefill-size 786432 --mem-fraction-static 0.83 "
+    "--moe-a2a-backend deepep --deepep-mode low_latency --ep-dispatch-algorithm static "
+    "--cuda-graph-bs 1024 --num-reserved-decode-tokens 112 --ep-num-redundant-experts 32 "
+    "--prefill-round-robin-balance --max-total-tokens 3122380 "
+    "--moe-runner-backend flashinfer_cutedsl"
 ).split()
 
 
@@ -113,16 +116,17 @@ def test_decode_rank5_gb200_recipe_0_5_5_post2(cfg, p3, plan):
 
 
 def config_0_5_23():
-    """The default recipe on 0.5.23, whose attention backends no longer include cutlass_mla."""
+    """The default recipe on 0.5.23, which has no --prefill-round-robin-balance."""
     raw = raw_default()
     raw["sglang"]["version"] = "0.5.23"
-    raw["server_args"]["common"]["attention-backend"] = "trtllm_mla"
+    del raw["server_args"]["decode"]["prefill-round-robin-balance"]
     return make(raw)
 
 
-def test_default_recipe_on_0_5_23_names_removed_backend(p3):
+def test_default_recipe_on_0_5_23_names_removed_option(p3):
     # Config validation already spells every server arg for the release.
-    with pytest.raises(ConfigError, match=r"server_args\.common\.attention-backend.*cutlass_mla"):
+    with pytest.raises(ConfigError, match=r"server_args\.decode\.prefill-round-robin-balance: "
+                       r"SGLang 0\.5\.23 has no --prefill-round-robin-balance: removed in 0\.5\.8"):
         make(sglang__version="0.5.23")
 
 
@@ -133,7 +137,7 @@ def test_decode_0_5_23_spelling(p3):
         argv.index("--cuda-graph-bs-decode") : argv.index("--cuda-graph-bs-decode") + 2
     ] == [
         "--cuda-graph-bs-decode",
-        "768",
+        "1024",
     ]
     assert "--cuda-graph-bs" not in argv
     assert flag_value(argv, "--attn-dp-size") == "48"
@@ -143,11 +147,14 @@ def test_decode_0_5_23_spelling(p3):
 
 
 def test_decode_0_4_9_spelling(p3):
-    cfg = make(sglang__version="v0.4.9")
+    raw = raw_default()
+    raw["sglang"]["version"] = "v0.4.9"
+    del raw["server_args"]["decode"]["prefill-round-robin-balance"]  # 0.5.2-0.5.7 only
+    cfg = make(raw)
     argv = server_argvs(cfg, p3, plan_of(cfg, p3), "decode")[5]
     assert "--enable-deepep-moe" in argv
     assert "--moe-a2a-backend" not in argv
-    assert flag_value(argv, "--cuda-graph-bs") == "768"
+    assert flag_value(argv, "--cuda-graph-bs") == "1024"
     i = argv.index("--dp-size")
     assert argv[i : i + 3] == ["--dp-size", "48", "--enable-dp-attention"]
 
@@ -157,12 +164,12 @@ def test_prefill_group_argvs(cfg, p3, plan):
     assert len(argvs) == 2
     for rank, argv in enumerate(argvs):
         assert flag_value(argv, "--disaggregation-mode") == "prefill"
-        assert flag_value(argv, "--disaggregation-bootstrap-port") == "8998"
+        assert flag_value(argv, "--disaggregation-bootstrap-port") == "8991"
         assert flag_value(argv, "--dist-init-addr") == "gb-003:5757"
         assert flag_value(argv, "--nnodes") == "2"
         assert flag_value(argv, "--node-rank") == str(rank)
         assert flag_value(argv, "--tp-size") == "8"
-        assert flag_value(argv, "--max-running-requests") == "6144"
+        assert flag_value(argv, "--max-running-requests") == "11264"
         assert "--disable-cuda-graph" in argv
         assert "--cuda-graph-bs" not in argv
 
@@ -184,7 +191,7 @@ def test_shared_host_ports_per_node(cfg):
 def test_server_option_order_is_derived_then_config(cfg, p3, plan):
     argv = server_argvs(cfg, p3, plan, "decode")[0]
     flags = [a for a in argv if a.startswith("--")]
-    assert flags.index("--ep-size") < flags.index("--trust-remote-code")
+    assert flags.index("--ep-size") < flags.index("--decode-log-interval")
     config_order = [f"--{k}" for k in config_mod.decode_server_args(cfg)]
     config_order[config_order.index("--cuda-graph-bs-decode")] = "--cuda-graph-bs"
     assert [f for f in flags if f in config_order] == config_order
@@ -207,7 +214,8 @@ def test_per_phase_option_too_new_names_key():
 
 
 def eplb_cfg(mode, **kw):
-    return make(grid__eplb=[mode], **kw)
+    # The recorded distribution lives on a shared filesystem mounted into the container.
+    return make(grid__eplb=[mode], site__container__mounts=["/shared:/shared"], **kw)
 
 
 def test_eplb_none(cfg, p3, plan):
@@ -278,11 +286,11 @@ def test_eplb_record_needs_static(cfg, p3, plan):
 def test_router_argv_three_groups(cfg, plan):
     assert router_argv(cfg, plan) == [
         "python3", "-m", "sglang_router.launch_router", "--pd-disaggregation",
-        "--prefill", "http://gb-001:30000", "8998",
-        "--prefill", "http://gb-003:30000", "8998",
-        "--prefill", "http://gb-005:30000", "8998",
+        "--prefill", "http://gb-001:30000", "8991",
+        "--prefill", "http://gb-003:30000", "8991",
+        "--prefill", "http://gb-005:30000", "8991",
         "--decode", "http://gb-007:30000",
-        "--host", "0.0.0.0", "--port", "8000",
+        "--host", "0.0.0.0", "--port", "7000",
     ]  # fmt: skip
     cfg2 = make(
         router={"mini_lb": True, "policy": "round_robin", "extra_args": ["--log-level", "debug"]}
@@ -295,29 +303,31 @@ def test_client_bench_serving(cfg, p3, plan):
     argv = client_argv(cfg, p3, plan, output_file=Path("/r/ep48/p3/bench/bench.jsonl"))
     assert argv == [
         "python3", "-m", "sglang.bench_serving", "--backend", "sglang",
-        "--base-url", "http://gb-001:8000", "--dataset-name", "random-ids",
-        "--random-input-len", "2000", "--random-output-len", "1500",
-        "--random-range-ratio", "1.0", "--num-prompts", "73728", "--request-rate", "inf",
-        "--warmup-requests", "0", "--tokenizer", "deepseek-ai/DeepSeek-R1", "--output-file", "/r/ep48/p3/bench/bench.jsonl",
+        "--base-url", "http://gb-001:7000", "--dataset-name", "random-ids",
+        "--random-input-len", "1000", "--random-output-len", "1000",
+        "--random-range-ratio", "1.0", "--num-prompts", "98304", "--request-rate", "inf",
+        "--max-concurrency", "60000", "--warmup-requests", "0",
+        "--tokenizer", "models/nvidia/DeepSeek-R1-0528-FP4", "--output-file", "/r/ep48/p3/bench/bench.jsonl",
     ]  # fmt: skip
     raw = raw_default()
-    raw["server_args"]["common"]["attention-backend"] = "trtllm_mla"
+    del raw["server_args"]["decode"]["prefill-round-robin-balance"]
     cfg2 = make(
         raw,
         sglang__version="0.5.23",
         workload={
-            "num_prompts": 100,
+            "num_prompts": 100000,
             "request_rate": 8,
-            "max_concurrency": 64,
+            "max_concurrency": 50000,
             "dataset_path": "/d/sg.json",
             "extra_args": ["--seed", "1"],
         },
+        site__container__mounts=["/d"],
     )
     argv2 = client_argv(cfg2, p3, plan, output_file="o.jsonl", tokenizer="/tok")
     assert argv2[2] == "sglang.benchmark.serving"
-    assert flag_value(argv2, "--num-prompts") == "100"
+    assert flag_value(argv2, "--num-prompts") == "100000"
     assert flag_value(argv2, "--request-rate") == "8"
-    assert flag_value(argv2, "--max-concurrency") == "64"
+    assert flag_value(argv2, "--max-concurrency") == "50000"
     assert flag_value(argv2, "--tokenizer") == "/tok"
     assert argv2[-4:] == ["--dataset-path", "/d/sg.json", "--seed", "1"]
 
@@ -334,12 +344,12 @@ def test_client_bench_one_batch_server(p3, plan):
     argv = client_argv(cfg, p3, plan, output_file="/r/b.jsonl")
     assert argv == [
         "python3", "-m", "sglang.bench_one_batch_server",
-        "--model-path", "deepseek-ai/DeepSeek-R1", "--base-url", "http://gb-001:8000",
+        "--model-path", "models/nvidia/DeepSeek-R1-0528-FP4", "--base-url", "http://gb-001:7000",
         "--batch-size", "135168", "--input-len", "1000", "--output-len", "1000",
         "--skip-warmup", "--result-filename", "/r/b.jsonl",
     ]  # fmt: skip
     cfg2 = make(workload={"client": "bench_one_batch_server"})
-    assert flag_value(client_argv(cfg2, p3, plan, output_file="x"), "--batch-size") == "73728"
+    assert flag_value(client_argv(cfg2, p3, plan, output_file="x"), "--batch-size") == "98304"
 
 
 def test_srun_argv_pyxis(plan):
@@ -363,7 +373,8 @@ def test_srun_argv_pyxis(plan):
         "srun", "--jobid", "42", "--overlap", "--nodes", "12", "--ntasks", "12",
         "--ntasks-per-node", "1", "--nodelist", ",".join(plan.decode.node_names),
         "--job-name", "pdbench-decode", "--kill-on-bad-exit=1", "--export=ALL",
-        "--container-image", "/i/sglang.sqsh", "--container-mounts", "/lustre:/lustre,/scratch",
+        "--container-image", "/i/sglang.sqsh",
+        "--container-mounts", f"{os.getcwd()}:{os.getcwd()},/lustre:/lustre,/scratch",
         "--container-workdir", "/lustre/w", "--no-container-mount-home", "--container-writable",
         "bash", "/lustre/s.sh",
     ]  # fmt: skip
@@ -380,7 +391,8 @@ def test_srun_argv_apptainer_and_none(plan):
     )
     argv = srun_argv(cfg, job_id=7, nodes=["n1", "n2"], script_path="/b/s.sh", step_name="x")
     assert argv[argv.index("--export=ALL") + 1 :] == [
-        "apptainer", "exec", "--nv", "--bind", "/a:/b", "--bind", "/c", "--pwd", "/b",
+        "apptainer", "exec", "--nv", "--bind", f"{os.getcwd()}:{os.getcwd()}",
+        "--bind", "/a:/b", "--bind", "/c", "--pwd", "/b",
         "/i/sglang.sif", "bash", "/b/s.sh",
     ]  # fmt: skip
     cfg = make(site__container={"runtime": "none"})
@@ -410,12 +422,15 @@ def test_server_env(cfg):
 
 
 def test_secret_in_env_config_is_error():
-    cfg = make(env__decode={"HF_TOKEN": "x"})
+    cfg = make(env__decode={"HF_TOKEN": "x"}, site__secret_env=["HF_TOKEN"])
     with pytest.raises(ConfigError, match=r"env\.decode\.HF_TOKEN.*secret_env"):
         server_env(cfg, "decode")
 
 
 def test_missing_secrets(cfg):
+    assert cfg["site"]["secret_env"] == []  # the default needs no secret
+    assert missing_secrets(cfg, {}) == []
+    cfg = make(site__secret_env=["HF_TOKEN"])
     assert missing_secrets(cfg, {}) == ["HF_TOKEN"]
     assert missing_secrets(cfg, {"HF_TOKEN": ""}) == ["HF_TOKEN"]
     assert missing_secrets(cfg, {"HF_TOKEN": "t"}) == []
@@ -533,7 +548,7 @@ def evil_config(tmp_path, stub):
     raw["site"]["container"] = {
         "runtime": "apptainer",
         "image": f"/img/{evil}.sif",
-        "mounts": [f"/src {evil}:/dst"],
+        "mounts": [f"/src {evil}:/dst", "/models"],
     }
     raw["site"]["env"] = {"EVIL_ENV": evil}
     raw["model"]["path"] = f"/models/{evil}"
@@ -670,7 +685,8 @@ def test_rendered_command_lines_round_trip(tmp_path, stub):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["argv"] == argv[1:]
-    assert ["--bind", f"/src {evil}:/dst"] == argv[argv.index("--bind") : argv.index("--bind") + 2]
+    i = argv.index(f"/src {evil}:/dst")
+    assert argv[i - 1] == "--bind"
     assert shlex.split(render_shell(argv)) == argv
     assert_nothing_ran(tmp_path)
 
@@ -681,7 +697,8 @@ def test_rendered_command_lines_round_trip(tmp_path, stub):
 
 def test_secret_value_never_rendered(tmp_path, monkeypatch, p3):
     monkeypatch.setenv("HF_TOKEN", "supersecret")
-    cfg = make(site__container={"runtime": "pyxis", "image": "img", "mounts": ["/l:/l"]})
+    cfg = make(site__container={"runtime": "pyxis", "image": "img", "mounts": ["/l:/l"]},
+               site__secret_env=["HF_TOKEN"])
     plan = plan_of(cfg, p3)
     d = dialect_for(cfg)
     texts = []

@@ -29,14 +29,16 @@ def test_default_config_points():
     ]
     p3 = points[2]
     assert (p3.decode_nodes, p3.total_nodes, p3.decode_dp) == (12, 18, 48)
-    # GB200 recipe: 36864 / 48 = 768 requests per decode rank.
-    assert p3.target_batch_per_rank == 768
-    assert p3.target_global_batch == 36864
+    # The runbook's GB200 FP4 launch: 49152 / 48 = 1024 requests per decode rank.
+    assert p3.target_batch_per_rank == 1024
+    assert p3.target_global_batch == 49152
     assert p3.prefill_gpus_per_group == 8
 
 
 def test_defaults_are_filled_from_schema():
-    cfg = config.validate({"server_args": {"decode": {"max-running-requests": 64}}})
+    # SGLang 0.5.5.post2 (the default release) needs prefill-round-robin-balance on decode.
+    cfg = config.validate({"server_args": {"decode": {"max-running-requests": 64,
+                                                      "prefill-round-robin-balance": True}}})
     assert cfg["site"]["gpus_per_node"] == 4
     assert cfg["grid"]["prefill_groups"] == [1, 2, 3]
     assert cfg["ports"]["http"] == 30000
@@ -116,6 +118,9 @@ def test_load_reports_the_file(tmp_path):
 
 def test_grid_point_names_and_lookup(raw):
     raw["grid"].update(ep_sizes=[32, 16], prefill_groups=[2, 1], eplb=["online", "none", "static"])
+    raw["server_args"]["decode"]["max-running-requests"] = 16384  # 1024 per rank at EP16
+    raw["site"]["container"]["mounts"] = ["/shared"]
+    raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb.pt"}}
     cfg = config.validate(raw)
     names = [(p.experiment, p.name) for p in config.grid_points(cfg)]
     assert names[:3] == [("ep16", "p1"), ("ep16", "p1-eplb_static"), ("ep16", "p1-eplb_online")]

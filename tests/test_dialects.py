@@ -219,7 +219,8 @@ def test_check_config_names_the_key():
             "server_args": {
                 "common": common,
                 "prefill": {},
-                "decode": {"cuda-graph-bs-decode": [768]},
+                "decode": {"cuda-graph-bs-decode": [768],
+                           "prefill-round-robin-balance": version == "0.5.5.post2"},
             },
         }
 

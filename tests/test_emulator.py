@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from pdbench.emulator.args import Knobs, parse_args
+from pdbench.dialects import dialect_for_version
+from pdbench.emulator.args import Knobs, StartupError, parse_args
 from pdbench.emulator.dialect import dialect_for
 from pdbench.emulator.tracefmt import TraceRank, write_trace
 from pdbench.loglines import iter_log, parse_line
@@ -475,10 +476,15 @@ def test_pd_fill_release_and_multinode_profile(pd, tmp_path):
 )
 def test_fidelity_per_dialect(launch, tmp_path, version, word, trailing, names, method, periods):
     batch = 3
+    # 0.5.2-0.5.7 assert --prefill-round-robin-balance on a DP-attention decode server.
+    required = ["--prefill-round-robin-balance"] if dialect_for_version(
+        version).decode_requires else []
     server = launch(
         f"d{version}",
         decode_args(
-            4, ["--max-running-requests", "64", "--disaggregation-transfer-backend", "fake"]
+            4,
+            ["--max-running-requests", "64", "--disaggregation-transfer-backend", "fake",
+             *required],
         ),
         env={"PDBENCH_EMULATOR_SGLANG_VERSION": version},
     )
@@ -786,3 +792,14 @@ def test_plain_server_and_recorded_flags(launch):
     text = server.text()
     assert "flags recorded but not emulated" in text and "some_future_flag" in text
     assert "Endpoint '/get_server_info' is deprecated" in text
+
+
+def test_decode_without_round_robin_balance_dies_like_0_5_5_post2():
+    """SGLang 0.5.2-0.5.7 assert it for a DP-attention decode server; 0.5.8 removed it."""
+    argv = decode_args(4, ["--max-running-requests", "64"])
+    env = {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.5.post2"}
+    with pytest.raises(StartupError, match="Prefill round robin balance is required"):
+        parse_args(argv, env)
+    assert parse_args([*argv, "--prefill-round-robin-balance"], env).dp == 4
+    assert parse_args(argv, {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.8"}).dp == 4
+    assert parse_args(decode_args(1), env).dp == 1  # no DP attention: no assertion

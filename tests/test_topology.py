@@ -40,8 +40,8 @@ def test_runbook_layout_p1(cfg):
     assert plan.decode.url == "http://gb-003:30000"
     assert plan.prefill[0].dist_init_addr == "gb-001:5757"
     assert plan.decode.dist_init_addr == "gb-003:5757"
-    assert plan.prefill[0].bootstrap_port == 8998
-    assert plan.router_url == "http://gb-001:8000"
+    assert plan.prefill[0].bootstrap_port == 8991
+    assert plan.router_url == "http://gb-001:7000"
     assert (plan.decode.tp, plan.decode.dp, plan.decode.ep) == (48, 48, 48)
     assert plan.prefill[0].tp == 8
 
@@ -96,7 +96,7 @@ def test_env_sh_is_sourceable_and_keeps_runbook_names(cfg, tmp_path):
     assert env["PREFILL_2_NODE_LIST"] == "gb-003,gb-004"
     assert env["PREFILL_2_URL"] == "http://gb-003:30000"
     assert env["DECODE_URL"] == "http://gb-005:30000"
-    assert env["ROUTER_URL"] == "http://gb-001:8000"
+    assert env["ROUTER_URL"] == "http://gb-001:7000"
     assert "PREFILL_3_NODE_LIST" not in env
 
 
@@ -107,5 +107,5 @@ def test_plan_json_roundtrip(cfg):
     data = json.loads(topology.plan(point(cfg, "p1"), nodes, cfg["ports"]).to_json())
     assert data["nodelist"] == "gb-[001-014]"
     assert data["decode"]["nodes"][11]["node"] == "gb-014"
-    assert data["prefill"][0]["bootstrap_port"] == 8998
-    assert data["router"]["url"] == "http://gb-001:8000"
+    assert data["prefill"][0]["bootstrap_port"] == 8991
+    assert data["router"]["url"] == "http://gb-001:7000"

@@ -193,11 +193,23 @@ def server_env(
                     "value must come from the submitting environment, not the config"
                 )
             env[name] = _env_value(value, f"{key}.{name}")
+    cache = cfg["site"].get("kernel_cache_dir")
+    if cache:
+        # The runbook's launcher exports these per role; compiled kernels then survive
+        # the container and are shared by every point and run.
+        base = Path(cache) / role
+        env["SGL_DG_CACHE_DIR"] = str(base / "deep_gemm")
+        env["FLASHINFER_WORKSPACE_BASE"] = str(base / "flashinfer")
     if shared_dir is not None:
         base = Path(shared_dir)
         env["SGLANG_TORCH_PROFILER_DIR"] = str(base / PROFILER_SUBDIR)
         env["SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"] = str(base / EXPERT_DISTRIBUTION_SUBDIR)
     return env
+
+
+# Environment a server gets from the workflow itself; the config may not set these.
+WORKFLOW_ENV = frozenset({"SGL_DG_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE",
+                          "SGLANG_TORCH_PROFILER_DIR", "SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"})
 
 
 def _env_value(value: Any, key: str) -> str:
@@ -341,7 +353,9 @@ def srun_argv(
     ]
     container = cfg["site"]["container"]
     runtime = container["runtime"]
-    image, mounts, workdir = container["image"], container["mounts"], container["workdir"]
+    image, mounts, workdir = container["image"], container_mounts(cfg), container["workdir"]
+    if runtime != "none" and container.get("mount_workdir", True) and not workdir:
+        workdir = os.getcwd()
     extra = list(container.get("extra_args", []))
     script = ["bash", os.fspath(script_path)]
     if runtime in ("pyxis", "apptainer") and not image:
@@ -372,6 +386,19 @@ def srun_argv(
     raise ConfigError(f"config key site.container.runtime: unknown runtime {runtime!r}")
 
 
+def container_mounts(cfg: Mapping, workdir: str | os.PathLike | None = None) -> list[str]:
+    """``site.container.mounts``, with the working directory (``workdir`` or the current
+    one) mounted at its own path first when ``site.container.mount_workdir``: results,
+    launcher scripts and relative paths of the config live there."""
+    container = cfg["site"]["container"]
+    mounts = list(container["mounts"])
+    if container["runtime"] != "none" and container.get("mount_workdir", True):
+        here = os.fspath(workdir or os.getcwd())
+        if not any(m.split(":")[0] == here for m in mounts):
+            mounts.insert(0, f"{here}:{here}")
+    return mounts
+
+
 # --------------------------------------------------------------------------------------
 # Router and benchmark client
 
@@ -398,6 +425,27 @@ def router_argv(cfg: Mapping, plan: NodePlan) -> list[str]:
     return [*argv, *router["extra_args"]]
 
 
+# bench_serving raises its soft open-file limit to 65535 (``set_ulimit``, every release
+# since 0.4) and holds one connection per request in flight; without --max-concurrency
+# every prompt is in flight at once. The rest of the 65535 is left for the process.
+CLIENT_MAX_CONNECTIONS = 60000
+
+
+def client_prompts(cfg: Mapping, point: Point) -> int:
+    """Prompts (bench_serving) or batch size (bench_one_batch_server) the client sends:
+    ``workload.num_prompts`` / ``workload.batch_size``, else twice the decode target."""
+    w = cfg["workload"]
+    key = "num_prompts" if w["client"] == "bench_serving" else "batch_size"
+    return w[key] or 2 * point.target_global_batch
+
+
+def client_concurrency(cfg: Mapping, point: Point) -> int:
+    """Requests bench_serving keeps in flight: ``workload.max_concurrency``, else all
+    prompts up to :data:`CLIENT_MAX_CONNECTIONS`."""
+    return cfg["workload"]["max_concurrency"] or min(client_prompts(cfg, point),
+                                                     CLIENT_MAX_CONNECTIONS)
+
+
 def client_argv(
     cfg: Mapping,
     point: Point,
@@ -421,7 +469,7 @@ def client_argv(
     python = cfg["site"]["python"]
     output = os.fspath(output_file)
     if w["client"] == "bench_serving":
-        num_prompts = w["num_prompts"] or 2 * point.target_global_batch
+        num_prompts = client_prompts(cfg, point)
         tok = tokenizer or cfg["model"].get("tokenizer") or cfg["model"]["path"]
         argv = [
             python,
@@ -444,14 +492,13 @@ def client_argv(
             "--request-rate",
             str(w["request_rate"]),
         ]
-        if w["max_concurrency"]:
-            argv += ["--max-concurrency", str(w["max_concurrency"])]
+        argv += ["--max-concurrency", str(client_concurrency(cfg, point))]
         # No warm-up request: the fill sets /slow_down before the client starts, and a
         # warm-up request (up to 32 tokens) would then take 32 sleeps before the run.
         argv += ["--warmup-requests", "0"]
         argv += ["--tokenizer", os.fspath(tok), "--output-file", output]
     elif w["client"] == "bench_one_batch_server":
-        batch_size = w["batch_size"] or 2 * point.target_global_batch
+        batch_size = client_prompts(cfg, point)
         argv = [
             python,
             "-m",

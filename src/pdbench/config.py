@@ -107,10 +107,13 @@ def _schema_error_message(error) -> str:
     return f"config key {key}: {error.message}"
 
 
-def validate(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict:
+def validate(raw: Mapping[str, Any] | None, *, source: str = "config",
+             workdir: str | os.PathLike | None = None) -> dict:
     """Validate ``raw`` against the schema, fill defaults and run semantic checks.
 
-    Returns a new dict; ``raw`` is not modified. Raises ConfigError naming the key.
+    ``workdir`` is where the workflow runs (relative paths of the config and the
+    results directory are under it; default: the current directory). Returns a new
+    dict; ``raw`` is not modified. Raises ConfigError naming the key.
     """
     cfg = copy.deepcopy(dict(raw or {}))
     errors = list(_validator_class()(schema()).iter_errors(cfg))
@@ -122,6 +125,9 @@ def validate(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict:
         raise ConfigError(f"{source}: {_schema_error_message(best)}")
     try:
         _check_semantics(cfg)
+        from .launch_checks import check as check_launch
+
+        check_launch(cfg, grid_points(cfg), workdir)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return cfg

@@ -103,6 +103,16 @@ class Dialect:
     removed_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Option -> {value: why} for values this release no longer accepts. Such a value is
     a config error, never swapped for another: it would change what is measured."""
+    removed_options: Mapping[str, str] = field(default_factory=dict)
+    """Option -> why, for options this release no longer has (a rendered command with one
+    would fail with "unrecognized arguments")."""
+    decode_requires: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    """Option -> (value, why) that a decode server with DP attention must be started with:
+    the release's own ``ServerArgs`` validation asserts it, so without it every decode
+    node dies at start."""
+    prefill_requires: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    """Option -> (value, why) that a prefill server must have when it is set at all
+    (its pairing with ``decode_requires``)."""
     beyond_known: bool = False
     """The version is newer than the newest release this table knows."""
 
@@ -139,6 +149,11 @@ class Dialect:
                 raise ConfigError(
                     f"config key {key}: SGLang {self.version} does not accept {v!r}: {why}"
                 )
+        if name in self.removed_options:
+            raise ConfigError(
+                f"config key {key}: SGLang {self.version} has no --{name}: "
+                f"{self.removed_options[name]}"
+            )
         spelled = self.renames.get(name, name)
         if spelled is None:
             raise ConfigError(
@@ -180,6 +195,8 @@ class Dialect:
             "decode_batch_head": self.decode_batch_head,
             "decode_line_trailing_comma": self.decode_line_trailing_comma,
             "removed_values": {k: sorted(v) for k, v in self.removed_values.items()},
+            "removed_options": sorted(self.removed_options),
+            "decode_requires": {k: v for k, (v, _) in self.decode_requires.items()},
             "beyond_known": self.beyond_known,
         }
 
@@ -297,6 +314,33 @@ CHANGES: tuple[Change, ...] = (
         "sglang.md §7.3; wheels 0.5.0rc0, 0.5.1, 0.5.4",
     ),
     Change(
+        "0.5.2",
+        {
+            # wheels 0.5.2 ... 0.5.7: ServerArgs._handle_disaggregation asserts, for a
+            # decode server with dp_size > 1, `prefill_round_robin_balance` ("Prefill round
+            # robin balance is required when dp size > 1. Please make sure that the prefill
+            # instance is launched with `--load-balance-method round_robin` and
+            # `--prefill-round-robin-balance` is set for decode server."); 0.5.1.post3 has
+            # neither the option nor the assertion. Decode then expects request i on DP
+            # rank i mod dp, which prefill's round-robin balancing provides.
+            "decode_requires": {
+                "prefill-round-robin-balance": (
+                    True,
+                    "its ServerArgs asserts it for a decode server with DP attention "
+                    "(dp_size > 1); without it every decode node dies at start",
+                )
+            },
+            "prefill_requires": {
+                "load-balance-method": (
+                    "round_robin",
+                    "decode started with --prefill-round-robin-balance expects prefill to "
+                    "spread requests over its DP ranks round-robin",
+                )
+            },
+        },
+        "wheels 0.5.1.post3, 0.5.2, 0.5.7: ServerArgs._handle_disaggregation",
+    ),
+    Change(
         "0.5.4",
         {
             # §5.1: -DP-/-PP-/-EP- in trace names since 2025-10-13 (#11413); wheel 0.5.4.
@@ -352,6 +396,21 @@ CHANGES: tuple[Change, ...] = (
             "server_info_path": "/server_info",
         },
         "sglang.md §2.1, §2.4; wheels 0.5.5.post2, 0.5.6",
+    ),
+    Change(
+        "0.5.8",
+        {
+            # wheel 0.5.8: --prefill-round-robin-balance and its assertion are gone;
+            # --load-balance-method gains auto (prefill: follow_bootstrap_room, decode:
+            # round_robin) and follow_bootstrap_room. Wheel 0.5.7 still has both.
+            "decode_requires": {},
+            "prefill_requires": {},
+            "removed_options": {
+                "prefill-round-robin-balance": "removed in 0.5.8, where decode and prefill "
+                "agree on DP ranks through --load-balance-method (default auto); remove it",
+            },
+        },
+        "wheels 0.5.7, 0.5.8",
     ),
     Change(
         "0.5.9",
@@ -474,6 +533,8 @@ def dialect_for_version(version: str, *, key: str = "sglang.version") -> Dialect
         if Version(change.since) <= release:
             values.update(change.fields)
     values["renames"] = MappingProxyType(dict(values["renames"]))
+    for name in ("removed_options", "decode_requires", "prefill_requires"):
+        values[name] = MappingProxyType(dict(values.get(name, {})))
     values["removed_values"] = MappingProxyType(
         {k: MappingProxyType(dict(v)) for k, v in values.get("removed_values", {}).items()}
     )
@@ -502,7 +563,36 @@ def check_config(cfg: Mapping) -> Dialect:
     for section in ("common", "prefill", "decode"):
         for name, value in cfg["server_args"][section].items():
             dialect.option_args(name, value, key=f"server_args.{section}.{name}")
+    _check_required_options(cfg, dialect)
     return dialect
+
+
+def _check_required_options(cfg: Mapping, dialect: Dialect) -> None:
+    """Options the release's own validation insists on (:attr:`Dialect.decode_requires`).
+
+    Wide-EP decode always runs DP attention (dp = EP > 1), so a decode requirement
+    holds for every grid point."""
+    args = cfg["server_args"]
+    for role, required in (("decode", dialect.decode_requires),
+                           ("prefill", dialect.prefill_requires)):
+        merged = {**args["common"], **args[role]}
+        for name, (value, why) in required.items():
+            have = merged.get(name)
+            section = role if name in args[role] else "common"
+            if role == "decode" and have != value or role == "prefill" and \
+                    have is not None and have != value:
+                raise ConfigError(
+                    f"config key server_args.{section if have is not None else role}.{name}: "
+                    f"SGLang {dialect.version} needs {name}: {_yaml_value(value)} here "
+                    f"({why}); set it" + (
+                        f", together with server_args.prefill.{next(iter(dialect.prefill_requires))}: "
+                        f"{_yaml_value(next(iter(dialect.prefill_requires.values()))[0])}"
+                        if role == "decode" and dialect.prefill_requires else "")
+                )
+
+
+def _yaml_value(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else str(value)
 
 
 def _first_release_with(option: str) -> str:

@@ -92,8 +92,13 @@ def holder_sbatch_argv(site: Mapping, nodes: int, job_name: str, log_path: str) 
             argv += [flag, str(site[key])]
     if site.get("exclusive"):
         argv.append("--exclusive")
-    if site.get("segment"):
-        argv.append(f"--segment={site['segment']}")
+    if site.get("mem") is not None:
+        argv.append(f"--mem={site['mem']}")
+    segment = site.get("segment")
+    if segment:
+        # auto: the whole point in one segment (one NVL72 rack on GB200), as the
+        # runbook's `salloc -N 14 --segment=14`; points of 14, 16 and 18 nodes differ.
+        argv.append(f"--segment={nodes if segment == 'auto' else segment}")
     argv += list(site.get("sbatch_extra", []))
     argv += ["--wrap", "exec sleep infinity"]
     return argv

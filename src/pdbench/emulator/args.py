@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunked-prefill-size", type=int, default=None)
     p.add_argument("--stream-interval", type=int, default=1)
     p.add_argument("--load-balance-method", default="round_robin")
+    p.add_argument("--prefill-round-robin-balance", action="store_true")
     _bool_flag(p, "--enable-eplb", dest="enable_eplb")
     p.add_argument("--init-expert-location", default="trivial")
     p.add_argument(
@@ -472,6 +473,15 @@ def _resolve(cfg: ServerConfig) -> None:
     cfg.served_model_name = ns.served_model_name or cfg.model_path
     if ns.decode_log_interval < 1:
         raise UsageError("--decode-log-interval must be at least 1")
+    required = cfg.dialect.base.decode_requires.get("prefill-round-robin-balance")
+    if cfg.mode == "decode" and cfg.dp > 1 and required and not ns.prefill_round_robin_balance:
+        # ServerArgs._handle_disaggregation of 0.5.2-0.5.7, word for word.
+        raise StartupError(
+            "AssertionError: Prefill round robin balance is required when dp size > 1. "
+            "Please make sure that the prefill instance is launched with "
+            "`--load-balance-method round_robin` and `--prefill-round-robin-balance` is set "
+            "for decode server."
+        )
     if cfg.mode == "prefill" and ns.disaggregation_transfer_backend == "fake":
         raise StartupError(
             "AssertionError: Prefill server does not support 'fake' as the transfer backend"

@@ -295,6 +295,8 @@ class Dialect:
             return f"unrecognized arguments: {flag}"
         if name == "attn-dp-size" and self.base.dp_attention != "attn-dp-size":
             return f"unrecognized arguments: {flag}"
+        if name in self.base.removed_options:
+            return f"unrecognized arguments: {flag}"
         renames = self.base.renames
         if name in renames and renames[name] != name:
             return f"unrecognized arguments: {flag}"
