@@ -29,14 +29,13 @@ def _config(**workload) -> dict:
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw = copy.deepcopy(raw)
     raw["sglang"]["version"] = "0.5.23"
-    # 0.5.20 removed cutlass_mla (the GB200 blog recipe's backend); pdbench refuses it
-    # for these releases rather than swap kernels, so the check uses trtllm_mla, the
-    # backend of the runbook's FP4 recipe.
-    raw["server_args"]["common"]["attention-backend"] = "trtllm_mla"
+    # Removed in 0.5.8: decode and prefill agree on DP ranks through --load-balance-method.
+    del raw["server_args"]["decode"]["prefill-round-robin-balance"]
     raw["grid"]["eplb"] = ["none", "static", "online"]
+    raw["site"]["container"]["mounts"] = ["/shared"]
     raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb/expert_distribution.pt"}}
     raw["workload"] = {**raw.get("workload", {}), **workload}
-    return config_mod.validate(raw)
+    return config_mod.validate(raw, workdir=REPO)
 
 
 def _cases() -> list[tuple[str, list[str]]]:
@@ -126,16 +125,16 @@ def test_every_rendered_command_parses(checked):
 def test_parsed_values_mean_what_was_meant(checked):
     _, positive, _ = checked
     decode = positive["p3/-/decode/5"]["explicit"]
-    assert decode["cuda_graph_bs_decode"] == [768]
+    assert decode["cuda_graph_bs_decode"] == [1024]
     assert decode["attn_dp_size"] == 48
     assert decode["tp_size"] == 48 and decode["ep_size"] == 48
     assert decode["node_rank"] == 5 and decode["nnodes"] == 12
     assert decode["moe_a2a_backend"] == "deepep"
     assert decode["disaggregation_mode"] == "decode"
     assert decode["host"] == "0.0.0.0"
-    assert decode["max_running_requests"] == 36864
+    assert decode["max_running_requests"] == 49152
     prefill = positive["p3/-/prefill-2/1"]["explicit"]
-    assert "disaggregation_bootstrap_port" not in prefill  # 8998, SGLang's default
+    assert prefill["disaggregation_bootstrap_port"] == 8991  # the runbook's; SGLang's is 8998
     shared = positive["shared-host/prefill-1/1"]["explicit"]
     assert shared["disaggregation_bootstrap_port"] == 40091
     assert shared["port"] == 40001

@@ -16,6 +16,27 @@ An argv is a full command (``[python, "-m", module, *args]``) or ``[module, *arg
 A result is ``{"module", "ok", "error", "warnings", "explicit"}``: ``error`` is the
 parser's message, ``warnings`` what SGLang logged or printed while parsing (e.g. a
 deprecated flag), ``explicit`` the parsed values that differ from the defaults.
+
+Validation (``validate=``): a server command is also turned into SGLang's own
+``ServerArgs`` and resolved the way the release resolves it before it starts a server
+(``ServerArgs.__post_init__`` up to 0.5.2x; ``resolve_once()`` + ``check_server_args()``
+where the release has them), so the release's own assertions and cross-checks run, not
+only its parser (``"validated"``, ``"validation_error"`` in the result). Nothing is
+launched and no GPU is needed; two things stand in for the cluster, and only these:
+
+- **the model directory**: ``--model-path`` is replaced by ``validate["model_path"]``, a
+  directory holding the checkpoint's ``config.json`` (and ``hf_quant_config.json``) but
+  no weights;
+- **the device**: after SGLang is imported on the CPU host, ``torch.cuda`` reports the
+  device of ``validate["device"]`` (name, compute capability, memory; e.g. GB200 =
+  SM 10.0) and SGLang's cached device probes are cleared, so every check SGLang makes
+  at resolution time sees that GPU. GPU-only kernel packages SGLang imports on the way
+  (``sgl_kernel``) are importable stand-ins that raise if called.
+
+To check another release than the one installed in the virtualenv, its wheel is
+installed ``--no-deps`` into a directory of its own that goes first on ``PYTHONPATH``
+(``sglang_path=``; ``scripts/setup-sglang-release``): that release's SGLang code with
+the virtualenv's torch and transformers.
 """
 
 from __future__ import annotations
@@ -54,15 +75,46 @@ def default_python() -> Path:
     return Path(__file__).resolve().parents[2] / ".venv-sglang" / "bin" / "python"
 
 
-def check_argvs(argvs, python: str | os.PathLike | None = None, timeout: float = 600) -> list:
-    """Parse every argv with SGLang's parsers in one subprocess; one result per argv."""
+# Devices the validation can stand in for: what torch.cuda reports on them.
+DEVICES = {
+    "gb200": {"name": "NVIDIA GB200", "capability": [10, 0], "memory_mib": 189_471,
+              "sm_count": 152},
+    "b200": {"name": "NVIDIA B200", "capability": [10, 0], "memory_mib": 183_359,
+             "sm_count": 148},
+    "h200": {"name": "NVIDIA H200", "capability": [9, 0], "memory_mib": 143_771,
+             "sm_count": 132},
+    "h100": {"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0], "memory_mib": 81_559,
+             "sm_count": 132},
+}
+
+
+def check_argvs(argvs, python: str | os.PathLike | None = None, timeout: float = 600, *,
+                validate: dict | None = None,
+                sglang_path: str | os.PathLike | None = None) -> list:
+    """Parse every argv with SGLang's parsers in one subprocess; one result per argv.
+
+    ``validate``: ``{"model_path": DIR, "device": "gb200" | {...}}`` also resolves every
+    server command with the release's own ``ServerArgs`` (module docstring).
+    ``sglang_path``: a directory with another SGLang release, put first on the path."""
     python = Path(python) if python else default_python()
+    request: object = [list(map(str, a)) for a in argvs]
+    if validate is not None:
+        device = validate.get("device", "gb200")
+        request = {"argvs": request, "validate": {
+            "model_path": str(validate["model_path"]),
+            "device": DEVICES[device] if isinstance(device, str) else device,
+        }}
+    env = dict(os.environ)
+    if sglang_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(sglang_path), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(
         [str(python), "-P", str(Path(__file__).resolve())],
-        input=json.dumps([list(map(str, a)) for a in argvs]),
+        input=json.dumps(request),
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(
@@ -222,8 +274,146 @@ def _check_one(argv) -> dict:
     return result
 
 
+class _KernelStandIn:
+    """A GPU kernel of a package that cannot be installed on a CPU host: importable,
+    raises if called (validation never calls kernels)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{self._name} is a stand-in for a GPU kernel (CPU host)")
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _KernelStandIn(f"{self._name}.{name}")
+
+
+def _install_kernel_stand_ins(roots=("sgl_kernel",)) -> None:
+    import importlib.abc
+    import importlib.machinery
+    import importlib.util
+    import types
+
+    missing = [r for r in roots if importlib.util.find_spec(r) is None]
+    if not missing:
+        return
+
+    class Module(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _KernelStandIn(f"{self.__name__}.{name}")
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in missing:
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+            return None
+
+        def create_module(self, spec):
+            module = Module(spec.name)
+            module.__path__ = []
+            module.__version__ = "0.0.0"
+            return module
+
+        def exec_module(self, module):
+            pass
+
+    sys.meta_path.append(Finder())
+
+
+def _import_for_validation() -> None:
+    """Import what ServerArgs resolution uses while torch is still a CPU build, so
+    import-time code takes its CPU paths; the device stand-in comes after."""
+    import importlib
+
+    _install_kernel_stand_ins()
+    for name in ("sglang.srt.server_args", "sglang.srt.configs.model_config",
+                 "sglang.srt.arg_groups.pipeline"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # a module of another release
+
+
+def _stand_in_device(device: dict) -> None:
+    """From here on torch.cuda reports ``device``; SGLang's cached probes forget the CPU."""
+    import types
+
+    import torch
+
+    memory = int(device["memory_mib"]) << 20
+    major, minor = device["capability"]
+    props = types.SimpleNamespace(total_memory=memory, major=major, minor=minor,
+                                  name=device["name"],
+                                  multi_processor_count=device.get("sm_count", 132))
+    torch.cuda.is_available = lambda: True
+    torch.cuda.is_initialized = lambda: False
+    torch.cuda.device_count = lambda: 1
+    torch.cuda.get_device_capability = lambda *a, **k: (major, minor)
+    torch.cuda.get_device_name = lambda *a, **k: device["name"]
+    torch.cuda.get_device_properties = lambda *a, **k: props
+    torch.cuda.mem_get_info = lambda *a, **k: (memory, memory)
+    torch.version.cuda = torch.version.cuda or "12.9"
+    from sglang.srt.utils import common
+
+    for name in dir(common):  # lru_cache'd probes (is_cuda, is_sm100_supported, ...)
+        value = getattr(common, name)
+        if callable(value) and hasattr(value, "cache_clear"):
+            value.cache_clear()
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("sglang") and hasattr(
+            module, "get_nvgpu_memory_capacity"
+        ):
+            module.get_nvgpu_memory_capacity = lambda *a, **k: device["memory_mib"]
+    platforms = sys.modules.get("sglang.srt.platforms")
+    if platforms is not None and hasattr(platforms, "_current_platform"):
+        platforms._current_platform = None  # resolved again, now as CUDA
+
+
+def _validate_server(args: list, model_path: str) -> None:
+    """Build and resolve the release's ServerArgs from ``args``; raises what SGLang raises."""
+    from sglang.srt.server_args import ServerArgs
+
+    args = list(args)
+    if "--model-path" in args:
+        args[args.index("--model-path") + 1] = model_path
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    server_args = ServerArgs.from_cli_args(parser.parse_args(args))
+    if hasattr(server_args, "resolve_once"):
+        server_args.resolve_once()
+    if hasattr(server_args, "check_server_args"):
+        server_args.check_server_args()
+
+
+def _validate_all(argvs: list, results: list, spec: dict) -> None:
+    _import_for_validation()
+    _stand_in_device(spec["device"])
+    for argv, result in zip(argvs, results):
+        module, args = _split(argv)
+        if module not in SERVER_MODULES or not result["ok"]:
+            continue
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                _validate_server(args, spec["model_path"])
+            result.update(validated=True, validation_error=None)
+        except BaseException as exc:  # noqa: BLE001 - AssertionError, ValueError, SystemExit
+            message = str(exc) or printed.getvalue().strip()[-500:]
+            result.update(validated=False,
+                          validation_error=f"{type(exc).__name__}: {message}")
+
+
 def main() -> int:
-    argvs = json.load(sys.stdin)
+    request = json.load(sys.stdin)
+    validate = None
+    if isinstance(request, dict):
+        argvs, validate = request["argvs"], request.get("validate")
+    else:
+        argvs = request
     # Keep stdout for the JSON answer: whatever SGLang prints goes to stderr.
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
@@ -231,6 +421,8 @@ def main() -> int:
     argparse.ArgumentParser.error = _raise_instead_of_exit
     logging.getLogger().setLevel(logging.WARNING)
     results = [_check_one(argv) for argv in argvs]
+    if validate:
+        _validate_all(argvs, results, validate)
     try:
         import sglang
 
