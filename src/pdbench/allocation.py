@@ -43,11 +43,8 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
             )
         job_id, submitted = int(adopted), False
     else:
-        job_name = f"pdbench-{point.experiment}-{point.name}"
         paths.logs.mkdir(parents=True, exist_ok=True)
-        job_id = slurm.submit_holder(
-            site, point.total_nodes, job_name, str((paths.logs / "allocation-%j.out").resolve())
-        )
+        job_id = slurm.submit_holder(holder_sbatch_argv(cfg, point, paths))
         submitted = True
         write_json(paths.pending_allocation, {"job_id": job_id, "submitted_at": _now(),
                                               "point": f"{point.experiment}/{point.name}"})
@@ -84,6 +81,13 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
             paths.pending_allocation.unlink(missing_ok=True)
     progress(f"allocation {job_id}: {info.nodelist}")
     return record
+
+
+def holder_sbatch_argv(cfg: dict, point: Point, paths: PointPaths) -> list[str]:
+    """The ``sbatch`` of the job that holds a point's nodes."""
+    return slurm.holder_sbatch_argv(cfg["site"], point.total_nodes,
+                                    f"pdbench-{point.experiment}-{point.name}",
+                                    str((paths.logs / "allocation-%j.out").resolve()))
 
 
 def _reusable(cfg: dict, point: Point, paths: PointPaths) -> dict | None:

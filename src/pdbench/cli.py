@@ -112,6 +112,25 @@ def cmd_plan(args) -> None:
     _dump(plan.to_dict())
 
 
+def cmd_render(args) -> None:
+    from . import config, topology
+    from .render import as_text, render_point
+
+    cfg = config.load(args.config)
+    nodes = topology.expand_nodelist(args.nodelist)
+    addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
+    sections = render_point(cfg, args.experiment, args.point, nodes, results=args.results,
+                            job_id=args.job_id, addresses=addresses)
+    if args.json:
+        _dump(sections)
+        return
+    point = config.find_point(cfg, args.experiment, args.point)
+    sys.stdout.write(as_text(sections, (
+        f"pdbench render: {args.experiment}/{args.point} on {args.nodelist} "
+        f"({point.total_nodes} nodes), SGLang {cfg['sglang']['version']}, container "
+        f"{cfg['site']['container']['runtime']}; nothing was started")) + "\n")
+
+
 def _point(args):
     from .context import PointContext
 
@@ -335,6 +354,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="validate a config and list its grid points")
     p.add_argument("config", metavar="CONFIG")
     p.set_defaults(func=cmd_validate_config)
+
+    p = sub.add_parser(
+        "render",
+        help="every command a point would run on a node list (nothing is started)",
+        description="Print the holder sbatch, the node plan, every srun step with its "
+        "container options and launcher script, router, client and control calls of one "
+        "grid point, for review before a launch. Text by default; --json for the sections.",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--experiment", required=True, help="e.g. ep48")
+    p.add_argument("--point", required=True, help="e.g. p2, p2-eplb_static")
+    p.add_argument("--nodelist", required=True, help="Slurm hostlist, e.g. 'gb-[001-018]'")
+    p.add_argument("--address", action="append", metavar="NODE=ADDR",
+                   help="a node's address, if not its name (repeatable)")
+    p.add_argument("--job-id", type=int, default=None, help="allocation job id to show")
+    p.add_argument("--results", default="results", help="results directory (default results)")
+    p.add_argument("--json", action="store_true", help="the sections as JSON")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("plan", help="node and port plan of one grid point")
     p.add_argument("--config", required=True)

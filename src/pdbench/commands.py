@@ -197,7 +197,7 @@ def server_env(
     if cache:
         # The runbook's launcher exports these per role; compiled kernels then survive
         # the container and are shared by every point and run.
-        base = Path(cache) / role
+        base = Path(os.path.abspath(cache)) / role  # relative: to the working directory
         env["SGL_DG_CACHE_DIR"] = str(base / "deep_gemm")
         env["FLASHINFER_WORKSPACE_BASE"] = str(base / "flashinfer")
     if shared_dir is not None:

@@ -36,6 +36,15 @@ class PointContext:
         point = pdconfig.find_point(cfg, paths.experiment, paths.point)
         return cls(cfg, point, paths)
 
+    @classmethod
+    def for_allocation(cls, cfg: dict, point: Point, paths: PointPaths,
+                       allocation: dict) -> PointContext:
+        """A context whose allocation is given, not read from ``allocation.json``: what
+        ``pdbench render`` uses to show a launch before any allocation exists."""
+        ctx = cls(cfg, point, paths)
+        ctx.__dict__["allocation"] = allocation  # the cached_property's slot
+        return ctx
+
     @cached_property
     def dialect(self) -> Dialect:
         return dialect_for(self.cfg)
@@ -48,7 +57,9 @@ class PointContext:
 
     @property
     def job_id(self) -> int:
-        return int(self.allocation["job_id"])
+        """The allocation's job id (a rendered launch may hold a placeholder name)."""
+        value = self.allocation["job_id"]
+        return value if isinstance(value, str) and not value.isdigit() else int(value)
 
     @cached_property
     def plan(self) -> topology.NodePlan:

@@ -24,10 +24,12 @@ from .layout import read_json, write_json
 from .loglines import parse_line
 from .servers import (
     ServerError,
+    StepLaunch,
     listed_steps,
     log_tail,
     server_alive,
     start_step,
+    step_launch,
     stop_step,
 )
 from .throughput import rank_key, traces_for
@@ -146,6 +148,27 @@ def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
     return sleep, why
 
 
+def client_launch(ctx: PointContext) -> tuple[StepLaunch, list[str]]:
+    """The benchmark client's step (held at its gate) and the client command itself."""
+    argv = commands.client_argv(ctx.cfg, ctx.point, ctx.plan,
+                                output_file=ctx.paths.client_output.resolve(),
+                                dialect=ctx.dialect)
+    launch = step_launch(ctx, "client", [commands.gated_client_argv(argv)], {},
+                         [ctx.plan.client_node], "bench_client")
+    return launch, argv
+
+
+def start_profile_request(ctx: PointContext, k: int) -> commands.ControlRequest:
+    """``/start_profile`` of snapshot ``k`` to decode node 0."""
+    prof = ctx.cfg["profile"]
+    return commands.control_request(
+        "start_profile", ctx.plan.decode.url, dialect=ctx.dialect,
+        output_dir=str(ctx.paths.snapshot_traces(k).resolve()),
+        num_steps=prof["num_steps"], activities=prof["activities"],
+        with_stack=prof["with_stack"], record_shapes=prof["record_shapes"],
+    )
+
+
 def start_client(ctx: PointContext) -> dict:
     """Start the benchmark client on the client node, held at its gate (see
     :data:`pdbench.commands.CLIENT_GATE_ARMED`): it imports while the servers load and
@@ -155,12 +178,10 @@ def start_client(ctx: PointContext) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.exists():
         output.unlink()  # bench_serving appends; one run per file
-    argv = commands.client_argv(ctx.cfg, ctx.point, plan, output_file=output,
-                                dialect=ctx.dialect)
+    launch, argv = client_launch(ctx)
     log = ctx.paths.logs / commands.server_log_name("bench_client", 0)
     log.unlink(missing_ok=True)  # the gate's lines are read from it: none from a former run
-    step = start_step(ctx, "client", [commands.gated_client_argv(argv)], {},
-                      [plan.client_node], "bench_client")
+    step = start_step(ctx, launch)
     record = {"job_id": ctx.job_id, **step, "output": str(output), "log": str(log),
               "started_at": _now(), "go_at": None, "argv": argv}
     write_json(ctx.paths.client, record)
@@ -395,11 +416,7 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = 1800.0) -> di
     out_dir = ctx.paths.snapshot_traces(k).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     follower = LogFollower(ctx.decode_logs(), from_end=True)
-    req = commands.control_request(
-        "start_profile", ctx.plan.decode.url, dialect=ctx.dialect, output_dir=str(out_dir),
-        num_steps=prof["num_steps"], activities=prof["activities"],
-        with_stack=prof["with_stack"], record_shapes=prof["record_shapes"],
-    )
+    req = start_profile_request(ctx, k)
     requested_at = _now()
     call(req.method, req.url, req.body, timeout_s=120)
     started = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import commands, slurm
@@ -59,42 +60,71 @@ def step_name(ctx: PointContext, server: str) -> str:
     return f"pdbench-{ctx.point.experiment}-{ctx.point.name}-{server}"
 
 
-def start_step(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
-                nodes: list[str], log_role: str) -> dict:
-    """Write the launcher script, start its srun detached, return the step record."""
-    script = ctx.paths.commands / f"{server}.sh"
-    write_text(
-        script,
-        commands.node_launcher_script(
-            argvs,
-            env,
-            log_dir=ctx.paths.logs.resolve(),
-            role_name=log_role,
-            node_names=nodes,
-            required_env=ctx.cfg["site"]["secret_env"],
-        ),
+@dataclass(frozen=True)
+class StepLaunch:
+    """Everything one Slurm step of a point runs, before anything is written or started:
+    the launcher script (every node's command, by ``SLURM_NODEID``) and its ``srun``."""
+
+    server: str
+    step_name: str
+    nodes: list[str]
+    script_path: Path
+    script: str
+    srun: list[str]
+
+
+def step_launch(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
+                nodes: list[str], log_role: str) -> StepLaunch:
+    script_path = ctx.paths.commands / f"{server}.sh"
+    script = commands.node_launcher_script(
+        argvs,
+        env,
+        log_dir=ctx.paths.logs.resolve(),
+        role_name=log_role,
+        node_names=nodes,
+        required_env=ctx.cfg["site"]["secret_env"],
     )
     name = step_name(ctx, server)
-    srun = commands.srun_argv(
-        ctx.cfg, job_id=ctx.job_id, nodes=nodes, script_path=script.resolve(), step_name=name
-    )
-    write_text(ctx.paths.commands / f"{server}.srun.sh",
-               "#!/usr/bin/env bash\n" + commands.render_shell(srun) + "\n")
-    srun_log = ctx.paths.logs / f"{server}.srun.log"
-    pid = slurm.start_detached(srun, srun_log)
+    srun = commands.srun_argv(ctx.cfg, job_id=ctx.job_id, nodes=nodes,
+                              script_path=script_path.resolve(), step_name=name)
+    return StepLaunch(server, name, list(nodes), script_path, script, srun)
+
+
+def server_launch(ctx: PointContext, server: str) -> StepLaunch:
+    """Prefill group g or the decode server."""
+    spec = ctx.plan.server(server)
+    argvs = commands.server_argvs(ctx.cfg, ctx.point, ctx.plan, server)
+    env = commands.server_env(ctx.cfg, spec.role, shared_dir=ctx.shared_dir)
+    return step_launch(ctx, server, argvs, env, spec.node_names,
+                       ctx.paths.server_log_role(server))
+
+
+def router_launch(ctx: PointContext) -> StepLaunch:
+    plan = ctx.plan
+    return step_launch(ctx, "router", [commands.router_argv(ctx.cfg, plan)], {},
+                       [plan.router_node], "router")
+
+
+def start_step(ctx: PointContext, launch: StepLaunch) -> dict:
+    """Write the launcher script, start its srun detached, return the step record."""
+    write_text(launch.script_path, launch.script)
+    write_text(ctx.paths.commands / f"{launch.server}.srun.sh",
+               "#!/usr/bin/env bash\n" + commands.render_shell(launch.srun) + "\n")
+    srun_log = ctx.paths.logs / f"{launch.server}.srun.log"
+    pid = slurm.start_detached(launch.srun, srun_log)
     try:
-        step_id = slurm.find_step(ctx.job_id, name)
+        step_id = slurm.find_step(ctx.job_id, launch.step_name)
     except slurm.SlurmError:
         slurm.stop_process_group(pid)
         raise ServerError(
-            f"{server}: srun did not start a step in allocation {ctx.job_id}:\n"
+            f"{launch.server}: srun did not start a step in allocation {ctx.job_id}:\n"
             + log_tail(srun_log)
         ) from None
     except BaseException:
         slurm.stop_process_group(pid)  # interrupted: never leave the detached srun behind
         raise
-    return {"step_id": step_id, "step_name": name, "srun_pid": pid,
-            "srun_log": str(srun_log), "script": str(script)}
+    return {"step_id": step_id, "step_name": launch.step_name, "srun_pid": pid,
+            "srun_log": str(srun_log), "script": str(launch.script_path)}
 
 
 def _wait(what: str, ready: Callable[[], bool], alive: Callable[[], bool], log: Path,
@@ -123,17 +153,14 @@ def _wait(what: str, ready: Callable[[], bool], alive: Callable[[], bool], log: 
 
 def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TIMEOUT_S) -> dict:
     """Start prefill group g or the decode server and wait for node 0's /health."""
-    plan = ctx.plan
-    spec = plan.server(server)
-    argvs = commands.server_argvs(ctx.cfg, ctx.point, plan, server)
-    env = commands.server_env(ctx.cfg, spec.role, shared_dir=ctx.shared_dir)
+    spec = ctx.plan.server(server)
     log_role = ctx.paths.server_log_role(server)
     missing = commands.missing_secrets(ctx.cfg)
     if missing:
         raise ServerError(f"{server}: environment variable(s) {', '.join(missing)} "
                           "(site.secret_env) are not set")
     started_at = _now()
-    step = start_step(ctx, server, argvs, env, spec.node_names, log_role)
+    step = start_step(ctx, server_launch(ctx, server))
     node0_log = ctx.paths.logs / commands.server_log_name(log_role, 0)
     progress(f"{server}: step {step['step_id']} on {','.join(spec.node_names)}; "
              f"waiting for {spec.url}/health")
@@ -183,11 +210,9 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
         marker = read_json(ctx.paths.ready(server.name))
         if not server_alive(marker):
             raise ServerError(f"router: {server.name} (step {marker['step_id']}) is not running")
-    argv = commands.router_argv(ctx.cfg, plan)
-    log_role = "router"
     started_at = _now()
-    step = start_step(ctx, "router", [argv], {}, [plan.router_node], log_role)
-    log = ctx.paths.logs / commands.server_log_name(log_role, 0)
+    step = start_step(ctx, router_launch(ctx))
+    log = ctx.paths.logs / commands.server_log_name("router", 0)
     expected = len(plan.prefill) + 1
 
     def ready() -> bool:

@@ -104,8 +104,9 @@ def holder_sbatch_argv(site: Mapping, nodes: int, job_name: str, log_path: str) 
     return argv
 
 
-def submit_holder(site: Mapping, nodes: int, job_name: str, log_path: str) -> int:
-    out = run(holder_sbatch_argv(site, nodes, job_name, log_path)).strip()
+def submit_holder(sbatch_argv: list[str]) -> int:
+    """Submit a holder job (:func:`holder_sbatch_argv`); its job id."""
+    out = run(sbatch_argv).strip()
     try:
         return int(out.split(";")[0])
     except ValueError:

@@ -1,0 +1,103 @@
+"""Every command a grid point would run, for a given node list, without Slurm and
+without starting anything (``pdbench render``).
+
+A launch is reviewed before GPU-hours are spent on it: the holder ``sbatch``, the node
+plan (``node_list_env.sh``), each server's ``srun`` step with its container options and
+its launcher script (every node rank's command and environment), the router, the
+benchmark client held at its gate, and the control calls of the fill, the release and
+each profile snapshot with their bodies. Each piece comes from the function the stage
+itself calls (:func:`pdbench.servers.server_launch`, :func:`pdbench.drive.client_launch`,
+:func:`pdbench.drive.start_profile_request` …), so what is shown is what would run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import commands, topology
+from .config import Point, find_point
+from .context import PointContext
+from .layout import PointPaths
+
+JOB_ID_PLACEHOLDER = "JOBID"
+
+
+def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence[str], *,
+                 results: str | Path = "results", job_id: int | str | None = None,
+                 addresses: Mapping[str, str] | None = None) -> list[dict]:
+    """The point's launch as sections ``{"title", "kind", "text"}`` in the order the
+    workflow runs them; ``kind`` is ``shell`` (a command line), ``file`` (a file the
+    workflow writes) or ``http`` (a control call, as the equivalent ``curl``)."""
+    from .allocation import holder_sbatch_argv
+    from .drive import client_launch, fill_sleep_s, start_profile_request
+    from .servers import router_launch, server_launch
+
+    point: Point = find_point(cfg, experiment, point_name)
+    nodes = list(nodes)
+    if len(nodes) < point.total_nodes:
+        from .errors import InputError
+
+        raise InputError(f"{experiment}/{point_name} needs {point.total_nodes} nodes; the "
+                         f"node list has {len(nodes)}")
+    paths = PointPaths.of(results, experiment, point_name)
+    allocation = {"job_id": job_id if job_id is not None else JOB_ID_PLACEHOLDER,
+                  "nodelist": topology.compress_nodelist(nodes),
+                  "addresses": dict(addresses) if addresses else None}
+    ctx = PointContext.for_allocation(dict(cfg), point, paths, allocation)
+    # The plan from the given names, not by re-expanding the record's nodelist.
+    ctx.__dict__["plan"] = topology.plan(point, nodes, cfg["ports"], allocation["addresses"])
+    shell = commands.render_shell
+    sections = [{"title": f"allocation: holder job for {point.total_nodes} nodes "
+                          f"({paths.allocation})", "kind": "shell",
+                 "text": shell(holder_sbatch_argv(dict(cfg), point, paths))},
+                {"title": f"node plan ({paths.root / 'node_list_env.sh'})", "kind": "file",
+                 "text": ctx.plan.to_env_sh()}]
+    launches = [server_launch(ctx, s.name) for s in ctx.plan.servers]
+    launches.append(router_launch(ctx))
+    client, client_argv = client_launch(ctx)
+    launches.append(client)
+    for launch in launches:
+        sections.append({"title": f"{launch.server}: Slurm step {launch.step_name} on "
+                                  f"{','.join(launch.nodes)}", "kind": "shell",
+                         "text": shell(launch.srun)})
+        sections.append({"title": f"{launch.server}: launcher script ({launch.script_path})",
+                         "kind": "file", "text": launch.script})
+    sections.append({"title": "client: the benchmark command the gate runs once let go",
+                     "kind": "shell", "text": shell(client_argv)})
+    decode = ctx.plan.decode.url
+    sleep_s, why = fill_sleep_s(ctx)
+    calls = [
+        (f"fill: slow decode down ({why})",
+         commands.control_request("slow_down", decode, forward_sleep_time=sleep_s)),
+    ]
+    sections += [{"title": title, "kind": "http", "text": shell(commands.curl_argv(req))}
+                 for title, req in calls]
+    sections.append({"title": "fill: let the client go (repeated until its log says "
+                              "released)", "kind": "shell",
+                     "text": shell(["scancel", "--signal=USR1", f"{allocation['job_id']}.STEP"])})
+    release = commands.control_request("slow_down", decode, forward_sleep_time=None)
+    sections.append({"title": "release: clear slow_down once every decode rank holds "
+                              f"{point.target_batch_per_rank} requests", "kind": "http",
+                     "text": shell(commands.curl_argv(release))})
+    for k in range(1, cfg["profile"]["snapshots"] + 1):
+        sections.append({"title": f"snapshot {k}: profile {cfg['profile']['num_steps']} "
+                                  "decode steps", "kind": "http",
+                         "text": shell(commands.curl_argv(start_profile_request(ctx, k)))})
+    return sections
+
+
+def as_text(sections: list[dict], header: str) -> str:
+    """A reviewable document: shell lines as they are, files between markers."""
+    lines = [f"# {header}", ""]
+    for section in sections:
+        lines.append(f"# --- {section['title']}")
+        if section["kind"] == "file":
+            lines += ["<<'EOF'", section["text"].rstrip("\n"), "EOF"]
+        else:
+            lines.append(section["text"])
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["JOB_ID_PLACEHOLDER", "as_text", "render_point"]

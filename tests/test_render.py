@@ -1,0 +1,79 @@
+"""`pdbench render`: every command of a point for a node list, nothing started or written."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdbench import config as config_mod
+from pdbench.render import render_point
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "pdbench.cli"]
+
+
+@pytest.fixture
+def cfg():
+    return config_mod.load(REPO / "config/config.yaml")
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def test_render_shows_the_whole_launch_and_writes_nothing(cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sections = render_point(cfg, "ep48", "p2", [f"gb-{i:03d}" for i in range(1, 19)])
+    assert _tree(tmp_path) == []  # no results/, no commands/, no logs/
+    titles = [s["title"] for s in sections]
+    assert titles[0].startswith("allocation: holder job for 16 nodes")
+    steps = [s for s in sections if "Slurm step" in s["title"]]
+    assert [s["title"].split(":")[0] for s in steps] == [
+        "prefill-1", "prefill-2", "decode", "router", "client"]
+    sbatch = shlex.split(sections[0]["text"])
+    assert {"--exclusive", "--mem=0", "--segment=16", "--gpus-per-node=4"} <= set(sbatch)
+    decode_srun = shlex.split(next(s["text"] for s in steps if s["title"].startswith("decode")))
+    assert decode_srun[decode_srun.index("--container-image") + 1] == \
+        "lmsysorg/sglang:v0.5.5.post2-cu129-arm64"
+    assert decode_srun[decode_srun.index("--container-mounts") + 1] == f"{tmp_path}:{tmp_path}"
+    assert decode_srun[decode_srun.index("--container-workdir") + 1] == str(tmp_path)
+    assert "--no-container-mount-home" in decode_srun
+    script = next(s["text"] for s in sections if s["title"].startswith("decode: launcher"))
+    assert script.count("--prefill-round-robin-balance") == 12  # every node rank
+    assert f"export SGL_DG_CACHE_DIR={tmp_path}/.cache/sglang/decode/deep_gemm" in script
+    calls = [s["text"] for s in sections if s["kind"] == "http"]
+    assert '"forward_sleep_time": null' in calls[1]
+    assert len([c for c in calls if "/start_profile" in c]) == cfg["profile"]["snapshots"]
+
+
+def test_render_cli_text_and_json(tmp_path):
+    args = ["render", "--config", str(REPO / "config/config.yaml"), "--experiment", "ep48",
+            "--point", "p1", "--nodelist", "gb-[001-014]", "--job-id", "4242"]
+    text = subprocess.run(CLI + args, capture_output=True, text=True, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("# pdbench render: ep48/p1 on gb-[001-014] (14 nodes)")
+    assert "srun --jobid 4242 --overlap --nodes 12" in text.stdout
+    as_json = subprocess.run(CLI + args + ["--json"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    sections = json.loads(as_json.stdout)
+    assert {s["kind"] for s in sections} == {"shell", "file", "http"}
+    assert _tree(tmp_path) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--point", "p3", "--nodelist", "gb-[001-014]"], "ep48/p3 needs 18 nodes; the node list has 14"),
+    (["--point", "p9", "--nodelist", "gb-[001-018]"], "ep48/p9 is not a point of the configured grid"),
+    (["--point", "p1", "--nodelist", "gb-[001-"], "gb-[001-"),
+])
+def test_render_errors_are_one_line(tmp_path, args, message):
+    proc = subprocess.run(CLI + ["render", "--config", str(REPO / "config/config.yaml"),
+                                 "--experiment", "ep48", *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
