@@ -104,8 +104,8 @@ class Dialect:
     """Option -> {value: why} for values this release no longer accepts. Such a value is
     a config error, never swapped for another: it would change what is measured."""
     removed_options: Mapping[str, str] = field(default_factory=dict)
-    """Option -> why, for options this release no longer has (a rendered command with one
-    would fail with "unrecognized arguments")."""
+    """Option -> why, for options this release does not have (not yet, or no longer): a
+    rendered command with one would fail with "unrecognized arguments"."""
     decode_requires: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     """Option -> (value, why) that a decode server with DP attention must be started with:
     the release's own ``ServerArgs`` validation asserts it, so without it every decode
@@ -252,6 +252,11 @@ CHANGES: tuple[Change, ...] = (
             "dp_attention": "enable-dp-attention",
             # §5.3: num_steps=N captured N-1 batches before the 2026-07-10 fix (#30215).
             "profile_captures_one_less": True,
+            # wheels 0.5.1.post3 and older: no --prefill-round-robin-balance (0.5.2 row).
+            "removed_options": {
+                "prefill-round-robin-balance": "it arrived in 0.5.2; remove it or raise "
+                "sglang.version",
+            },
             # §2.4 "Keys by release"; wheel 0.4.6.post3 ProfileReqInput.
             "start_profile_keys": frozenset({"output_dir", "num_steps", "activities"}),
             # §2.3: /get_server_info (merged endpoint since 2024-11-24, #2152).
@@ -337,6 +342,7 @@ CHANGES: tuple[Change, ...] = (
                     "spread requests over its DP ranks round-robin",
                 )
             },
+            "removed_options": {},
         },
         "wheels 0.5.1.post3, 0.5.2, 0.5.7: ServerArgs._handle_disaggregation",
     ),

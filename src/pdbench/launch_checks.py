@@ -81,6 +81,8 @@ def _decode_capacity(cfg: Mapping, point: Point) -> None:
             "server_args.decode.max-running-requests or the workload lengths"
         )
     graphs = args.get("cuda-graph-bs-decode")
+    if isinstance(graphs, (int, float)) and not isinstance(graphs, bool):
+        graphs = [graphs]  # one value renders as one batch size
     if isinstance(graphs, list) and graphs and not args.get("disable-cuda-graph"):
         largest = max(int(b) for b in graphs)
         if largest < per_rank:
@@ -96,9 +98,12 @@ def _decode_capacity(cfg: Mapping, point: Point) -> None:
         env = {**cfg["site"]["env"], **cfg["env"]["common"], **cfg["env"]["decode"]}
         value = env.get(DEEPEP_DISPATCH_ENV)
         if value is not None and _as_int(value) is not None and _as_int(value) < per_rank:
-            section = "decode" if DEEPEP_DISPATCH_ENV in cfg["env"]["decode"] else "common"
+            key = next(k for k, values in (("env.decode", cfg["env"]["decode"]),
+                                           ("env.common", cfg["env"]["common"]),
+                                           ("site.env", cfg["site"]["env"]))
+                       if DEEPEP_DISPATCH_ENV in values)
             raise ConfigError(
-                f"config key env.{section}.{DEEPEP_DISPATCH_ENV}: {value} tokens per rank "
+                f"config key {key}.{DEEPEP_DISPATCH_ENV}: {value} tokens per rank "
                 f"is less than the batch of {where}; DeepEP's low-latency dispatch would "
                 f"fail at the full batch. Set it to at least {per_rank}"
             )
