@@ -803,3 +803,23 @@ def test_decode_without_round_robin_balance_dies_like_0_5_5_post2():
     assert parse_args([*argv, "--prefill-round-robin-balance"], env).dp == 4
     assert parse_args(argv, {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.8"}).dp == 4
     assert parse_args(decode_args(1), env).dp == 1  # no DP attention: no assertion
+
+
+def test_requests_reaching_the_context_length_are_refused_like_sglang(launch):
+    """input + max_new_tokens >= --context-length: 400 with the tokenizer manager's text."""
+    server = launch(
+        "ctx",
+        decode_args(2, ["--context-length", "64", "--disaggregation-transfer-backend", "fake",
+                        "--max-running-requests", "8"]),
+        env={"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.8"},
+    )
+    too_long = requests.post(f"{server.url}/generate", json={
+        "input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 34}}, timeout=30)
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["message"].startswith(
+        "Requested token count exceeds the model's maximum context length of 64 tokens. "
+        "You requested a total of 64 tokens: 30 tokens from the input messages and 34 "
+        "tokens for the completion.")
+    fits = requests.post(f"{server.url}/generate", json={
+        "input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 33}}, timeout=30)
+    assert fits.status_code == 200

@@ -117,13 +117,13 @@ def test_default_config_passes(tmp_path):
 # -- request length vs context-length -------------------------------------------------
 
 CONTEXT = [
-    row("common-exact", [put("server_args.common.context-length", 2000)], None),
+    row("common-exact", [put("server_args.common.context-length", 2001)], None),
     row(
         "common-one-short",
-        [put("server_args.common.context-length", 1999)],
-        r"config key server_args\.common\.context-length: 1999 is shorter than a request "
+        [put("server_args.common.context-length", 2000)],
+        r"config key server_args\.common\.context-length: 2000 is not longer than a request "
         r"of the workload \(workload\.input_len 1000 \+ workload\.output_len 1000 = 2000\).*"
-        r"at least 2000",
+        r"at least 2001",
     ),
     row(
         "input-one-over",
@@ -138,19 +138,19 @@ CONTEXT = [
     row(
         "prefill-override-short",
         [put("server_args.prefill.context-length", 1999)],
-        r"config key server_args\.prefill\.context-length: 1999 is shorter",
+        r"config key server_args\.prefill\.context-length: 1999 is not longer",
     ),
     row(
         "decode-override-short",
         [put("server_args.decode.context-length", 1999)],
-        r"config key server_args\.decode\.context-length: 1999 is shorter",
+        r"config key server_args\.decode\.context-length: 1999 is not longer",
     ),
     row(
         "overrides-exact-over-short-common",
         [
             put("server_args.common.context-length", 1999),
-            put("server_args.prefill.context-length", 2000),
-            put("server_args.decode.context-length", 2000),
+            put("server_args.prefill.context-length", 2001),
+            put("server_args.decode.context-length", 2001),
         ],
         None,
     ),

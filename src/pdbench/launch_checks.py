@@ -5,7 +5,8 @@ Each check names the config key to change and what to set. They run when the con
 validated, before any job, so a mistake costs seconds instead of an allocation of
 dozens of GPUs. What they encode (docs/launch-checks.md has the list with sources):
 
-- every request fits the servers' ``context-length`` (SGLang rejects longer ones, while
+- every request fits the servers' ``context-length`` (SGLang rejects a request whose
+  input + max_new_tokens reaches it, while
   the router's small readiness request passes, so the run would sit in the fill);
 - the decode KV pool (``max-total-tokens``, per DP rank) holds the target batch at full
   length, the largest decode CUDA graph covers the per-rank batch, and DeepEP's
@@ -56,12 +57,13 @@ def _request_lengths(cfg: Mapping) -> None:
     longest = w["input_len"] + w["output_len"]
     for role in ("prefill", "decode"):
         limit, key = _role_value(cfg, role, "context-length")
-        if isinstance(limit, int) and not isinstance(limit, bool) and longest > limit:
+        # SGLang refuses a request whose input + max_new_tokens reaches the context length.
+        if isinstance(limit, int) and not isinstance(limit, bool) and longest >= limit:
             raise ConfigError(
-                f"config key {key}: {limit} is shorter than a request of the workload "
+                f"config key {key}: {limit} is not longer than a request of the workload "
                 f"(workload.input_len {w['input_len']} + workload.output_len "
                 f"{w['output_len']} = {longest}); SGLang would reject every request. Raise "
-                f"it to at least {longest} or shorten the workload"
+                f"it to at least {longest + 1} or shorten the workload"
             )
 
 

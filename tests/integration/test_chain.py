@@ -472,6 +472,33 @@ def test_full_chain_matches_ground_truth_and_leaves_nothing(completed):
     assert (chain.point / "allocation.json").exists()
 
 
+def test_render_shows_exactly_what_ran(completed, monkeypatch):
+    """`pdbench render` for the allocation the point had prints the launcher scripts and
+    srun lines the stages wrote and ran, byte for byte."""
+    from pdbench import config as config_mod
+    from pdbench import topology
+    from pdbench.render import render_point
+
+    chain = completed[0]
+    monkeypatch.chdir(chain.dir)
+    cfg = config_mod.load(chain.results / ".pdbench" / "config.json")
+    alloc = json.loads((chain.point / "allocation.json").read_text())
+    sections = render_point(cfg, EXPERIMENT, POINT, topology.expand_nodelist(alloc["nodelist"]),
+                            job_id=alloc["job_id"], addresses=alloc["addresses"])
+    by_title = {s["title"]: s["text"] for s in sections}
+    compared = 0
+    for server in ("prefill-1", "decode", "router", "client"):
+        script = next(t for title, t in by_title.items()
+                      if title.startswith(f"{server}: launcher script"))
+        assert script == (chain.point / "commands" / f"{server}.sh").read_text(), server
+        srun = next(t for title, t in by_title.items()
+                    if title.startswith(f"{server}: Slurm step"))
+        assert (chain.point / "commands" / f"{server}.srun.sh").read_text() == \
+            f"#!/usr/bin/env bash\n{srun}\n", server
+        compared += 2
+    assert compared == 8
+
+
 def test_dead_decode_node_fails_fast_then_rerun_completes(make_chain):
     chain = make_chain("deadnode", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
     chain.start(f"results/{EXPERIMENT}/report.html")

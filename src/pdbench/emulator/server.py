@@ -891,6 +891,24 @@ class NodeZero:
         except (TypeError, ValueError):
             return 1
 
+    def _check_lengths(self, plens: list[int], max_new: list[int]) -> None:
+        """SGLang's tokenizer manager refuses a request whose input, or input plus
+        max_new_tokens, reaches the context length (0.5.x, ``_validate_one_request``;
+        without --allow-auto-truncate), with these messages."""
+        limit = self.context_len()
+        for plen, new in zip(plens, max_new):
+            if plen >= limit:
+                raise httpd.HTTPError(400, f"The input ({plen} tokens) is longer than the "
+                                           f"model's context length ({limit} tokens).")
+            if plen + new >= limit:
+                raise httpd.HTTPError(
+                    400,
+                    "Requested token count exceeds the model's maximum context length of "
+                    f"{limit} tokens. You requested a total of {plen + new} tokens: {plen} "
+                    f"tokens from the input messages and {new} tokens for the completion. "
+                    "Please reduce the number of tokens in the input messages or the "
+                    "completion to fit within the limit.")
+
     def _submit(self, call: GenerateCall, body: dict, plens: list[int], max_new: list[int]) -> None:
         cfg, engine = self.cfg, self.engine
         n = len(plens)
@@ -910,6 +928,7 @@ class NodeZero:
                 host = hosts[i]
                 if host is not None and host != FAKE_BOOTSTRAP_HOST and rooms[i] is None:
                     raise httpd.HTTPError(400, "bootstrap_room is required with bootstrap_host")
+        self._check_lengths(plens, max_new)
         reqs = []
         for i in range(n):
             r = Req(
