@@ -21,6 +21,7 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/sweep.smk"
 include: "workflow/rules/allocation.smk"
 include: "workflow/rules/nodes.smk"
 include: "workflow/rules/servers.smk"
@@ -28,6 +29,10 @@ include: "workflow/rules/fill.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/throughput.smk"
 include: "workflow/rules/report.smk"
+
+
+onstart:
+    prepare_run()
 
 
 onerror:

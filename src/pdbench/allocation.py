@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 from . import runstate, slurm, topology
 from .config import Point
@@ -52,7 +53,7 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
                  f"{point.experiment}/{point.name}")
     try:
         info = slurm.wait_running(job_id, queue_timeout_s, progress,
-                                  check_run=lambda: runstate.check(paths.root.parent.parent))
+                                  check_run=lambda: runstate.check(paths.results.root))
         nodes = topology.expand_nodelist(info.nodelist)
         if len(nodes) < point.total_nodes:
             raise ConfigError(
@@ -87,7 +88,7 @@ def holder_sbatch_argv(cfg: dict, point: Point, paths: PointPaths) -> list[str]:
     """The ``sbatch`` of the job that holds a point's nodes."""
     return slurm.holder_sbatch_argv(cfg["site"], point.total_nodes,
                                     f"pdbench-{point.experiment}-{point.name}",
-                                    str((paths.logs / "allocation-%j.out").resolve()))
+                                    str(Path(paths.holder_log()).resolve()))
 
 
 def _reusable(cfg: dict, point: Point, paths: PointPaths) -> dict | None:
@@ -98,8 +99,7 @@ def _reusable(cfg: dict, point: Point, paths: PointPaths) -> dict | None:
     previous, _ = allocation_neighbours(cfg, point)
     if previous is None:
         return None
-    record_path = PointPaths.of(paths.root.parent.parent, previous.experiment,
-                                previous.name).allocation
+    record_path = paths.results.point(previous.experiment, previous.name).allocation
     if not record_path.exists():
         return None
     record = read_json(record_path)

@@ -143,8 +143,8 @@ def cmd_allocate(args) -> None:
     from .layout import PointPaths
 
     cfg = config.load(args.config)
-    point = config.find_point(cfg, args.experiment, args.point)
-    paths = PointPaths(Path(args.out).parent)
+    paths = PointPaths(Path(args.point_dir))
+    point = config.find_point(cfg, paths.experiment, paths.point)
     _dump(allocate(cfg, point, paths, adopt_job_id=args.adopt or adopt_from_environment(),
                    queue_timeout_s=args.queue_timeout))
 
@@ -205,8 +205,7 @@ def cmd_teardown(args) -> None:
         result = stop_point(ctx, release_allocation=successor is None)
         if successor is not None:
             result["allocation_passed_to"] = f"{successor.experiment}/{successor.name}"
-    if args.out:
-        write_json(args.out, result)
+    write_json(ctx.paths.teardown, result)
     _dump(result)
 
 
@@ -216,7 +215,7 @@ def cmd_point_throughput(args) -> None:
     ctx = _point(args)
     rows = point_rows(ctx)
     gate(ctx, rows)
-    write_csv(args.out, rows)
+    write_csv(ctx.paths.throughput, rows)
     _dump(rows)
 
 
@@ -250,9 +249,28 @@ def cmd_stop_all(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .teardown import sweep_stale
+    from .layout import write_json
+    from .teardown import apply_sweep, plan_sweep
 
-    _dump(sweep_stale(args.results))
+    plan = plan_sweep(args.results)
+    if args.only is not None:
+        # The markers the workflow built its DAG for; one that became stale since then is
+        # left to the next run, as the DAG does not rerun its stage now.
+        only = set(args.only)
+        plan["points"] = [{**p, "stale": [m for m in p["stale"] if m in only],
+                           "stop": [m for m in p["stop"] if m in only]}
+                          for p in plan["points"] if set(p["stale"]) & only]
+    result = {**apply_sweep(plan), **({"skipped": plan["skipped"]} if "skipped" in plan
+                                      else {})}
+    for removed in result["removed"]:
+        print(f"pdbench: removed stale marker {removed}", file=sys.stderr)
+    for aside in result["set_aside"]:
+        print(f"pdbench: the servers of {aside['from']} were gone before its measurement "
+              f"finished: moved its {', '.join(aside['moved'])} to {aside['to']}",
+              file=sys.stderr)
+    if args.out:
+        write_json(args.out, result)
+    _dump(result)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,23 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stuck after K decode lines without growth while requests queue")
     p.set_defaults(func=cmd_fill_status)
 
-    def point_cmd(name, func, help_text, out=True):
+    # The stages of one point: each writes its outputs where pdbench.layout puts them
+    # under --point-dir (the rules' outputs come from the same layout).
+    def point_cmd(name, func, help_text):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True)
         p.add_argument("--point-dir", required=True, help="results/{experiment}/{point}")
-        if out:
-            p.add_argument("--out", required=True)
         p.set_defaults(func=func)
         return p
 
-    p = sub.add_parser("allocate", help="obtain or adopt the Slurm allocation of a point")
-    p.add_argument("--config", required=True)
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--point", required=True)
-    p.add_argument("--out", required=True, help="allocation.json")
+    p = point_cmd("allocate", cmd_allocate, "obtain or adopt the Slurm allocation of a point")
     p.add_argument("--adopt", type=int, metavar="JOBID", help="adopt this running allocation")
     p.add_argument("--queue-timeout", type=float, default=24 * 3600.0, metavar="S")
-    p.set_defaults(func=cmd_allocate)
 
     p = point_cmd("launch", cmd_launch, "start a server or the router and wait until ready")
     p.add_argument("--server", required=True, help="prefill-G, decode or router")
@@ -324,9 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = point_cmd("snapshot", cmd_snapshot, "take torch-profiler snapshot K of decode")
     p.add_argument("--snapshot", type=int, required=True, metavar="K")
     point_cmd("bench-result", cmd_bench_result, "wait for the client and validate its JSONL")
-    p = point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation",
-                  out=False)
-    p.add_argument("--out", help="teardown.json")
+    point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation")
     point_cmd("point-throughput", cmd_point_throughput, "throughput.csv of one point")
 
     p = sub.add_parser("merge-csv", help="the experiment's throughput.csv from its points'")
@@ -349,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="remove markers of allocations or servers that are gone")
     p.add_argument("--results", default="results")
+    p.add_argument("--only", nargs="*", default=None, metavar="MARKER",
+                   help="act on these stale markers only (what the workflow planned for)")
+    p.add_argument("--out", help="also write the result here")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("validate-config", help="validate a config and list its grid points")
@@ -397,8 +411,6 @@ def _mark_run_failed(args, exc: Exception) -> None:
         return
     if getattr(args, "point_dir", None):
         point_dir = Path(args.point_dir)
-    elif args.func is cmd_allocate:
-        point_dir = Path(args.out).parent
     else:
         return  # offline commands do not stop a run
     mark_failed(point_dir.parent.parent,

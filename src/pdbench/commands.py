@@ -404,7 +404,7 @@ def container_mounts(cfg: Mapping, workdir: str | os.PathLike | None = None) -> 
 
 
 def router_argv(cfg: Mapping, plan: NodePlan) -> list[str]:
-    """The PD router on the router node (reference/sglang.md §3).
+    """The PD router on the router node (``sglang_router``; docs/sglang-formats.md).
 
     Each prefill group is ``--prefill URL BOOTSTRAP_PORT`` (explicit, so a non-default
     bootstrap port reaches the decode side); the decode server is ``--decode URL``.
@@ -455,7 +455,7 @@ def client_argv(
     tokenizer: str | os.PathLike | None = None,
     dialect: Dialect | None = None,
 ) -> list[str]:
-    """The benchmark client against the router (``workload.client``; sglang.md §8).
+    """The benchmark client against the router (``workload.client``; docs/sglang-formats.md).
 
     ``bench_serving``: ``--num-prompts`` is ``workload.num_prompts`` or twice the decode
     target batch; the tokenizer is ``tokenizer``, else ``model.tokenizer``, else

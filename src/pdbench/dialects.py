@@ -9,8 +9,9 @@ benchmark client modules, trace file names and the decode log line.
 Everything version-dependent lives in one table, :data:`CHANGES`: one row per release
 that changed something, each row saying what changed and where the fact comes from.
 A dialect is the oldest supported release with every row up to the configured version
-applied. Sources: ``reference/sglang.md`` (section numbers below) and the releases'
-own code. "wheel" in a row means the fact was read from, or parsed with, that release's
+applied. Sources: SGLang's public history (the PR numbers, commit ids and dates in the
+rows below; ``docs/sglang-formats.md`` collects the formats they describe) and the
+releases' own code. "wheel" in a row means the fact was read from, or parsed with, that release's
 PyPI wheel (``ServerArgs.add_cli_args`` + ``parse_args`` on a CPU host, or its source);
 a release between two checked ones is assumed to behave like the older one unless the
 row says otherwise.
@@ -27,7 +28,7 @@ from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError
 
-# /slow_down exists from v0.4.6.post3 (sglang.md §2.5: added 2025-05-08, absent in .post2);
+# /slow_down exists from v0.4.6.post3 (sglang #5572, merged 2025-05-08; absent in .post2);
 # the fill procedure needs it, so older releases are not supported.
 OLDEST_SUPPORTED = "0.4.6.post3"
 
@@ -242,40 +243,41 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.4.6.post3",
         {
-            # §7.3: --enable-deepep-moe is the only DeepEP switch until --moe-a2a-backend
+            # --enable-deepep-moe is the only DeepEP switch until --moe-a2a-backend
             # (2025-08-01, #8658); wheels 0.4.6.post3, 0.4.9, 0.4.10: no --moe-a2a-backend.
             "deepep_moe_flag": True,
-            # §7.3 / §9: --cuda-graph-bs, --cuda-graph-max-bs; wheel 0.5.12: no -decode form.
+            # --cuda-graph-bs, --cuda-graph-max-bs (as in the #6017 and #7227 recipes);
+            # wheel 0.5.12: no -decode form.
             "renames": _CUDA_GRAPH_OLD,
             "legacy_cuda_graph_bs_accepted": True,
-            # §7.2: --tp-size N --dp-size N --enable-dp-attention (#6017, #7227 recipes).
+            # --tp-size N --dp-size N --enable-dp-attention (#6017, #7227 recipes).
             "dp_attention": "enable-dp-attention",
-            # §5.3: num_steps=N captured N-1 batches before the 2026-07-10 fix (#30215).
+            # num_steps=N captured N-1 batches before the 2026-07-10 fix (#30215).
             "profile_captures_one_less": True,
             # wheels 0.5.1.post3 and older: no --prefill-round-robin-balance (0.5.2 row).
             "removed_options": {
                 "prefill-round-robin-balance": "it arrived in 0.5.2; remove it or raise "
                 "sglang.version",
             },
-            # §2.4 "Keys by release"; wheel 0.4.6.post3 ProfileReqInput.
+            # The keys of wheel 0.4.6.post3's ProfileReqInput.
             "start_profile_keys": frozenset({"output_dir", "num_steps", "activities"}),
-            # §2.3: /get_server_info (merged endpoint since 2024-11-24, #2152).
+            # /get_server_info (merged endpoint since 2024-11-24, #2152).
             "server_info_path": "/get_server_info",
-            # §8: the benchmark clients.
+            # The benchmark clients' modules (python -m ...).
             "bench_serving_module": "sglang.bench_serving",
             "bench_one_batch_server_module": "sglang.bench_one_batch_server",
-            # §5.1: {profile_id}-TP-{tp}.trace.json.gz (no DP/EP part).
+            # {profile_id}-TP-{tp}.trace.json.gz (no DP/EP part before #11413).
             "trace_name_rank_suffixes": False,
-            # §4.2: "Decode batch. #running-req: …, #queue-req: N" (wheels 0.4.6.post3, 0.4.9).
+            # "Decode batch. #running-req: …, #queue-req: N" (wheels 0.4.6.post3, 0.4.9).
             "decode_batch_head": "Decode batch.",
             "decode_line_trailing_comma": False,
         },
-        "sglang.md §2.4, §2.5, §4.2, §5.1, §5.3, §7.3; wheels 0.4.6.post3, 0.4.9",
+        "sglang #5572 (/slow_down), #2152, #30215; wheels 0.4.6.post3, 0.4.9",
     ),
     Change(
         "0.4.7",
         {
-            # §2.4: v0.4.7 adds profile_by_stage, with_stack, record_shapes (wheel 0.4.9 has them).
+            # v0.4.7 adds profile_by_stage, with_stack, record_shapes (wheel 0.4.9 has them).
             "start_profile_keys": frozenset(
                 {
                     "output_dir",
@@ -287,12 +289,12 @@ CHANGES: tuple[Change, ...] = (
                 }
             ),
         },
-        "sglang.md §2.4; wheel 0.4.9",
+        "sglang v0.4.7 ProfileReqInput; wheel 0.4.9",
     ),
     Change(
         "0.4.10",
         {
-            # wheel 0.4.10 ProfileReqInput has start_step (sglang.md §2.4 lists it at v0.5.2).
+            # wheel 0.4.10 ProfileReqInput already has start_step.
             "start_profile_keys": frozenset(
                 {
                     "output_dir",
@@ -304,19 +306,19 @@ CHANGES: tuple[Change, ...] = (
                     "start_step",
                 }
             ),
-            # §4.2: 2025-07-19 (#8161) timestamp removed, trailing ", " kept (wheel 0.4.10).
+            # 2025-07-19 (#8161) timestamp removed, trailing ", " kept (wheel 0.4.10).
             "decode_line_trailing_comma": True,
         },
-        "sglang.md §4.2; wheel 0.4.10",
+        "sglang #8161; wheel 0.4.10",
     ),
     Change(
         "0.5.0rc0",
         {
-            # §7.3: --moe-a2a-backend since 2025-08-01 (#8658); wheel 0.5.0rc0 parses both
+            # --moe-a2a-backend since 2025-08-01 (#8658); wheel 0.5.0rc0 parses both
             # spellings; --enable-deepep-moe became a no-op 2025-09-23 and an error in 0.5.4.
             "deepep_moe_flag": False,
         },
-        "sglang.md §7.3; wheels 0.5.0rc0, 0.5.1, 0.5.4",
+        "sglang #8658; wheels 0.5.0rc0, 0.5.1, 0.5.4",
     ),
     Change(
         "0.5.2",
@@ -349,12 +351,12 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.5.4",
         {
-            # §5.1: -DP-/-PP-/-EP- in trace names since 2025-10-13 (#11413); wheel 0.5.4.
+            # -DP-/-PP-/-EP- in trace names since 2025-10-13 (#11413); wheel 0.5.4.
             "trace_name_rank_suffixes": True,
-            # §4.2: 2025-10-23 (#9366) "Decode batch [iter], " with the iteration always
+            # 2025-10-23 (#9366) "Decode batch [iter], " with the iteration always
             # printed; wheel 0.5.4 prints forward_ct unconditionally.
             "decode_batch_head": "Decode batch [{iter}],",
-            # wheel 0.5.4 ProfileReqInput has merge_profiles (§2.4 lists it at v0.5.5).
+            # wheel 0.5.4 ProfileReqInput has merge_profiles (added with #11413).
             "start_profile_keys": frozenset(
                 {
                     "output_dir",
@@ -368,21 +370,23 @@ CHANGES: tuple[Change, ...] = (
                 }
             ),
         },
-        "sglang.md §4.2, §5.1; wheel 0.5.4",
+        "sglang #9366, #11413; wheel 0.5.4",
     ),
     Change(
         "0.5.5",
         {
-            # §4.2: 2025-10-26 (#12116) "Decode batch," with [iter] only when
-            # SGLANG_LOG_FORWARD_ITERS=1; wheel 0.5.5.post2; fixture gb200-ep48-fp4-decode.
+            # 2025-10-26 (#12116) "Decode batch," with [iter] only when
+            # SGLANG_LOG_FORWARD_ITERS=1; wheel 0.5.5.post2; the public v0.5.5.post2 GB200
+            # EP48 decode log in shifangx/Scripts-SGLang (commit 481e976) has this head.
             "decode_batch_head": "Decode batch,",
         },
-        "sglang.md §4.2; wheel 0.5.5.post2; fixtures/gb200-ep48-fp4-decode",
+        "sglang #12116; wheel 0.5.5.post2; v0.5.5.post2 GB200 EP48 decode log "
+        "(shifangx/Scripts-SGLang 481e976)",
     ),
     Change(
         "0.5.6",
         {
-            # §2.4: v0.5.6 adds profile_prefix, profile_stages (wheel 0.5.6).
+            # v0.5.6 adds profile_prefix, profile_stages (wheel 0.5.6).
             "start_profile_keys": frozenset(
                 {
                     "output_dir",
@@ -397,11 +401,11 @@ CHANGES: tuple[Change, ...] = (
                     "profile_stages",
                 }
             ),
-            # §2.1: /server_info, /get_server_info a deprecated alias; wheel 0.5.6 has the
+            # /server_info, /get_server_info a deprecated alias; wheel 0.5.6 has the
             # route, 0.5.5.post2 does not.
             "server_info_path": "/server_info",
         },
-        "sglang.md §2.1, §2.4; wheels 0.5.5.post2, 0.5.6",
+        "wheels 0.5.5.post2, 0.5.6 (ProfileReqInput, HTTP routes)",
     ),
     Change(
         "0.5.8",
@@ -421,28 +425,28 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.5.9",
         {
-            # §4.2: 2026-01-30 (#17836) trailing ", " dropped; wheel 0.5.9 ends
+            # 2026-01-30 (#17836) trailing ", " dropped; wheel 0.5.9 ends
             # "#queue-req: N", wheel 0.5.6 still ", " (0.5.7 and 0.5.8 not checked).
             "decode_line_trailing_comma": False,
         },
-        "sglang.md §4.2; wheels 0.5.6, 0.5.9",
+        "sglang #17836; wheels 0.5.6, 0.5.9",
     ),
     Change(
         "0.5.14",
         {
-            # §7.3: per-phase cuda-graph flags (#23906); wheel 0.5.14 parses
+            # per-phase cuda-graph flags (#23906, 2026-06-09); wheel 0.5.14 parses
             # --cuda-graph-bs-decode and still accepts --cuda-graph-bs; wheel 0.5.12 has
             # no -decode form (0.5.13 not checked).
             "renames": _CUDA_GRAPH_NEW,
         },
-        "sglang.md §7.3; wheels 0.5.12, 0.5.14",
+        "sglang #23906; wheels 0.5.12, 0.5.14",
     ),
     Change(
         "0.5.15",
         {
             # wheel 0.5.15: the /start_profile body is ProfileReq and the server keeps a
             # client profile_id (`req.profile_id or str(time.time())`); wheel 0.5.14
-            # always sets its own. §2.4: client-settable since 2026-06-24 (d5c566e59).
+            # always sets its own. Client-settable since 2026-06-24 (commit d5c566e59).
             "start_profile_keys": frozenset(
                 {
                     "output_dir",
@@ -458,37 +462,37 @@ CHANGES: tuple[Change, ...] = (
                     "profile_id",
                 }
             ),
-            # §7.3: sglang.bench_serving / bench_one_batch_server are FutureWarning shims
+            # sglang.bench_serving / bench_one_batch_server are FutureWarning shims
             # of sglang.benchmark.serving / .one_batch_server (wheel 0.5.15, not 0.5.14).
             "bench_serving_module": "sglang.benchmark.serving",
             "bench_one_batch_server_module": "sglang.benchmark.one_batch_server",
         },
-        "sglang.md §2.4, §7.3; wheels 0.5.14, 0.5.15",
+        "sglang commit d5c566e59; wheels 0.5.14, 0.5.15",
     ),
     Change(
         "0.5.16",
         {
-            # §5.3: fix of 2026-07-10 (#30215), target = forward_ct + num_steps + 1;
-            # wheel 0.5.16 has it, 0.5.15 does not; fixture h200-sglang-0.5.17-fill-release
-            # (num_steps 10 -> 10 step spans).
+            # fix of 2026-07-10 (#30215), target = forward_ct + num_steps + 1;
+            # wheel 0.5.16 has it, 0.5.15 does not; a real 0.5.17 profile recorded on an
+            # H200 shows it (num_steps 10 -> 10 step spans).
             "profile_captures_one_less": False,
         },
-        "sglang.md §5.3; wheels 0.5.15, 0.5.16; fixtures/h200-sglang-0.5.17-*",
+        "sglang #30215; wheels 0.5.15, 0.5.16; a real 0.5.17 profile recorded on an H200",
     ),
     Change(
         "0.5.19",
         {
-            # §2.4 lists detailed_annotations as 0.5.23 only; wheel 0.5.19 ProfileReq has
-            # it, 0.5.18 does not.
+            # detailed_annotations: wheel 0.5.19 ProfileReq has it, 0.5.18 does not.
             "start_profile_keys": _ALL_PROFILE_KEYS,
         },
-        "sglang.md §2.4; wheels 0.5.18, 0.5.19",
+        "wheels 0.5.18, 0.5.19 (ProfileReq)",
     ),
     Change(
         "0.5.20",
         {
-            # §7.3 says 0.5.23 rejects --cuda-graph-bs ("ambiguous option"); parsed with
-            # the wheels, 0.5.20 already rejects it and 0.5.19 accepts it.
+            # 0.5.23 rejects --cuda-graph-bs ("ambiguous option": it could match
+            # --cuda-graph-bs-decode and --cuda-graph-bs-prefill, #23906); parsed with the
+            # wheels, 0.5.20 already rejects it and 0.5.19 accepts it.
             "legacy_cuda_graph_bs_accepted": False,
             # sglang #32111 (2026-07-22) deprecated the cutlass_mla attention backend;
             # wheel 0.5.20 no longer lists it (0.5.19 does), 0.5.23 rejects it ("invalid
@@ -501,16 +505,16 @@ CHANGES: tuple[Change, ...] = (
                 }
             },
         },
-        "sglang.md §7.3; sglang #32111; wheels 0.5.19, 0.5.20, 0.5.23",
+        "sglang #23906, #32111; wheels 0.5.19, 0.5.20, 0.5.23",
     ),
     Change(
         "0.5.22",
         {
-            # §7.3: --attn-dp-size N replaces --dp-size N --enable-dp-attention (deprecated
+            # --attn-dp-size N replaces --dp-size N --enable-dp-attention (deprecated
             # with a warning); wheel 0.5.22 has --attn-dp-size, 0.5.21 does not.
             "dp_attention": "attn-dp-size",
         },
-        "sglang.md §7.3; wheels 0.5.21, 0.5.22, 0.5.23",
+        "wheels 0.5.21, 0.5.22, 0.5.23",
     ),
 )
 

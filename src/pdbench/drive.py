@@ -179,7 +179,7 @@ def start_client(ctx: PointContext) -> dict:
     if output.exists():
         output.unlink()  # bench_serving appends; one run per file
     launch, argv = client_launch(ctx)
-    log = ctx.paths.logs / commands.server_log_name("bench_client", 0)
+    log = ctx.paths.node_log("bench_client", 0)
     log.unlink(missing_ok=True)  # the gate's lines are read from it: none from a former run
     step = start_step(ctx, launch)
     record = {"job_id": ctx.job_id, **step, "output": str(output), "log": str(log),
@@ -469,9 +469,10 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = 7200.0) -> dict:
     except PdbenchError as exc:
         # This measurement is not valid: it is kept under attempts/ and a rerun measures
         # again from the client on (on the same servers, if they still run).
-        from .teardown import MEASUREMENT_DIRS, set_aside
+        from .layout import MEASUREMENT_DIRS
+        from .teardown import set_aside
 
-        moved = set_aside(ctx.paths.root, client.get("job_id"), MEASUREMENT_DIRS,
+        moved = set_aside(ctx.paths, client.get("job_id"), MEASUREMENT_DIRS,
                           why="invalid-benchmark")
         raise StageError(f"{exc}\nthe measurement ({', '.join(moved['moved'])}) was moved "
                          f"to {moved['to']}; a rerun measures again") from None

@@ -1,4 +1,10 @@
-"""File layout of a grid point's directory: the one place that names its files."""
+"""The results layout: the one place that names files and directories under ``results/``.
+
+Everything else gets its paths from here: the stages, the teardown and the liveness
+sweep, and the workflow's rules (``workflow/rules/common.smk`` builds its path templates
+from these classes with ``{experiment}`` / ``{point}`` wildcards as names). The README's
+table of a point's files is checked against :data:`POINT_FILES` by a test.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,32 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+
+# What the README's results table lists for a point, by the name it shows.
+POINT_FILES = {
+    "allocation.json": "the Slurm allocation (job id, node list, node addresses)",
+    "node_list_env.sh": "the node and port plan, source-able (runbook variable names)",
+    "plan.json": "the node and port plan as JSON",
+    "ready/": "live servers: URLs, Slurm step ids, pids (one marker per server)",
+    "bench/client.json": "the benchmark client, started with the servers, held until the fill",
+    "fill/": "the fill under /slow_down (filled.json, curve.csv) and its release (released.json)",
+    "profile/{k}/": "torch-profiler traces of snapshot k and their snapshot.json",
+    "bench/bench.jsonl": "the benchmark client's validated result",
+    "throughput.csv": "one row per snapshot",
+    "teardown.json": "what the teardown stopped or kept",
+    "logs/": "every server node's log, the client's, each stage's",
+    "commands/": "the exact launcher scripts and srun lines that ran",
+    "attempts/{time}-job{id}/": "a measurement whose servers died before it finished, set aside",
+}
+
+# A point's directories that hold one measurement; an unfinished one is set aside whole.
+MEASUREMENT_DIRS = ("fill", "profile", "bench")
+
+
+def node_log_name(role: str, rank: int) -> str:
+    """One server node's log (the runbook's ``launch_server_{role}_node_rank_{N}.log``,
+    for servers whose role is ``launch_server_<name>``)."""
+    return f"{role}_node_rank_{rank}.log"
 
 
 @dataclass(frozen=True)
@@ -30,6 +62,12 @@ class PointPaths:
         return self.root.name
 
     @property
+    def results(self) -> ResultsPaths:
+        return ResultsPaths(self.root.parent.parent)
+
+    # -- allocation and node plan
+
+    @property
     def allocation(self) -> Path:
         return self.root / "allocation.json"
 
@@ -47,13 +85,7 @@ class PointPaths:
     def plan(self) -> Path:
         return self.root / "plan.json"
 
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def commands(self) -> Path:
-        return self.root / "commands"
+    # -- servers and client
 
     def ready(self, server: str) -> Path:
         return self.root / "ready" / f"{server}.json"
@@ -61,17 +93,60 @@ class PointPaths:
     def ready_markers(self) -> list[Path]:
         return sorted((self.root / "ready").glob("*.json"))
 
+    @property
+    def commands(self) -> Path:
+        return self.root / "commands"
+
+    def launcher_script(self, step: str) -> Path:
+        return self.commands / f"{step}.sh"
+
+    def srun_script(self, step: str) -> Path:
+        return self.commands / f"{step}.srun.sh"
+
+    @property
+    def client(self) -> Path:
+        return self.root / "bench" / "client.json"
+
+    @property
+    def client_output(self) -> Path:
+        return self.root / "bench" / "client-output.jsonl"
+
+    # -- logs
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def stage_log(self, name: str) -> Path:
+        """The log of one stage's command (``logs/<name>.log``)."""
+        return self.logs / f"{name}.log"
+
+    def srun_log(self, step: str) -> Path:
+        return self.logs / f"{step}.srun.log"
+
+    def holder_log(self) -> str:
+        """The holder job's Slurm output (``%j``: its job id)."""
+        return str(self.logs / "allocation-%j.out")
+
     @staticmethod
     def server_log_role(server: str) -> str:
         """Log name stem of a server's nodes, as the runbook's launch scripts named them."""
         return f"launch_server_{server}"
 
+    def node_log(self, role: str, rank: int) -> Path:
+        return self.logs / node_log_name(role, rank)
+
     def server_logs(self, server: str) -> list[Path]:
         stem = self.server_log_role(server)
         return sorted(
-            self.logs.glob(f"{stem}_node_rank_*.log"),
+            self.logs.glob(node_log_name(stem, "*")),
             key=lambda p: int(p.stem.rsplit("_", 1)[1]),
         )
+
+    def any_server_logs(self) -> bool:
+        return any(self.logs.glob(node_log_name(self.server_log_role("*"), "*")))
+
+    # -- measurement
 
     @property
     def filled(self) -> Path:
@@ -85,23 +160,11 @@ class PointPaths:
     def fill_curve(self) -> Path:
         return self.root / "fill" / "curve.csv"
 
-    def snapshot(self, k: int) -> Path:
+    def snapshot(self, k: int | str) -> Path:
         return self.root / "profile" / str(k) / "snapshot.json"
 
-    def snapshot_traces(self, k: int) -> Path:
+    def snapshot_traces(self, k: int | str) -> Path:
         return self.root / "profile" / str(k) / "traces"
-
-    @property
-    def client(self) -> Path:
-        return self.root / "bench" / "client.json"
-
-    @property
-    def client_output(self) -> Path:
-        return self.root / "bench" / "client-output.jsonl"
-
-    @property
-    def client_log(self) -> Path:
-        return self.logs / "bench_client.log"
 
     @property
     def bench(self) -> Path:
@@ -116,8 +179,74 @@ class PointPaths:
         return self.root / "teardown.json"
 
     @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
+    def attempts(self) -> Path:
+        return self.root / "attempts"
+
+    def finished(self) -> bool:
+        """The measurement of this point is complete (its result or teardown exists)."""
+        return self.bench.exists() or self.teardown.exists()
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """``results/{experiment}/``: the experiment's CSV and report."""
+
+    root: Path
+
+    @property
+    def throughput(self) -> Path:
+        return self.root / "throughput.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def stage_log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+
+@dataclass(frozen=True)
+class ResultsPaths:
+    """``results/``: the points, the experiments and the run's own state."""
+
+    root: Path
+
+    def point(self, experiment: str, point: str) -> PointPaths:
+        return PointPaths.of(self.root, experiment, point)
+
+    def experiment(self, experiment: str) -> ExperimentPaths:
+        return ExperimentPaths(self.root / experiment)
+
+    def point_dirs(self) -> list[PointPaths]:
+        """Every point that has (had) an allocation."""
+        return [PointPaths(p.parent) for p in sorted(self.root.glob("*/*/allocation.json"))]
+
+    def pending_allocations(self) -> list[Path]:
+        return sorted(self.root.glob("*/*/allocation.pending.json"))
+
+    @property
+    def state(self) -> Path:
+        """pdbench's own files of the current run."""
+        return self.root / ".pdbench"
+
+    @property
+    def config(self) -> Path:
+        """The resolved config every stage of a run reads."""
+        return self.state / "config.json"
+
+    @property
+    def run_failed(self) -> Path:
+        return self.state / "run-failed"
+
+    @property
+    def keep_going(self) -> Path:
+        return self.state / "run-keep-going"
+
+    def sweep_record(self, run: str) -> Path:
+        return self.state / "sweep" / f"{run}.json"
+
+    def sweep_log(self, run: str) -> Path:
+        return self.state / "sweep" / f"{run}.log"
 
 
 def read_json(path: str | os.PathLike) -> Any:

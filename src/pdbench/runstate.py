@@ -7,7 +7,7 @@ allocation, a readiness wait, a fill, a client that has an hour to go) would kee
 whole run, and the failed point's nodes, waiting. So a stage that fails writes
 ``<results>/.pdbench/run-failed``; every waiting stage checks for it and ends with an
 error naming the stage that failed first. The marker belongs to one run: it is removed
-when the next run starts (at parse time, by the main Snakemake process only).
+when the next run starts (Snakemake's onstart: a real run, once it holds its lock).
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ import os
 from pathlib import Path
 
 from .errors import PdbenchError
-
-MARKER = Path(".pdbench") / "run-failed"
-# Written at the start of a run with --keep-going: a failure then stops only its own
-# point, and the other points go on.
-KEEP_GOING = Path(".pdbench") / "run-keep-going"
+from .layout import ResultsPaths
 
 
 class RunFailed(PdbenchError):
@@ -28,12 +24,18 @@ class RunFailed(PdbenchError):
 
 
 def marker(results: str | os.PathLike) -> Path:
-    return Path(results) / MARKER
+    return ResultsPaths(Path(results)).run_failed
+
+
+def _keep_going(results: str | os.PathLike) -> Path:
+    """Written at the start of a run with --keep-going: a failure then stops only its
+    own point, and the other points go on."""
+    return ResultsPaths(Path(results)).keep_going
 
 
 def mark_failed(results: str | os.PathLike, what: str) -> None:
     """Record the first failure of this run (later ones leave it as it is)."""
-    if (Path(results) / KEEP_GOING).exists():
+    if _keep_going(results).exists():
         return
     path = marker(results)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def check(results: str | os.PathLike) -> None:
 def start_run(results: str | os.PathLike, *, keep_going: bool = False) -> None:
     """A new run: forget the previous run's failure; note whether it keeps going."""
     marker(results).unlink(missing_ok=True)
-    flag = Path(results) / KEEP_GOING
+    flag = _keep_going(results)
     if keep_going:
         flag.parent.mkdir(parents=True, exist_ok=True)
         flag.touch()

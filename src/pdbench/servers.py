@@ -75,7 +75,7 @@ class StepLaunch:
 
 def step_launch(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
                 nodes: list[str], log_role: str) -> StepLaunch:
-    script_path = ctx.paths.commands / f"{server}.sh"
+    script_path = ctx.paths.launcher_script(server)
     script = commands.node_launcher_script(
         argvs,
         env,
@@ -108,9 +108,9 @@ def router_launch(ctx: PointContext) -> StepLaunch:
 def start_step(ctx: PointContext, launch: StepLaunch) -> dict:
     """Write the launcher script, start its srun detached, return the step record."""
     write_text(launch.script_path, launch.script)
-    write_text(ctx.paths.commands / f"{launch.server}.srun.sh",
+    write_text(ctx.paths.srun_script(launch.server),
                "#!/usr/bin/env bash\n" + commands.render_shell(launch.srun) + "\n")
-    srun_log = ctx.paths.logs / f"{launch.server}.srun.log"
+    srun_log = ctx.paths.srun_log(launch.server)
     pid = slurm.start_detached(launch.srun, srun_log)
     try:
         step_id = slurm.find_step(ctx.job_id, launch.step_name)
@@ -161,7 +161,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
                           "(site.secret_env) are not set")
     started_at = _now()
     step = start_step(ctx, server_launch(ctx, server))
-    node0_log = ctx.paths.logs / commands.server_log_name(log_role, 0)
+    node0_log = ctx.paths.node_log(log_role, 0)
     progress(f"{server}: step {step['step_id']} on {','.join(spec.node_names)}; "
              f"waiting for {spec.url}/health")
     try:
@@ -184,7 +184,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
         "job_id": ctx.job_id,
         **step,
         "nodes": spec.node_names,
-        "logs": [str(ctx.paths.logs / commands.server_log_name(log_role, r))
+        "logs": [str(ctx.paths.node_log(log_role, r))
                  for r in range(len(spec.nodes))],
         "started_at": started_at,
         "ready_at": _now(),
@@ -198,7 +198,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
 def _dead_message(ctx, server, nodes, log_role, step) -> str:
     parts = [f"{server}: the srun step {step['step_id']} ended while starting"]
     for rank, node in enumerate(nodes):
-        log = ctx.paths.logs / commands.server_log_name(log_role, rank)
+        log = ctx.paths.node_log(log_role, rank)
         parts.append(f"  node rank {rank} ({node}), {log}:\n{log_tail(log, 8)}")
     parts.append(f"  srun: {step['srun_log']}:\n{log_tail(Path(step['srun_log']), 5)}")
     return "\n".join(parts)
@@ -212,7 +212,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
             raise ServerError(f"router: {server.name} (step {marker['step_id']}) is not running")
     started_at = _now()
     step = start_step(ctx, router_launch(ctx))
-    log = ctx.paths.logs / commands.server_log_name("router", 0)
+    log = ctx.paths.node_log("router", 0)
     expected = len(plan.prefill) + 1
 
     def ready() -> bool:

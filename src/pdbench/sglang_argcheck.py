@@ -6,7 +6,7 @@ Two halves in one file:
   it reads a JSON list of argvs on stdin, parses each with the parser of the module it
   names, and writes a JSON list of results on stdout. Nothing is launched: server
   commands go through ``ServerArgs.add_cli_args(parser); parser.parse_args(args)``
-  (reference/sglang.md §7.5), router commands through
+  (parsing alone resolves nothing, so it needs no GPU and no model), router commands through
   ``sglang_router.launch_router.parse_router_args``, benchmark clients through their
   own parsers. This half imports only the standard library and SGLang.
 - Imported from pdbench, :func:`check_argvs` runs that script in one subprocess for

@@ -4,11 +4,13 @@
 and ``srun`` client recorded under a results tree and cancels the holder jobs pdbench
 submitted; adopted allocations are left running, only pdbench's steps in them end.
 
-``sweep_stale`` runs when the workflow is parsed: markers of things that are gone
-(an allocation that ended, with the node plan made for it; a server step that
-stopped) are removed so Snakemake re-creates them, while markers of live things are
-kept so a restarted Snakemake reuses the running servers. Durable results are never
-touched.
+The liveness sweep has two halves. :func:`plan_sweep` only reads (squeue, pids, marker
+files): the workflow runs it when it is parsed, in every mode (``-n`` included), and
+makes the stage of each stale marker run again (it depends on the ``sweep`` job). Markers
+of live things are kept, so a restarted Snakemake reuses the running servers.
+:func:`apply_sweep` changes things (stops steps, sets measurements aside, removes
+markers): only the ``sweep`` job of a real run calls it, after Snakemake holds its lock.
+Durable results are never deleted.
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ import time
 from pathlib import Path
 
 from . import slurm
-from .layout import read_json
+from .layout import MEASUREMENT_DIRS, PointPaths, ResultsPaths, read_json
 from .servers import listed_steps, server_alive, stop_step
-
-
-def _point_dirs(results: str | os.PathLike) -> list[Path]:
-    return sorted(p.parent for p in Path(results).glob("*/*/allocation.json"))
 
 
 def stop_all(results: str | os.PathLike, reason: str = "requested", *,
@@ -31,10 +29,11 @@ def stop_all(results: str | os.PathLike, reason: str = "requested", *,
     """Stop every step and holder a results tree records; with ``keep_servers`` only the
     clients and the holders still queued (the servers and their allocations stay)."""
     stopped, cancelled, kept = [], [], []
-    for point_dir in _point_dirs(results):
-        alloc = read_json(point_dir / "allocation.json")
-        markers = [] if keep_servers else sorted((point_dir / "ready").glob("*.json"))
-        client = point_dir / "bench" / "client.json"
+    tree = ResultsPaths(Path(results))
+    for paths in tree.point_dirs():
+        alloc = read_json(paths.allocation)
+        markers = [] if keep_servers else paths.ready_markers()
+        client = paths.client
         for marker_path in [*markers, *([client] if client.exists() else [])]:
             try:
                 marker = read_json(marker_path)
@@ -47,13 +46,13 @@ def stop_all(results: str | os.PathLike, reason: str = "requested", *,
         alive = slurm.job_info(int(alloc["job_id"])).alive
         if keep_servers:
             if alive:
-                kept.append(f"{point_dir} (job {alloc['job_id']})")
+                kept.append(f"{paths.root} (job {alloc['job_id']})")
         elif not alloc.get("adopted") and alive:
             slurm.cancel(str(alloc["job_id"]))
             cancelled.append(alloc["job_id"])
     # Holders still queued: their allocation stage is waiting for them (and ends when
     # they are cancelled).
-    for pending in sorted(Path(results).glob("*/*/allocation.pending.json")):
+    for pending in tree.pending_allocations():
         try:
             job_id = int(read_json(pending)["job_id"])
             if slurm.job_info(job_id).alive:
@@ -65,74 +64,112 @@ def stop_all(results: str | os.PathLike, reason: str = "requested", *,
             "kept": kept}
 
 
-def sweep_stale(results: str | os.PathLike) -> dict:
-    """Remove markers of allocations and server steps that are gone (needs squeue).
+def plan_sweep(results: str | os.PathLike) -> dict:
+    """What is stale in a results tree, read-only (needs squeue; changes nothing).
 
-    When a point's servers are gone before its measurement finished (no
-    ``bench/bench.jsonl`` yet), what they left belongs to them: the batch they held is
-    gone, and their logs (which give each snapshot's batch) would be overwritten by a
-    relaunch. The point's ``fill/``, ``profile/``, ``bench/`` and ``logs/`` are moved to
-    ``attempts/<time>-job<id>/`` (kept, never deleted), and the measurement starts again
-    on new servers. A finished measurement is never touched.
+    A marker is stale when what it describes is gone: an allocation that ended (with
+    the node plan made for it), a server step that stopped, a benchmark client that
+    ended or was let go on live servers (only the client starts again then). When a
+    point's servers are gone before its measurement finished (no ``bench/bench.jsonl``
+    yet), what they left belongs to them: the batch they held is gone, and their logs
+    (which give each snapshot's batch) would be overwritten by a relaunch, so the point's
+    ``fill/``, ``profile/``, ``bench/`` and ``logs/`` are to be set aside. A finished
+    measurement is never touched.
+
+    Returns ``{"points": [{"point_dir", "job_id", "stale": [...], "stop": [...],
+    "set_aside": bool}], "pending": [...]}``: ``stop`` are stale markers whose steps
+    still run. :func:`apply_sweep` carries it out.
     """
     import shutil
 
     if shutil.which("squeue") is None:
-        return {"removed": [], "set_aside": [], "skipped": "squeue not found: liveness not checked"}
-    removed, aside = [], []
-    for point_dir in _point_dirs(results):
+        return {"points": [], "pending": [],
+                "skipped": "squeue not found: liveness not checked"}
+    points = []
+    tree = ResultsPaths(Path(results))
+    for paths in tree.point_dirs():
         try:
-            job_id = int(read_json(point_dir / "allocation.json")["job_id"])
+            job_id = int(read_json(paths.allocation)["job_id"])
             alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES
         except Exception:  # noqa: BLE001 - an unreadable marker is stale
             job_id, alive = None, False
-        stale = _stale_markers(point_dir, job_id if alive else None)
-        client = point_dir / "bench" / "client.json"
+        stale, stop = _stale_markers(paths, job_id if alive else None)
+        if not stale:
+            continue
         # A client that starts again on live servers keeps the servers' logs in place.
-        if any(path != client for path in stale) and _unfinished(point_dir):
-            moved = set_aside(point_dir, job_id)
-            if moved:
-                aside.append(moved)
-        for path in stale:
-            path.unlink(missing_ok=True)
-            removed.append(str(path))
-    for pending in sorted(Path(results).glob("*/*/allocation.pending.json")):
+        aside = any(path != paths.client for path in stale) and _unfinished(paths)
+        points.append({"point_dir": str(paths.root), "job_id": job_id,
+                       "stale": [str(p) for p in stale], "stop": [str(p) for p in stop],
+                       "set_aside": aside})
+    pending = []
+    for path in tree.pending_allocations():
         # A queued holder whose job is gone (a run stopped while it queued); one that is
         # still queued may belong to a run in progress and is left alone.
         try:
-            gone = not slurm.job_info(int(read_json(pending)["job_id"])).alive
+            gone = not slurm.job_info(int(read_json(path)["job_id"])).alive
         except Exception:  # noqa: BLE001 - an unreadable marker is stale
             gone = True
         if gone:
-            pending.unlink(missing_ok=True)
-            removed.append(str(pending))
+            pending.append(str(path))
+    return {"points": points, "pending": pending}
+
+
+def stale_paths(plan: dict) -> list[str]:
+    """Every marker a sweep plan finds stale (their stages run again)."""
+    return [path for point in plan["points"] for path in point["stale"]]
+
+
+def apply_sweep(plan: dict) -> dict:
+    """Carry out :func:`plan_sweep`'s plan: stop the steps of stale markers that still
+    run, set aside unfinished measurements, remove the stale markers and pending files."""
+    removed, aside = [], []
+    for point in plan["points"]:
+        for marker in point["stop"]:
+            _stop_marker_step(Path(marker))
+        if point["set_aside"]:
+            moved = set_aside(PointPaths(Path(point["point_dir"])), point["job_id"])
+            if moved["moved"]:
+                aside.append(moved)
+        for marker in point["stale"]:
+            Path(marker).unlink(missing_ok=True)
+            removed.append(marker)
+    for path in plan["pending"]:
+        Path(path).unlink(missing_ok=True)
+        removed.append(path)
     return {"removed": removed, "set_aside": aside}
 
 
-def _stale_markers(point_dir: Path, live_job_id: int | None) -> list[Path]:
-    """The markers of ``point_dir`` to remove; steps of them that still run are stopped.
+def sweep_stale(results: str | os.PathLike) -> dict:
+    """Plan and carry out the sweep in one go (``pdbench sweep``)."""
+    plan = plan_sweep(results)
+    result = apply_sweep(plan)
+    if "skipped" in plan:
+        result["skipped"] = plan["skipped"]
+    return result
+
+
+def _stale_markers(paths: PointPaths, live_job_id: int | None) -> tuple[list[Path], list[Path]]:
+    """The stale markers of a point, and those of them whose steps still run.
 
     ``live_job_id`` is the point's running allocation (None: gone or unreadable)."""
-    markers = sorted((point_dir / "ready").glob("*.json"))
+    markers = paths.ready_markers()
     # The benchmark client is a live thing until the fill is done; after that it ends by
     # itself and its marker only says where its output is.
-    client = point_dir / "bench" / "client.json"
-    held = [client] if client.exists() and not (point_dir / "fill" / "filled.json") \
-        .exists() else []
+    client = paths.client
+    held = [client] if client.exists() and not paths.filled.exists() else []
     if live_job_id is None:
         # The node plan (node_list_env.sh, plan.json) describes this allocation's nodes:
         # it goes with it, so a new allocation gets a plan of its own.
-        plan = [p for p in (point_dir / "node_list_env.sh", point_dir / "plan.json")
-                if p.exists()]
-        return [point_dir / "allocation.json", *plan, *markers, *held]
+        plan = [p for p in (paths.env_sh, paths.plan) if p.exists()]
+        return [paths.allocation, *plan, *markers, *held], []
     listed = listed_steps(live_job_id)
     dead = [path for path in markers if not _step_alive(path, listed)]
     if dead:
         # The router was set up for the servers that are gone: start it afresh. In the
         # middle of a measurement every server goes: what the others hold (the batch,
         # their logs) belongs to the attempt that is set aside.
-        router = point_dir / "ready" / "router.json"
-        restart = [*markers, *held] if _unfinished(point_dir) else \
+        router = paths.ready("router")
+        restart = [*markers, *held] if _unfinished(paths) else \
             [router] if router.exists() else []
         stale = dead + [path for path in restart if path not in dead]
     elif held and (read_json(client).get("go_at") or not _step_alive(client, listed)):
@@ -141,12 +178,9 @@ def _stale_markers(point_dir: Path, live_job_id: int | None) -> list[Path]:
         # aborted by SGLang when their connections closed.
         stale = [client]
     else:
-        return []
-    # Steps still running are stopped; a gone step's srun pid may be reused.
-    for path in stale:
-        if path not in dead and _step_alive(path, listed):
-            _stop_marker_step(path)
-    return stale
+        return [], []
+    # Steps still running are to be stopped; a gone step's srun pid may be reused.
+    return stale, [p for p in stale if p not in dead and _step_alive(p, listed)]
 
 
 def _step_alive(marker_path: Path, listed: set[str] | None = None) -> bool:
@@ -165,27 +199,23 @@ def _stop_marker_step(marker_path: Path) -> None:
         pass
 
 
-def _unfinished(point_dir: Path) -> bool:
+def _unfinished(paths: PointPaths) -> bool:
     """Servers of this point ran (logs or a fill) and its measurement is not finished."""
-    if any((point_dir / f).exists() for f in ("bench/bench.jsonl", "teardown.json")):
+    if paths.finished():
         return False
-    return (point_dir / "fill" / "filled.json").exists() or any(
-        (point_dir / "logs").glob("launch_server_*_node_rank_*.log"))
+    return paths.filled.exists() or paths.any_server_logs()
 
 
-MEASUREMENT_DIRS = ("fill", "profile", "bench")
-
-
-def set_aside(point_dir: Path, job_id, names: tuple[str, ...] = (*MEASUREMENT_DIRS, "logs"),
+def set_aside(paths: PointPaths, job_id, names: tuple[str, ...] = (*MEASUREMENT_DIRS, "logs"),
               why: str = "") -> dict:
     """Move ``names`` of a point to ``attempts/<time>[-job<id>][-<why>]/``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = point_dir / "attempts" / "-".join(
+    dest = paths.attempts / "-".join(
         [stamp, *([f"job{job_id}"] if job_id else []), *([why] if why else [])])
     dest.mkdir(parents=True, exist_ok=True)
     moved = []
     for name in names:
-        if (point_dir / name).exists():
-            (point_dir / name).replace(dest / name)
+        if (paths.root / name).exists():
+            (paths.root / name).replace(dest / name)
             moved.append(name)
-    return {"from": str(point_dir), "to": str(dest), "moved": moved}
+    return {"from": str(paths.root), "to": str(dest), "moved": moved}

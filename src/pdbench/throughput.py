@@ -1,6 +1,6 @@
 """Decode throughput per GPU from SGLang logs and torch-profiler traces.
 
-The number (DESIGN.md section 5, the runbook's method)::
+The number (the runbook's method; ``docs/method.md``)::
 
     tokens/s/GPU = global batch / step seconds / decode GPUs   (x accept length, speculative)
 

@@ -430,7 +430,7 @@ def decode_node_pid(chain: Chain, rank: int) -> int:
 
 def swept(text: str) -> set[str]:
     return {m.split(f"/{POINT}/", 1)[-1] for m in
-            re.findall(r"pdbench: removed stale marker (\S+)", text)}
+            re.findall(r"pdbench: stale marker (\S+): its stage runs again", text)}
 
 
 # ------------------------------------------------------------------------------ tests
@@ -468,7 +468,7 @@ def test_full_chain_matches_ground_truth_and_leaves_nothing(completed):
     slurm_logs = list((chain.dir / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert slurm_logs, "no Slurm job ran"
     for log in slurm_logs:
-        assert "removed stale marker" not in log.read_text(), log
+        assert "stale marker" not in log.read_text(), log
     assert (chain.point / "allocation.json").exists()
 
 
@@ -497,6 +497,44 @@ def test_render_shows_exactly_what_ran(completed, monkeypatch):
             f"#!/usr/bin/env bash\n{srun}\n", server
         compared += 2
     assert compared == 8
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and directory under ``root``: (size, mtime_ns); what a change shows."""
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1,
+                                        p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_dry_run_and_lint_on_a_live_tree_change_nothing(make_chain):
+    """Servers of a point run (the run stopped after the router); one decode node dies.
+    `snakemake -n`, `--lint`, `--summary` and `--unlock` then show what would run again,
+    and change no file, directory, Slurm step or process."""
+    chain = make_chain("dryrun")
+    target = f"results/{EXPERIMENT}/report.html"
+    rc, text, _ = chain.run("--until", "router", target)
+    assert rc == 0, text[-6000:]
+    decode = json.loads((chain.point / "ready" / "decode.json").read_text())
+    os.kill(decode_node_pid(chain, 1), signal.SIGKILL)
+    deadline = time.monotonic() + 60  # node 0 notices the lost node and the step ends
+    while any(s.startswith(f"{decode['step_id']} ") for s in chain.slurm_steps()):
+        assert time.monotonic() < deadline, chain.slurm_steps()
+        time.sleep(1)
+    before = (tree_state(chain.dir / "results"), chain.slurm_steps(), chain.slurm_jobs(),
+              sorted(chain.processes()))
+    assert before[1], "the other servers' steps should still run"
+    outputs = {}
+    for mode in (["-n", target], ["--lint"], ["--summary", target], ["--unlock"]):
+        proc = subprocess.run(chain.argv(*mode), cwd=chain.dir, env=chain.env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outputs[mode[0]] = proc.stdout + proc.stderr
+        after = (tree_state(chain.dir / "results"), chain.slurm_steps(), chain.slurm_jobs(),
+                 sorted(chain.processes()))
+        assert after == before, f"snakemake {' '.join(mode)} changed something"
+    dry = outputs["-n"]
+    assert f"stale marker results/{EXPERIMENT}/{POINT}/ready/decode.json" in dry
+    assert "rule sweep:" in dry and "rule decode_server:" in dry, dry[-4000:]
 
 
 def test_dead_decode_node_fails_fast_then_rerun_completes(make_chain):

@@ -4,16 +4,18 @@
 rule allocation:
     input:
         previous=get_allocation_predecessor,
+        sweep=after_sweep(str(PT.allocation)),
     output:
-        allocation=f"{RESULTS}/{{experiment}}/{{point}}/allocation.json",
+        allocation=str(PT.allocation),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/allocation.log",
+        str(PT.stage_log("allocation")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
+        point_dir=point_dir,
         adopt=get_adopt_option,
     shell:
-        "pdbench allocate --config {params.config} --experiment {wildcards.experiment}"
-        " --point {wildcards.point} {params.adopt} --out {output.allocation} > /dev/null 2> {log}"
+        "pdbench allocate --config {params.config} --point-dir {params.point_dir}"
+        " {params.adopt} > /dev/null 2> {log}"

@@ -1,6 +1,8 @@
 # Helpers shared by every stage: the validated config, the grid, and paths.
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -8,7 +10,8 @@ from snakemake.exceptions import WorkflowError
 from pdbench import config as pdconfig
 from pdbench import runstate
 from pdbench.errors import ConfigError
-from pdbench.teardown import sweep_stale
+from pdbench.layout import ResultsPaths
+from pdbench.teardown import plan_sweep, stale_paths
 
 try:
     CFG = pdconfig.validate(config, source="config")
@@ -16,35 +19,64 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 POINTS = pdconfig.grid_points(CFG)
-RESULTS = "results"
+# Every path under results/ comes from pdbench.layout; PT and EXP are its templates
+# for a point and an experiment, with the rules' wildcards as names.
+RES = ResultsPaths(Path("results"))
+RESULTS = str(RES.root)
+PT = RES.point("{experiment}", "{point}")
+EXP = RES.experiment("{experiment}")
 # The validated, merged config (config/config.yaml plus any --configfile/--config) is
-# what every pdbench command of this run reads; one stable path, rewritten when changed.
-CONFIG_FILE = pdconfig.write_resolved(CFG, f"{RESULTS}/.pdbench/config.json")
+# what every pdbench command of this run reads; one stable path, written by onstart
+# (a real run only, once Snakemake holds its lock), rewritten when changed.
+CONFIG_FILE = str(RES.config)
 # Snakemake started inside `salloc`: adopt that allocation. Read now, before the Slurm
 # executor plugin removes SLURM_* from the environment.
 ADOPT_JOB_ID = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
 
 KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"] else ""
 
-# Markers of allocations or servers that are gone are removed before the DAG is built,
-# so Snakemake re-creates them; markers of live things are kept and reused. Only the
-# main Snakemake sweeps: jobs submitted to Slurm parse this file too, on a node where
-# the srun clients that keep the servers' steps alive are not visible.
-if workflow.is_main_process:
-    # A failure recorded by the previous run (pdbench.runstate) does not stop this one.
+# Parse time only reads, whatever the mode (-n, --lint, --summary, --report, --unlock,
+# or a run that Snakemake's lock will refuse): the liveness sweep is planned here
+# (squeue, pids, marker files) and carried out by the `sweep` job of a real run, which
+# every stage whose marker is stale depends on, so that stage and what follows it run
+# again. Markers of live things are kept, so a restarted Snakemake reuses the running
+# servers. Only the main Snakemake plans: jobs submitted to Slurm parse this file too,
+# on a node where the srun clients that keep the servers' steps alive are not visible.
+SWEEP_PLAN = plan_sweep(RESULTS) if workflow.is_main_process else {"points": []}
+STALE = set(stale_paths(SWEEP_PLAN))
+SWEEP_RECORD = str(
+    RES.sweep_record(f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}")
+)
+for _point in SWEEP_PLAN["points"]:
+    for _marker in _point["stale"]:
+        print(f"pdbench: stale marker {_marker}: its stage runs again", file=sys.stderr)
+    if _point["set_aside"]:
+        print(
+            f"pdbench: the servers of {_point['point_dir']} are gone before its"
+            " measurement finished: its fill, profile, bench and logs go to attempts/"
+            " and the measurement starts again on new servers",
+            file=sys.stderr,
+        )
+
+
+def prepare_run():
+    """onstart (a real run, lock held, before any job): write the resolved config and
+    clear the failure a previous run recorded (pdbench.runstate)."""
+    pdconfig.write_resolved(CFG, CONFIG_FILE)
     runstate.start_run(
         RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
     )
-    _swept = sweep_stale(RESULTS)
-    for _removed in _swept["removed"]:
-        print(f"pdbench: removed stale marker {_removed}", file=sys.stderr)
-    for _aside in _swept["set_aside"]:
-        print(
-            f"pdbench: the servers of {_aside['from']} are gone before its measurement"
-            f" finished: moved its {', '.join(_aside['moved'])} to {_aside['to']};"
-            " the measurement starts again on new servers",
-            file=sys.stderr,
-        )
+
+
+def after_sweep(*outputs):
+    """Input function: the sweep job, for a rule one of whose ``outputs`` (path
+    templates) is a stale marker; nothing otherwise."""
+
+    def inputs(wildcards):
+        paths = {out.format(**dict(wildcards.items())) for out in outputs}
+        return [SWEEP_RECORD] if paths & STALE else []
+
+    return inputs
 
 
 wildcard_constraints:
@@ -52,14 +84,19 @@ wildcard_constraints:
     point=r"p[1-3](-eplb_(static|online))?",
     group=r"[1-3]",
     snapshot=r"[1-9]\d*",
+    run=r"\d{8}T\d{6}Z-\d+",
 
 
 def get_point(wildcards):
     return pdconfig.find_point(CFG, wildcards.experiment, wildcards.point)
 
 
+def point_paths(wildcards):
+    return RES.point(wildcards.experiment, wildcards.point)
+
+
 def get_final_output():
-    return [f"{RESULTS}/{exp}/report.html" for exp in pdconfig.experiments(CFG)]
+    return [str(RES.experiment(exp).report) for exp in pdconfig.experiments(CFG)]
 
 
 def get_experiment_points(wildcards):
@@ -68,16 +105,16 @@ def get_experiment_points(wildcards):
 
 def get_point_csvs(wildcards):
     return [
-        f"{RESULTS}/{p.experiment}/{p.name}/throughput.csv"
+        str(RES.point(p.experiment, p.name).throughput)
         for p in get_experiment_points(wildcards)
     ]
 
 
 def get_prefill_ready(wildcards):
     point = get_point(wildcards)
+    paths = point_paths(wildcards)
     return [
-        f"{RESULTS}/{wildcards.experiment}/{wildcards.point}/ready/prefill-{g}.json"
-        for g in range(1, point.prefill_groups + 1)
+        str(paths.ready(f"prefill-{g}")) for g in range(1, point.prefill_groups + 1)
     ]
 
 
@@ -86,7 +123,7 @@ def get_previous_snapshot(wildcards):
     k = int(wildcards.snapshot)
     if k == 1:
         return []
-    return f"{RESULTS}/{wildcards.experiment}/{wildcards.point}/profile/{k - 1}/snapshot.json"
+    return str(point_paths(wildcards).snapshot(k - 1))
 
 
 def get_allocation_predecessor(wildcards):
@@ -94,7 +131,7 @@ def get_allocation_predecessor(wildcards):
     previous, _ = pdconfig.allocation_neighbours(CFG, get_point(wildcards))
     if previous is None:
         return []
-    return f"{RESULTS}/{previous.experiment}/{previous.name}/teardown.json"
+    return str(RES.point(previous.experiment, previous.name).teardown)
 
 
 def get_adopt_option(wildcards):
@@ -102,11 +139,9 @@ def get_adopt_option(wildcards):
 
 
 def get_snapshots(wildcards):
-    return [
-        f"{RESULTS}/{wildcards.experiment}/{wildcards.point}/profile/{k}/snapshot.json"
-        for k in range(1, CFG["profile"]["snapshots"] + 1)
-    ]
+    paths = point_paths(wildcards)
+    return [str(paths.snapshot(k)) for k in range(1, CFG["profile"]["snapshots"] + 1)]
 
 
 def point_dir(wildcards):
-    return f"{RESULTS}/{wildcards.experiment}/{wildcards.point}"
+    return str(point_paths(wildcards).root)

@@ -4,11 +4,12 @@
 # The client starts with the servers and imports while they load; the fill lets it go.
 rule bench_client:
     input:
-        plan=ancient(f"{RESULTS}/{{experiment}}/{{point}}/plan.json"),
+        plan=ancient(str(PT.plan)),
+        sweep=after_sweep(str(PT.client)),
     output:
-        client=f"{RESULTS}/{{experiment}}/{{point}}/bench/client.json",
+        client=str(PT.client),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/start-client.log",
+        str(PT.stage_log("start-client")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -17,18 +18,18 @@ rule bench_client:
         point_dir=point_dir,
     shell:
         "pdbench start-client --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.client} > /dev/null 2> {log}"
+        " > /dev/null 2> {log}"
 
 
 rule fill:
     input:
-        router=f"{RESULTS}/{{experiment}}/{{point}}/ready/router.json",
-        client=f"{RESULTS}/{{experiment}}/{{point}}/bench/client.json",
+        router=str(PT.ready("router")),
+        client=str(PT.client),
     output:
-        filled=f"{RESULTS}/{{experiment}}/{{point}}/fill/filled.json",
-        curve=f"{RESULTS}/{{experiment}}/{{point}}/fill/curve.csv",
+        filled=str(PT.filled),
+        curve=str(PT.fill_curve),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/fill.log",
+        str(PT.stage_log("fill")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -37,16 +38,16 @@ rule fill:
         point_dir=point_dir,
     shell:
         "pdbench fill --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.filled} > /dev/null 2> {log}"
+        " > /dev/null 2> {log}"
 
 
 rule release:
     input:
-        filled=f"{RESULTS}/{{experiment}}/{{point}}/fill/filled.json",
+        filled=str(PT.filled),
     output:
-        released=f"{RESULTS}/{{experiment}}/{{point}}/fill/released.json",
+        released=str(PT.released),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/release.log",
+        str(PT.stage_log("release")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -55,4 +56,4 @@ rule release:
         point_dir=point_dir,
     shell:
         "pdbench release --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.released} > /dev/null 2> {log}"
+        " > /dev/null 2> {log}"

@@ -3,12 +3,16 @@
 
 rule node_list:
     input:
-        allocation=ancient(f"{RESULTS}/{{experiment}}/{{point}}/allocation.json"),
+        allocation=ancient(str(PT.allocation)),
+        sweep=after_sweep(
+            str(PT.env_sh),
+            str(PT.plan),
+        ),
     output:
-        env_sh=f"{RESULTS}/{{experiment}}/{{point}}/node_list_env.sh",
-        plan=f"{RESULTS}/{{experiment}}/{{point}}/plan.json",
+        env_sh=str(PT.env_sh),
+        plan=str(PT.plan),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/node_list.log",
+        str(PT.stage_log("node_list")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"

@@ -4,13 +4,13 @@
 
 rule profile_snapshot:
     input:
-        released=f"{RESULTS}/{{experiment}}/{{point}}/fill/released.json",
+        released=str(PT.released),
         previous=get_previous_snapshot,
-        decode=ancient(f"{RESULTS}/{{experiment}}/{{point}}/ready/decode.json"),
+        decode=ancient(str(PT.ready("decode"))),
     output:
-        snapshot=f"{RESULTS}/{{experiment}}/{{point}}/profile/{{snapshot}}/snapshot.json",
+        snapshot=str(PT.snapshot("{snapshot}")),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/profile-{{snapshot}}.log",
+        str(PT.stage_log("profile-{snapshot}")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -19,16 +19,16 @@ rule profile_snapshot:
         point_dir=point_dir,
     shell:
         "pdbench snapshot --config {params.config} --point-dir {params.point_dir}"
-        " --snapshot {wildcards.snapshot} --out {output.snapshot} > /dev/null 2> {log}"
+        " --snapshot {wildcards.snapshot} > /dev/null 2> {log}"
 
 
 rule bench_result:
     input:
         snapshots=get_snapshots,
     output:
-        jsonl=f"{RESULTS}/{{experiment}}/{{point}}/bench/bench.jsonl",
+        jsonl=str(PT.bench),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/bench-result.log",
+        str(PT.stage_log("bench-result")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -37,17 +37,17 @@ rule bench_result:
         point_dir=point_dir,
     shell:
         "pdbench bench-result --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.jsonl} > /dev/null 2> {log}"
+        " > /dev/null 2> {log}"
 
 
 rule teardown:
     input:
         snapshots=get_snapshots,
-        bench=f"{RESULTS}/{{experiment}}/{{point}}/bench/bench.jsonl",
+        bench=str(PT.bench),
     output:
-        teardown=f"{RESULTS}/{{experiment}}/{{point}}/teardown.json",
+        teardown=str(PT.teardown),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/teardown.log",
+        str(PT.stage_log("teardown")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -56,4 +56,4 @@ rule teardown:
         point_dir=point_dir,
     shell:
         "pdbench teardown --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.teardown} > /dev/null 2> {log}"
+        " > /dev/null 2> {log}"

@@ -3,11 +3,11 @@
 
 rule report:
     input:
-        csv=f"{RESULTS}/{{experiment}}/throughput.csv",
+        csv=str(EXP.throughput),
     output:
-        html=f"{RESULTS}/{{experiment}}/report.html",
+        html=str(EXP.report),
     log:
-        f"{RESULTS}/{{experiment}}/logs/report.log",
+        str(EXP.stage_log("report")),
     conda:
         "../../envs/pdbench.yaml"
     params:

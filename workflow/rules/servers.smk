@@ -4,11 +4,12 @@
 
 rule prefill_server:
     input:
-        plan=ancient(f"{RESULTS}/{{experiment}}/{{point}}/plan.json"),
+        plan=ancient(str(PT.plan)),
+        sweep=after_sweep(str(PT.ready("prefill-{group}"))),
     output:
-        ready=f"{RESULTS}/{{experiment}}/{{point}}/ready/prefill-{{group}}.json",
+        ready=str(PT.ready("prefill-{group}")),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/launch-prefill-{{group}}.log",
+        str(PT.stage_log("launch-prefill-{group}")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -17,16 +18,17 @@ rule prefill_server:
         point_dir=point_dir,
     shell:
         "pdbench launch --config {params.config} --point-dir {params.point_dir}"
-        " --server prefill-{wildcards.group} --out {output.ready} > /dev/null 2> {log}"
+        " --server prefill-{wildcards.group} > /dev/null 2> {log}"
 
 
 rule decode_server:
     input:
-        plan=ancient(f"{RESULTS}/{{experiment}}/{{point}}/plan.json"),
+        plan=ancient(str(PT.plan)),
+        sweep=after_sweep(str(PT.ready("decode"))),
     output:
-        ready=f"{RESULTS}/{{experiment}}/{{point}}/ready/decode.json",
+        ready=str(PT.ready("decode")),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/launch-decode.log",
+        str(PT.stage_log("launch-decode")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -35,17 +37,18 @@ rule decode_server:
         point_dir=point_dir,
     shell:
         "pdbench launch --config {params.config} --point-dir {params.point_dir}"
-        " --server decode --out {output.ready} > /dev/null 2> {log}"
+        " --server decode > /dev/null 2> {log}"
 
 
 rule router:
     input:
         prefill=get_prefill_ready,
-        decode=f"{RESULTS}/{{experiment}}/{{point}}/ready/decode.json",
+        decode=str(PT.ready("decode")),
+        sweep=after_sweep(str(PT.ready("router"))),
     output:
-        ready=f"{RESULTS}/{{experiment}}/{{point}}/ready/router.json",
+        ready=str(PT.ready("router")),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/launch-router.log",
+        str(PT.stage_log("launch-router")),
     localrule: True
     conda:
         "../../envs/pdbench.yaml"
@@ -54,4 +57,4 @@ rule router:
         point_dir=point_dir,
     shell:
         "pdbench launch --config {params.config} --point-dir {params.point_dir}"
-        " --server router --out {output.ready} > /dev/null 2> {log}"
+        " --server router > /dev/null 2> {log}"

@@ -6,12 +6,12 @@
 rule point_throughput:
     input:
         snapshots=get_snapshots,
-        bench=f"{RESULTS}/{{experiment}}/{{point}}/bench/bench.jsonl",
-        teardown=f"{RESULTS}/{{experiment}}/{{point}}/teardown.json",
+        bench=str(PT.bench),
+        teardown=str(PT.teardown),
     output:
-        csv=f"{RESULTS}/{{experiment}}/{{point}}/throughput.csv",
+        csv=str(PT.throughput),
     log:
-        f"{RESULTS}/{{experiment}}/{{point}}/logs/throughput.log",
+        str(PT.stage_log("throughput")),
     conda:
         "../../envs/pdbench.yaml"
     params:
@@ -19,16 +19,16 @@ rule point_throughput:
         point_dir=point_dir,
     shell:
         "pdbench point-throughput --config {params.config} --point-dir {params.point_dir}"
-        " --out {output.csv} > /dev/null 2> {log}"
+        " > /dev/null 2> {log}"
 
 
 rule experiment_throughput:
     input:
         csvs=get_point_csvs,
     output:
-        csv=f"{RESULTS}/{{experiment}}/throughput.csv",
+        csv=str(EXP.throughput),
     log:
-        f"{RESULTS}/{{experiment}}/logs/throughput.log",
+        str(EXP.stage_log("throughput")),
     conda:
         "../../envs/pdbench.yaml"
     shell:

@@ -11,9 +11,9 @@ ignored, so a client ``profile_id`` before 0.5.15 is not used); ``/server_info``
 ``--cuda-graph-bs`` from 0.5.20, removed values such as ``cutlass_mla``); and the
 ``--attn-dp-size`` deprecation of ``--enable-dp-attention`` (0.5.22).
 
-The rest is emulator-only spelling, from ``reference/sglang.md`` §4-§5; a change the
-reference dates but does not tie to a release is placed at the first release after that
-date (marked "dated"):
+The rest is emulator-only spelling, from SGLang's log and trace history (the PRs and dates
+in ``docs/sglang-formats.md``); a change known by its merge date but not tied to a release
+is placed at the first release after that date (marked "dated"):
 
 | change                                                          | first version |
 |-----------------------------------------------------------------|---------------|
@@ -33,8 +33,10 @@ date (marked "dated"):
 | ``#optimistic-req`` on PD prefill lines (dated 2026-07-12)      | 0.5.16        |
 | ``profile_by_stage`` works on PD decode; ``/ready``; no ``/get_load`` | 0.5.23  |
 
-0.5.17 was compared with the real 0.5.17 output in ``fixtures/h200-sglang-0.5.17-*``, 0.5.5
-with ``fixtures/gb200-ep48-fp4-decode``, 0.5.3 with the runbook's lines.
+0.5.17 was compared with real SGLang 0.5.17 output recorded on an H200 (a toy model: plain,
+fill/release and PD runs), 0.5.5 with a v0.5.5.post2 GB200 EP48 decode log and its traces
+(public: shifangx/Scripts-SGLang, commit 481e976), 0.5.3 with the runbook's example lines
+(2025-10, the README_CN.md of that repository).
 """
 
 from __future__ import annotations
@@ -220,7 +222,7 @@ class Dialect:
         return self.base.start_profile_keys
 
     def captured_steps(self, num_steps: int, start_step_given: bool) -> int:
-        """Batches a ``num_steps`` profile captures (sglang.md §5.3)."""
+        """Batches a ``num_steps`` profile captures (N-1 before sglang #30215, 2026-07-10)."""
         if start_step_given or not self.base.profile_captures_one_less:
             return num_steps
         return max(num_steps - 1, 0)

@@ -1,9 +1,9 @@
 """Torch-profiler (Kineto) traces of emulated steps, in the layout torch writes.
 
-The file is gzip-compressed Chrome trace JSON laid out as Kineto writes it (compare
-``fixtures/*/…trace.json.gz``): a header with ``schemaVersion``, ``deviceProperties``,
-``distributedInfo``, ``baseTimeNanoseconds``, then ``"traceEvents": [`` with one event per
-block (``\\n  {`` … ``\\n  }``), then ``traceName``.
+The file is gzip-compressed Chrome trace JSON laid out as Kineto writes it (compare a real
+SGLang trace, e.g. the v0.5.5.post2 GB200 traces in shifangx/Scripts-SGLang): a header with
+``schemaVersion``, ``deviceProperties``, ``distributedInfo``, ``baseTimeNanoseconds``, then
+``"traceEvents": [`` with one event per block (``\\n  {`` … ``\\n  }``), then ``traceName``.
 
 Per captured step (timestamps are the emulator's own step boundaries, in microseconds of
 the node-0 monotonic clock, so a test knows the true period of every step):
