@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 
-from pdbench.fill import FillTracker, fill_status
+from pdbench.filltrack import FillTracker, fill_status
 from pdbench.loglines import iter_log
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdbench import config, drive, runstate, slurm, teardown
+from pdbench import config, profile, runstate, servers, slurm, sweep, teardown
 from pdbench.context import PointContext
-from pdbench.drive import LogFollower, StageError, collect_bench
+from pdbench.client import collect_bench
+from pdbench.errors import StageError
+from pdbench.loglines import LogFollower
 from pdbench.layout import PointPaths, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,11 +108,12 @@ class FakeCluster:
         monkeypatch.setattr(slurm, "job_info", lambda job_id: slurm.JobInfo(
             job_id, "RUNNING" if job_id in self.jobs else "GONE", "", ""))
         monkeypatch.setattr(slurm, "cancel", self.cancelled.append)
-        monkeypatch.setattr(teardown, "listed_steps", lambda job_id: set(self.steps))
-        monkeypatch.setattr(teardown, "server_alive",
+        monkeypatch.setattr(sweep, "listed_steps", lambda job_id: set(self.steps))
+        monkeypatch.setattr(servers, "server_alive",
                             lambda m, listed=None: m["step_id"] in self.steps)
-        monkeypatch.setattr(teardown, "stop_step",
-                            lambda job_id, m: self.stopped.append(m["step_id"]))
+        for module in (sweep, teardown):
+            monkeypatch.setattr(module, "stop_step",
+                                lambda job_id, m: self.stopped.append(m["step_id"]))
 
 
 def point_with_servers(root: Path, *, client_go: bool = False, filled: bool = False) -> Path:
@@ -134,7 +137,7 @@ def test_sweep_restarts_only_a_failed_client_on_live_servers(tmp_path, monkeypat
                                                              client_go, client_steps):
     point = point_with_servers(tmp_path, client_go=client_go)
     cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.1", "7.2", *client_steps})
-    swept = teardown.sweep_stale(tmp_path)
+    swept = sweep.sweep_stale(tmp_path)
     assert swept["removed"] == [str(point / "bench" / "client.json")]
     assert swept["set_aside"] == []
     assert cluster.stopped == sorted(client_steps)  # a client still running is stopped
@@ -145,14 +148,14 @@ def test_sweep_restarts_only_a_failed_client_on_live_servers(tmp_path, monkeypat
 def test_sweep_keeps_a_held_client_and_live_servers(tmp_path, monkeypatch):
     point_with_servers(tmp_path)
     cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.1", "7.2", "7.3"})
-    assert teardown.sweep_stale(tmp_path) == {"removed": [], "set_aside": []}
+    assert sweep.sweep_stale(tmp_path) == {"removed": [], "set_aside": []}
     assert cluster.stopped == []
 
 
 def test_sweep_restarts_everything_when_a_server_died_mid_measurement(tmp_path, monkeypatch):
     point = point_with_servers(tmp_path, client_go=True)
     cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.2", "7.3"})  # decode (7.1) is gone
-    swept = teardown.sweep_stale(tmp_path)
+    swept = sweep.sweep_stale(tmp_path)
     assert {Path(p).name for p in swept["removed"]} == {
         "prefill-1.json", "decode.json", "router.json", "client.json"}
     assert sorted(cluster.stopped) == ["7.0", "7.2", "7.3"]  # the gone step is not touched
@@ -166,7 +169,7 @@ def test_sweep_of_a_gone_allocation_removes_its_plan_and_markers(tmp_path, monke
     point = point_with_servers(tmp_path, filled=True)
     write_json(point / "bench" / "bench.jsonl", {"completed": 1})  # a finished measurement
     FakeCluster(monkeypatch, set(), set())
-    swept = teardown.sweep_stale(tmp_path)
+    swept = sweep.sweep_stale(tmp_path)
     assert {Path(p).name for p in swept["removed"]} == {
         "allocation.json", "plan.json", "prefill-1.json", "decode.json", "router.json"}
     assert swept["set_aside"] == []
@@ -189,9 +192,9 @@ def test_stop_all_keeps_servers_when_asked(tmp_path, monkeypatch, keep):
 
 def test_first_snapshot_interval_counts_from_the_release_request(ctx):
     write_json(ctx.paths.filled, {"release_requested_at": "2026-01-01T00:00:00.000+00:00"})
-    assert drive._interval_start(ctx, 1) == 1767225600.0
+    assert profile.interval_start(ctx, 1) == 1767225600.0
     write_json(ctx.paths.snapshot(1), {})
-    assert drive._interval_start(ctx, 2) == ctx.paths.snapshot(1).stat().st_mtime
+    assert profile.interval_start(ctx, 2) == ctx.paths.snapshot(1).stat().st_mtime
 
 
 def test_a_failed_stage_stops_the_other_waits_of_its_run(tmp_path):

@@ -60,7 +60,7 @@ def cmd_throughput(args) -> None:
 
 
 def cmd_fill_status(args) -> None:
-    from .fill import fill_status
+    from .filltrack import fill_status
 
     _dump(
         fill_status(
@@ -90,21 +90,19 @@ def cmd_plan(args) -> None:
     from . import config, topology
     from .layout import read_json, write_text
 
+    from .nodes import plan_of_allocation
+
     cfg = config.load(args.config)
     point = config.find_point(cfg, args.experiment, args.point)
-    addresses = None
+    addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
     if args.allocation:
-        allocation = read_json(args.allocation)
         try:
-            nodes = topology.expand_nodelist(allocation["nodelist"])
-            addresses = allocation.get("addresses")
-        except (KeyError, TypeError):
-            raise InputError(f"{args.allocation}: no 'nodelist' in the allocation record") from None
+            plan = plan_of_allocation(cfg, point, read_json(args.allocation), addresses)
+        except InputError as exc:
+            raise InputError(f"{args.allocation}: {exc}") from None
     else:
-        nodes = topology.expand_nodelist(args.nodelist)
-    if args.address:
-        addresses = {**(addresses or {}), **dict(a.split("=", 1) for a in args.address)}
-    plan = topology.plan(point, nodes, cfg["ports"], addresses)
+        plan = topology.plan(point, topology.expand_nodelist(args.nodelist), cfg["ports"],
+                             addresses)
     if args.env_sh:
         write_text(args.env_sh, plan.to_env_sh())
     if args.json_out:
@@ -149,6 +147,12 @@ def cmd_allocate(args) -> None:
                    queue_timeout_s=args.queue_timeout))
 
 
+def cmd_node_list(args) -> None:
+    from .nodes import node_list
+
+    _dump(node_list(_point(args)).to_dict())
+
+
 def cmd_launch(args) -> None:
     from .servers import launch_router, launch_server
 
@@ -160,51 +164,41 @@ def cmd_launch(args) -> None:
 
 
 def cmd_start_client(args) -> None:
-    from .drive import start_client
+    from .client import start_client
 
     _dump(start_client(_point(args)))
 
 
 def cmd_fill(args) -> None:
-    from .drive import run_fill
+    from .fill import run_fill
 
     _dump(run_fill(_point(args)))
 
 
 def cmd_release(args) -> None:
-    from .drive import run_release
+    from .fill import run_release
 
     _dump(run_release(_point(args)))
 
 
 def cmd_snapshot(args) -> None:
-    from .drive import take_snapshot
+    from .profile import take_snapshot
 
     _dump(take_snapshot(_point(args), args.snapshot))
 
 
 def cmd_bench_result(args) -> None:
-    from .drive import collect_bench
+    from .client import collect_bench
 
     _dump(collect_bench(_point(args)))
 
 
 def cmd_teardown(args) -> None:
-    from .drive import stop_point
     from .layout import write_json
+    from .teardown import teardown_point
 
     ctx = _point(args)
-    if ctx.cfg["site"]["keep_allocation"]:
-        # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
-        result = {"kept": True, "stopped_steps": [], "cancelled_job": None}
-    else:
-        from .config import allocation_neighbours
-
-        # With site.reuse_allocation the next point of the same size adopts the holder.
-        _, successor = allocation_neighbours(ctx.cfg, ctx.point)
-        result = stop_point(ctx, release_allocation=successor is None)
-        if successor is not None:
-            result["allocation_passed_to"] = f"{successor.experiment}/{successor.name}"
+    result = teardown_point(ctx)
     write_json(ctx.paths.teardown, result)
     _dump(result)
 
@@ -250,7 +244,7 @@ def cmd_stop_all(args) -> None:
 
 def cmd_sweep(args) -> None:
     from .layout import write_json
-    from .teardown import apply_sweep, plan_sweep
+    from .sweep import apply_sweep, plan_sweep
 
     plan = plan_sweep(args.results)
     if args.only is not None:
@@ -327,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adopt", type=int, metavar="JOBID", help="adopt this running allocation")
     p.add_argument("--queue-timeout", type=float, default=24 * 3600.0, metavar="S")
 
+    point_cmd("node-list", cmd_node_list, "node_list_env.sh and plan.json of the allocation")
     p = point_cmd("launch", cmd_launch, "start a server or the router and wait until ready")
     p.add_argument("--server", required=True, help="prefill-G, decode or router")
     point_cmd("start-client", cmd_start_client,

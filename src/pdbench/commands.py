@@ -32,11 +32,10 @@ from typing import Any, NamedTuple
 from .config import Point, decode_server_args, prefill_server_args
 from .dialects import Dialect, dialect_for
 from .errors import ConfigError
+from .layout import PointPaths, node_log_name
 from .topology import NodePlan
 
 # Where the servers' fallback directories go under a point's shared directory.
-PROFILER_SUBDIR = "profile"
-EXPERT_DISTRIBUTION_SUBDIR = "expert_distribution"
 
 # Options the EPLB mode of a point sets; a server_args value for them would be rendered
 # twice, so the EPLB value replaces it.
@@ -202,8 +201,9 @@ def server_env(
         env["FLASHINFER_WORKSPACE_BASE"] = str(base / "flashinfer")
     if shared_dir is not None:
         base = Path(shared_dir)
-        env["SGLANG_TORCH_PROFILER_DIR"] = str(base / PROFILER_SUBDIR)
-        env["SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"] = str(base / EXPERT_DISTRIBUTION_SUBDIR)
+        point = PointPaths(base)
+        env["SGLANG_TORCH_PROFILER_DIR"] = str(point.profiler_dir)
+        env["SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"] = str(point.expert_distribution_dir)
     return env
 
 
@@ -224,11 +224,6 @@ def missing_secrets(cfg: Mapping, environ: Mapping[str, str] | None = None) -> l
     """Names in ``site.secret_env`` that are unset or empty in ``environ`` (os.environ)."""
     environ = os.environ if environ is None else environ
     return [name for name in cfg["site"].get("secret_env", []) if not environ.get(name)]
-
-
-def server_log_name(role_name: str, rank: int) -> str:
-    """File name of one server node's log (the runbook's ``…_node_rank_N.log``)."""
-    return f"{role_name}_node_rank_{rank}.log"
 
 
 def node_launcher_script(
@@ -286,7 +281,7 @@ def node_launcher_script(
             )
         command = render_shell(argv)
         if log_dir is not None:
-            log = Path(log_dir) / server_log_name(role_name, rank)
+            log = Path(log_dir) / node_log_name(role_name, rank)
             lines += [
                 f"    mkdir -p {q(str(log_dir))}",
                 f"    printf 'pdbench: %s node rank %s on %s, log %s\\n' {q(role_name)} {rank} "
@@ -676,8 +671,6 @@ def curl_argv(request: ControlRequest | Sequence, *, timeout_s: float = 60) -> l
 __all__ = [
     "CONTROL_KINDS",
     "ControlRequest",
-    "EXPERT_DISTRIBUTION_SUBDIR",
-    "PROFILER_SUBDIR",
     "client_argv",
     "control_request",
     "curl_argv",
@@ -687,6 +680,5 @@ __all__ = [
     "router_argv",
     "server_argvs",
     "server_env",
-    "server_log_name",
     "srun_argv",
 ]

@@ -11,3 +11,7 @@ class ConfigError(PdbenchError):
 
 class InputError(PdbenchError):
     """A log, trace or other input file is unusable; the message names the file."""
+
+
+class StageError(PdbenchError):
+    """A stage of a grid point could not do its part; the message says what it saw."""

@@ -1,150 +1,203 @@
-"""Fill detection: is every decode DP rank's batch full, stuck, or still growing?
+"""Stage: fill the decode batch, and release it (rules ``fill`` and ``release``).
 
-While ``/slow_down`` holds decode, each forward logs one ``Decode batch`` line per rank
-(``--decode-log-interval 1``) and one ``Scheduler.run_batch sleep`` line. The fill ends
-when one of these holds:
-
-* **reached** - every expected rank's ``#running-req`` is at least
-  ``ceil(target x target_fraction)`` (target = max_running_requests // dp);
-* **plateaued** - every rank has either reached the threshold or has not grown for
-  ``plateau_forwards`` consecutive decode lines while requests are still queued
-  (``#queue-req`` > 0). SGLang 0.5.17 stays at 63 of 64 this way when the filling prefill
-  is chunked (fixtures: h200-sglang-0.5.17-fill-release/stuck-at-63), so waiting for the
-  exact target can hang;
-* otherwise the caller's timeout says why not.
-
-``sleeping`` tells whether a rank is still under slow_down: a sleep line among its two
-latest records (after release, decode lines follow each other with no sleep between).
+The runbook's steps 6-9: ``/slow_down`` on decode, the held benchmark client let go,
+every decode rank's ``#running-req`` followed in the logs until the batch is full
+(``reached``), stuck below the target with requests queued (``plateaued``) or the
+configured time is up (``timeout``); then ``/slow_down null`` at once, and the release
+stage confirms from the logs that every rank decodes without sleeps again. What a log
+record means for the fill (full, stuck, sleeping, running freely) is defined in
+:mod:`pdbench.filltrack`.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import math
-import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import time
+from pathlib import Path
 
-from .loglines import iter_log
-from .throughput import rank_key
+from . import commands, slurm
+from .client import dead_message, let_client_go
+from .context import PointContext, progress
+from .errors import PdbenchError, StageError
+from .filltrack import FillTracker, release_requested
+from .http import call
+from .layout import read_json, write_json
+from .loglines import LogFollower
+from .servers import check_servers
+from .wait import wait_for
 
-
-@dataclass
-class RankFill:
-    running_req: int | None = None
-    queue_req: int | None = None
-    max_running_req: int = 0
-    level_forwards: int = 0  # consecutive decode lines without growth
-    decode_lines: int = 0
-    sleeps: int = 0
-    recent: list[str] = field(default_factory=list)  # kinds of the latest two records
-    last_time: str | None = None
-
-    def feed(self, record: dict) -> None:
-        kind = record["kind"]
-        if kind == "decode":
-            running = int(record["running_req"])
-            if self.running_req is not None and running <= self.max_running_req:
-                self.level_forwards += 1
-            else:
-                self.level_forwards = 0
-            self.running_req = running
-            self.max_running_req = max(self.max_running_req, running)
-            self.queue_req = record.get("queue_req")
-            self.decode_lines += 1
-            self.last_time = record.get("time")
-        elif kind == "slow_down":
-            self.sleeps += 1
-        else:
-            return
-        self.recent = (self.recent + [kind])[-2:]
-
-    @property
-    def sleeping(self) -> bool:
-        return "slow_down" in self.recent
+CURVE_EVERY_S = 5.0
 
 
-class FillTracker:
-    """Consumes parsed log records (in order per rank) and reports the fill state."""
-
-    def __init__(self, target: int, *, ranks: int | None = None, target_fraction: float = 1.0,
-                 plateau_forwards: int = 10) -> None:
-        if target < 1:
-            raise ValueError(f"target batch per rank must be >= 1, got {target}")
-        self.target = target
-        self.threshold = max(1, math.ceil(target * target_fraction))
-        self.expected_ranks = ranks
-        self.plateau_forwards = plateau_forwards
-        self.ranks: dict[int, RankFill] = {}
-
-    def feed(self, record: dict) -> None:
-        if record["kind"] in ("decode", "slow_down"):
-            self.ranks.setdefault(rank_key(record), RankFill()).feed(record)
-
-    def feed_all(self, records: Iterable[dict]) -> None:
-        for record in records:
-            self.feed(record)
-
-    def _rank_reached(self, r: RankFill) -> bool:
-        return r.running_req is not None and r.running_req >= self.threshold
-
-    def _rank_plateaued(self, r: RankFill) -> bool:
-        return (
-            r.running_req is not None
-            and not self._rank_reached(r)
-            and r.level_forwards >= self.plateau_forwards
-            and (r.queue_req or 0) > 0
-        )
-
-    def status(self) -> dict:
-        complete = self.expected_ranks is None or len(self.ranks) >= self.expected_ranks
-        per_rank = {
-            str(dp): {
-                "running_req": r.running_req,
-                "queue_req": r.queue_req,
-                "max_running_req": r.max_running_req,
-                "forwards_without_growth": r.level_forwards,
-                "decode_lines": r.decode_lines,
-                "sleeps": r.sleeps,
-                "sleeping": r.sleeping,
-                "reached": self._rank_reached(r),
-                "plateaued": self._rank_plateaued(r),
-                "last_time": r.last_time,
-            }
-            for dp, r in sorted(self.ranks.items())
-        }
-        reached = complete and bool(self.ranks) and all(
-            v["reached"] for v in per_rank.values()
-        )
-        plateaued = (
-            complete
-            and not reached
-            and bool(self.ranks)
-            and all(v["reached"] or v["plateaued"] for v in per_rank.values())
-        )
-        # A rank that only sleeps (no decode line yet) or is not seen yet holds 0 requests.
-        missing = max(0, (self.expected_ranks or 0) - len(per_rank))
-        running = [v["running_req"] or 0 for v in per_rank.values()] + [0] * missing
-        return {
-            "target": self.target,
-            "threshold": self.threshold,
-            "plateau_forwards": self.plateau_forwards,
-            "ranks_expected": self.expected_ranks,
-            "ranks_seen": len(self.ranks),
-            "global_running_req": sum(running),
-            "min_running_req": min(running) if running else None,
-            "max_running_req": max(running) if running else None,
-            "reached": reached,
-            "plateaued": plateaued,
-            "sleeping": any(v["sleeping"] for v in per_rank.values()),
-            "ranks": per_rank,
-        }
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def fill_status(paths: Iterable[str | os.PathLike], target: int, *, ranks: int | None = None,
-                target_fraction: float = 1.0, plateau_forwards: int = 10) -> dict:
-    """Fill state from complete log files (``pdbench fill-status``)."""
-    tracker = FillTracker(target, ranks=ranks, target_fraction=target_fraction,
-                          plateau_forwards=plateau_forwards)
-    for path in paths:
-        tracker.feed_all(iter_log(path))
-    return tracker.status()
+def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
+    """The slow_down sleep per forward, and why.
+
+    Each sleeping forward lets prefill deliver more requests; each forward also advances
+    every admitted request by one token. The fill must finish well before the first
+    requests reach output_len, or requests finish during the fill and the batch never
+    grows to the target. With 'auto' the sleep is set so the target arrives within a
+    quarter of output_len forwards at the prefill supply the config implies:
+    sleep = target per rank x DP ranks / (output_len / 4) / supply, with the supply
+    estimated from the first forwards (initially: one request per rank per second),
+    clamped to [1, 180] s (180 s is the runbook's choice at 768 requests per rank).
+    """
+    value = ctx.cfg["fill"]["sleep_s"]
+    if value != "auto":
+        return float(value), "configured (fill.sleep_s)"
+    forwards = max(1.0, ctx.cfg["workload"]["output_len"] / 4)
+    per_forward = ctx.point.target_global_batch / forwards
+    supply = float(ctx.point.decode_dp)  # requests/s, a conservative first guess
+    sleep = min(180.0, max(1.0, math.ceil(per_forward / supply)))
+    why = (f"auto: target {ctx.point.target_global_batch} requests within output_len/4 = "
+           f"{forwards:.0f} forwards at ~{supply:.0f} requests/s of prefill supply")
+    return sleep, why
+
+
+def _clear_slow_down(ctx: PointContext, *, quiet: bool = False) -> None:
+    req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=None)
+    if not quiet:
+        call(req.method, req.url, req.body)
+        return
+    try:  # on the way out of a failure: leave decode able to run, if it still answers
+        call(req.method, req.url, req.body, timeout_s=10, retry=False)
+    except PdbenchError:
+        pass
+
+
+def run_fill(ctx: PointContext) -> dict:
+    cfg, point = ctx.cfg, ctx.point
+    servers = ["decode", "router"] + [s.name for s in ctx.plan.prefill]
+    check_servers(ctx, servers)  # every server, before anything is sent
+    sleep_s, why = fill_sleep_s(ctx)
+    progress(f"fill: slow_down {sleep_s:g} s per forward ({why})")
+    follower = LogFollower(ctx.decode_logs(), from_end=True)
+    tracker = FillTracker(point.target_batch_per_rank, ranks=point.decode_dp,
+                          target_fraction=cfg["fill"]["target_fraction"],
+                          plateau_forwards=cfg["fill"]["plateau_forwards"])
+    started = time.monotonic()
+    started_at = _now()
+    req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=sleep_s)
+    call(req.method, req.url, req.body)
+    try:
+        client = let_client_go(ctx)
+    except BaseException:
+        _clear_slow_down(ctx, quiet=True)
+        raise
+    progress(f"fill: client step {client['step_id']} let go; target {tracker.threshold} "
+             f"per rank on {point.decode_dp} ranks")
+    curve: list[dict] = []
+    next_curve = [started]
+    timeout = cfg["fill"]["timeout_s"]
+
+    def step() -> str | None:
+        tracker.feed_all(follower.read())
+        status = tracker.status()
+        elapsed = time.monotonic() - started
+        ended_by = ("reached" if status["reached"] else "plateaued" if status["plateaued"]
+                    else "timeout" if elapsed > timeout else None)
+        if time.monotonic() >= next_curve[0] or ended_by:
+            curve.append({"t_s": round(elapsed, 2),
+                          "global_running_req": status["global_running_req"],
+                          "min_running_req": status["min_running_req"],
+                          "max_running_req": status["max_running_req"],
+                          "ranks_seen": status["ranks_seen"],
+                          "queue_req": sum((r["queue_req"] or 0)
+                                           for r in status["ranks"].values())})
+            progress(f"fill: {elapsed:6.1f} s  global {status['global_running_req']}/"
+                     f"{point.target_global_batch}  per rank min {status['min_running_req']}"
+                     f" max {status['max_running_req']} (target {tracker.threshold}), "
+                     f"{status['ranks_seen']}/{point.decode_dp} ranks")
+            next_curve[0] += CURVE_EVERY_S
+        return ended_by
+
+    def alive() -> None:
+        check_servers(ctx, servers)
+        if not slurm.pid_alive(client["srun_pid"]) and not Path(client["output"]).exists():
+            raise StageError("fill: " + dead_message(client, "ended before the batch filled"))
+
+    try:
+        ended_by = wait_for("the fill", step, timeout_s=None, alive=alive,
+                            check_run=ctx.check_run)
+    except BaseException:
+        _clear_slow_down(ctx, quiet=True)
+        raise
+    # Release at once (runbook step 9): every forward under slow_down from here on is
+    # time lost. The release stage confirms that decode runs again.
+    filled_at, offsets = _now(), follower.positions()
+    release_requested_at = _now()
+    _clear_slow_down(ctx)  # answered once the sleep under way has ended
+    status = tracker.status()
+    filled = {
+        "ended_by": ended_by,
+        "sleep_s": sleep_s,
+        "sleep_rule": why,
+        "started_at": started_at,
+        "filled_at": filled_at,
+        "fill_s": round(time.monotonic() - started, 2),
+        "release_requested_at": release_requested_at,
+        "log_offsets": offsets,
+        **{k: status[k] for k in ("target", "threshold", "global_running_req",
+                                  "min_running_req", "max_running_req", "ranks_seen")},
+        "ranks": status["ranks"],
+        "client_step": client["step_id"],
+    }
+    ctx.paths.fill_curve.parent.mkdir(parents=True, exist_ok=True)
+    with open(ctx.paths.fill_curve, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(curve[0]))
+        writer.writeheader()
+        writer.writerows(curve)
+    write_json(ctx.paths.filled, filled)
+    progress(f"fill ended: {ended_by} after {filled['fill_s']:.0f} s, global batch "
+             f"{filled['global_running_req']}")
+    return filled
+
+
+def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
+    filled = read_json(ctx.paths.filled)
+    check_servers(ctx, ["decode"])
+    # The fill cleared slow_down when it ended; clearing it again is harmless (and what
+    # a rerun of this stage alone needs). Decode lines logged since the fill ended count.
+    follower = LogFollower(ctx.decode_logs(), offsets=filled.get("log_offsets"))
+    requested = release_requested(filled) or time.time()
+    _clear_slow_down(ctx)
+    progress("release: slow_down cleared; waiting for decode to run again")
+    # The current sleep must end first (up to one whole sleep).
+    timeout_s = timeout_s or filled["sleep_s"] + 300.0
+    ranks = ctx.point.decode_dp
+    tracker = FillTracker(ctx.point.target_batch_per_rank, ranks=ranks)
+
+    def running() -> dict | None:
+        tracker.feed_all(follower.read())
+        freely = {r: f for r, f in tracker.ranks.items() if f.running_freely}
+        return freely if len(freely) >= ranks else None
+
+    def on_timeout(waited: float) -> str:
+        stuck = ranks - sum(f.running_freely for f in tracker.ranks.values())
+        return (f"release: decode still not running without sleeps on {stuck} of {ranks} "
+                f"ranks after {timeout_s:.0f} s")
+
+    freely = wait_for("the release", running, timeout_s=timeout_s,
+                      alive=lambda: check_servers(ctx, ["decode"]), check_run=ctx.check_run,
+                      on_timeout=on_timeout)
+    batch = {str(r): f.running_req for r, f in sorted(freely.items())}
+    released = {
+        "released_at": _now(),
+        # From the fill's release request (or this stage's, for a fill that has none).
+        "release_latency_s": round(time.time() - requested, 2),
+        "running_batch": batch,
+        "global_running_req": sum(batch.values()),
+        "fill_ended_by": filled["ended_by"],
+    }
+    write_json(ctx.paths.released, released)
+    progress(f"release: decode running at global batch {released['global_running_req']} "
+             f"after {released['release_latency_s']} s")
+    return released
+
+
+__all__ = ["fill_sleep_s", "run_fill", "run_release"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,12 +180,37 @@ class PointPaths:
         return self.root / "teardown.json"
 
     @property
+    def profiler_dir(self) -> Path:
+        """The servers' SGLANG_TORCH_PROFILER_DIR (each /start_profile names its own)."""
+        return self.root / "profile"
+
+    @property
+    def expert_distribution_dir(self) -> Path:
+        """The servers' SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR."""
+        return self.root / "expert_distribution"
+
+    @property
     def attempts(self) -> Path:
         return self.root / "attempts"
 
     def finished(self) -> bool:
         """The measurement of this point is complete (its result or teardown exists)."""
         return self.bench.exists() or self.teardown.exists()
+
+    def set_aside(self, job_id, names: tuple[str, ...] = (*MEASUREMENT_DIRS, "logs"),
+                  why: str = "") -> dict:
+        """Move ``names`` of the point to ``attempts/<time>[-job<id>][-<why>]/`` (kept,
+        never deleted): a measurement that must start again."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.attempts / "-".join(
+            [stamp, *([f"job{job_id}"] if job_id else []), *([why] if why else [])])
+        dest.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for name in names:
+            if (self.root / name).exists():
+                (self.root / name).replace(dest / name)
+                moved.append(name)
+        return {"from": str(self.root), "to": str(dest), "moved": moved}
 
 
 @dataclass(frozen=True)

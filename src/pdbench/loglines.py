@@ -71,10 +71,11 @@ import os
 import re
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from pdbench.errors import InputError
 
-__all__ = ["FIELD_NAMES", "KINDS", "iter_log", "parse_line"]
+__all__ = ["FIELD_NAMES", "KINDS", "LogFollower", "iter_log", "parse_line"]
 
 KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready")
 
@@ -632,3 +633,42 @@ def _records(name: str, compressed: bool) -> Iterator[dict]:
     except (OSError, EOFError, zlib.error) as exc:
         what = "truncated or corrupt gzip" if compressed else "read error"
         raise InputError(f"{name}: {what} after line {n}: {exc}") from exc
+
+
+class LogFollower:
+    """Reads the records appended to a set of log files since the last call."""
+
+    def __init__(self, paths: list[Path], *, from_end: bool = False,
+                 offsets: dict[str, int] | None = None) -> None:
+        """Start at each file's end (``from_end``), at the given ``offsets`` (as
+        :meth:`positions` returns them; files not named start at 0), or at 0."""
+        self.paths = list(paths)
+        if offsets is not None:
+            self.offsets = {p: int(offsets.get(str(p), 0)) for p in paths}
+        else:
+            self.offsets = {p: (p.stat().st_size if from_end and p.exists() else 0)
+                            for p in paths}
+        self.partial = {p: b"" for p in paths}
+
+    def positions(self) -> dict[str, int]:
+        return {str(p): off for p, off in self.offsets.items()}
+
+    def read(self) -> list[dict]:
+        records = []
+        for path in self.paths:
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(self.offsets[path])
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            self.offsets[path] += len(data)
+            data = self.partial[path] + data
+            lines = data.split(b"\n")
+            self.partial[path] = lines.pop()
+            for raw in lines:
+                record = parse_line(raw.decode(errors="replace"))
+                if record is not None:
+                    record["file"] = str(path)
+                    records.append(record)
+        return records

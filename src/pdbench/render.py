@@ -6,8 +6,8 @@ plan (``node_list_env.sh``), each server's ``srun`` step with its container opti
 its launcher script (every node rank's command and environment), the router, the
 benchmark client held at its gate, and the control calls of the fill, the release and
 each profile snapshot with their bodies. Each piece comes from the function the stage
-itself calls (:func:`pdbench.servers.server_launch`, :func:`pdbench.drive.client_launch`,
-:func:`pdbench.drive.start_profile_request` …), so what is shown is what would run.
+itself calls (:func:`pdbench.servers.server_launch`, :func:`pdbench.client.client_launch`,
+:func:`pdbench.profile.start_profile_request` …), so what is shown is what would run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
     workflow runs them; ``kind`` is ``shell`` (a command line), ``file`` (a file the
     workflow writes) or ``http`` (a control call, as the equivalent ``curl``)."""
     from .allocation import holder_sbatch_argv
-    from .drive import client_launch, fill_sleep_s, start_profile_request
+    from .client import client_launch
+    from .fill import fill_sleep_s
+    from .profile import start_profile_request
     from .servers import router_launch, server_launch
 
     point: Point = find_point(cfg, experiment, point_name)
@@ -51,7 +53,7 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
     sections = [{"title": f"allocation: holder job for {point.total_nodes} nodes "
                           f"({paths.allocation})", "kind": "shell",
                  "text": shell(holder_sbatch_argv(dict(cfg), point, paths))},
-                {"title": f"node plan ({paths.root / 'node_list_env.sh'})", "kind": "file",
+                {"title": f"node plan ({paths.env_sh})", "kind": "file",
                  "text": ctx.plan.to_env_sh()}]
     launches = [server_launch(ctx, s.name) for s in ctx.plan.servers]
     launches.append(router_launch(ctx))

@@ -24,10 +24,10 @@ from .context import PointContext, progress
 from .errors import PdbenchError
 from .http import HTTPCallError, call, probe
 from .layout import read_json, write_json, write_text
+from .wait import wait_for
 
 READY_TIMEOUT_S = 3600.0
 ROUTER_READY_TIMEOUT_S = 600.0
-PROGRESS_EVERY_S = 15.0
 
 
 class ServerError(PdbenchError):
@@ -127,28 +127,31 @@ def start_step(ctx: PointContext, launch: StepLaunch) -> dict:
             "srun_log": str(srun_log), "script": str(launch.script_path)}
 
 
-def _wait(what: str, ready: Callable[[], bool], alive: Callable[[], bool], log: Path,
-          timeout_s: float, on_dead: Callable[[], str],
-          check_run: Callable[[], None] = lambda: None) -> float:
+def _wait_ready(what: str, ready: Callable[[], bool], pid: int, log: Path,
+                timeout_s: float, on_dead: Callable[[], str], ctx: PointContext) -> float:
+    """Wait until ``ready()``; the srun client ``pid`` must stay alive meanwhile."""
     start = time.monotonic()
-    next_report = start
-    while True:
-        if ready():
-            return time.monotonic() - start
-        check_run()
-        if not alive():
+
+    def alive() -> None:
+        if not slurm.pid_alive(pid):
             raise ServerError(on_dead())
-        waited = time.monotonic() - start
-        if waited > timeout_s:
-            raise ServerError(
-                f"{what}: not ready after {timeout_s:.0f} s; last log lines of {log}:\n"
-                + log_tail(log)
-            )
-        if time.monotonic() >= next_report:
-            progress(f"waiting for {what}: {waited:.0f}/{timeout_s:.0f} s; last log line: "
-                     f"{last_line(log)}")
-            next_report += PROGRESS_EVERY_S
-        time.sleep(1.0)
+
+    wait_for(
+        what,
+        lambda: True if ready() else None,
+        timeout_s=timeout_s,
+        alive=alive,
+        check_run=ctx.check_run,
+        poll_s=1.0,
+        check_every_s=0.0,
+        progress=lambda waited: f"waiting for {what}: {waited:.0f}/{timeout_s:.0f} s; last "
+                                f"log line: {last_line(log)}",
+        progress_at_start=True,
+        on_timeout=lambda waited: f"{what}: not ready after {timeout_s:.0f} s; last log "
+                                  f"lines of {log}:\n" + log_tail(log),
+        error=ServerError,
+    )
+    return time.monotonic() - start
 
 
 def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TIMEOUT_S) -> dict:
@@ -165,14 +168,14 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
     progress(f"{server}: step {step['step_id']} on {','.join(spec.node_names)}; "
              f"waiting for {spec.url}/health")
     try:
-        waited = _wait(
+        waited = _wait_ready(
             f"{server} at {spec.url}",
             ready=lambda: probe(f"{spec.url}/health") == 200,
-            alive=lambda: slurm.pid_alive(step["srun_pid"]),
+            pid=step["srun_pid"],
             log=node0_log,
             timeout_s=timeout_s,
             on_dead=lambda: _dead_message(ctx, server, spec.node_names, log_role, step),
-            check_run=ctx.check_run,
+            ctx=ctx,
         )
     except BaseException:
         stop_step(ctx.job_id, step)
@@ -223,15 +226,15 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
         return int(body.get("healthy_workers", expected)) >= expected
 
     try:
-        waited = _wait(
+        waited = _wait_ready(
             f"router at {plan.router_url} ({expected} workers)",
             ready=ready,
-            alive=lambda: slurm.pid_alive(step["srun_pid"]),
+            pid=step["srun_pid"],
             log=log,
             timeout_s=timeout_s,
             on_dead=lambda: f"router: step {step['step_id']} ended while starting:\n"
             + log_tail(log),
-            check_run=ctx.check_run,
+            ctx=ctx,
         )
         test = call(
             "POST",
@@ -275,6 +278,35 @@ def server_alive(marker: dict, listed: set[str] | None = None) -> bool:
     return marker["step_id"] in listed and slurm.pid_alive(int(marker["srun_pid"]))
 
 
+def marker_alive(marker_path: Path, listed: set[str] | None = None) -> bool:
+    """:func:`server_alive` for a marker file; an unreadable marker is not alive."""
+    try:
+        return server_alive(read_json(marker_path), listed)
+    except Exception:  # noqa: BLE001 - an unreadable marker is stale
+        return False
+
+
 def stop_step(job_id: int, step: dict) -> None:
     slurm.cancel(step["step_id"])
     slurm.stop_process_group(int(step["srun_pid"]), grace_s=10.0)
+
+
+def check_servers(ctx: PointContext, servers: list[str]) -> None:
+    """Raise ServerError naming the first of ``servers`` whose step stopped running."""
+    listed = listed_steps(ctx.job_id)
+    for server in servers:
+        marker = read_json(ctx.paths.ready(server))
+        if not server_alive(marker, listed):
+            # srun names the node whose task ended first ("srun: error: node03: task 1:
+            # Killed"); each node's log follows.
+            logs = "\n".join(f"  {log}:\n{log_tail(Path(log), 5)}" for log in marker["logs"])
+            raise ServerError(
+                f"{server} (Slurm step {marker['step_id']} on {','.join(marker['nodes'])}) "
+                f"stopped running; srun ({marker['srun_log']}) ends:\n"
+                f"{log_tail(Path(marker['srun_log']), 5)}\nits logs end:\n" + logs
+            )
+
+
+def servers_alive(ctx: PointContext, servers: list[str]) -> Callable[[], None]:
+    """:func:`check_servers` as a wait's liveness check."""
+    return lambda: check_servers(ctx, servers)

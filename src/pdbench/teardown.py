@@ -1,27 +1,58 @@
-"""Teardown on failure or interrupt, and the liveness sweep before a run.
+"""Stage: stop what a point started (rule ``teardown``), and everything on failure.
 
-``stop_all`` (Snakemake's ``onerror``, which also runs after Ctrl-C) stops every step
-and ``srun`` client recorded under a results tree and cancels the holder jobs pdbench
-submitted; adopted allocations are left running, only pdbench's steps in them end.
-
-The liveness sweep has two halves. :func:`plan_sweep` only reads (squeue, pids, marker
-files): the workflow runs it when it is parsed, in every mode (``-n`` included), and
-makes the stage of each stale marker run again (it depends on the ``sweep`` job). Markers
-of live things are kept, so a restarted Snakemake reuses the running servers.
-:func:`apply_sweep` changes things (stops steps, sets measurements aside, removes
-markers): only the ``sweep`` job of a real run calls it, after Snakemake holds its lock.
-Durable results are never deleted.
+:func:`teardown_point` ends a measured point: its server and client steps stop and the
+holder job it submitted is cancelled, unless ``site.keep_allocation`` keeps them for more
+snapshots or ``site.reuse_allocation`` passes the allocation to the next point of the
+same size. :func:`stop_all` (Snakemake's ``onerror``, which also runs after Ctrl-C)
+stops every step and ``srun`` client recorded under a results tree and cancels the
+holder jobs pdbench submitted; adopted allocations are left running, only pdbench's
+steps in them end.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import time
 from pathlib import Path
 
 from . import slurm
-from .layout import MEASUREMENT_DIRS, PointPaths, ResultsPaths, read_json
-from .servers import listed_steps, server_alive, stop_step
+from .context import PointContext
+from .layout import ResultsPaths, read_json
+from .servers import marker_alive, stop_step
+
+
+def teardown_point(ctx: PointContext) -> dict:
+    """Stop the point's servers and release its allocation, as the config says."""
+    if ctx.cfg["site"]["keep_allocation"]:
+        # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
+        return {"kept": True, "stopped_steps": [], "cancelled_job": None}
+    from .config import allocation_neighbours
+
+    # With site.reuse_allocation the next point of the same size adopts the holder.
+    _, successor = allocation_neighbours(ctx.cfg, ctx.point)
+    result = stop_point(ctx, release_allocation=successor is None)
+    if successor is not None:
+        result["allocation_passed_to"] = f"{successor.experiment}/{successor.name}"
+    return result
+
+
+def stop_point(ctx: PointContext, *, release_allocation: bool = True) -> dict:
+    """Stop everything pdbench started for this point; keep adopted allocations."""
+    stopped = []
+    for marker_path in [*ctx.paths.ready_markers(), ctx.paths.client]:
+        if marker_path.exists():
+            marker = read_json(marker_path)
+            if marker.get("step_id"):
+                stop_step(int(marker["job_id"]), marker)
+                stopped.append(marker["step_id"])
+    cancelled = None
+    if ctx.paths.allocation.exists():
+        alloc = read_json(ctx.paths.allocation)
+        if release_allocation and not alloc.get("adopted"):
+            slurm.cancel(str(alloc["job_id"]))
+            cancelled = alloc["job_id"]
+    return {"stopped_steps": stopped, "cancelled_job": cancelled,
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
 
 
 def stop_all(results: str | os.PathLike, reason: str = "requested", *,
@@ -37,7 +68,7 @@ def stop_all(results: str | os.PathLike, reason: str = "requested", *,
         for marker_path in [*markers, *([client] if client.exists() else [])]:
             try:
                 marker = read_json(marker_path)
-                if marker_path == client and keep_servers and not _step_alive(client):
+                if marker_path == client and keep_servers and not marker_alive(client):
                     continue  # a finished client: its srun pid may be reused
                 stop_step(int(marker["job_id"]), marker)
                 stopped.append(marker["step_id"])
@@ -62,160 +93,3 @@ def stop_all(results: str | os.PathLike, reason: str = "requested", *,
             continue
     return {"reason": reason, "stopped_steps": stopped, "cancelled_jobs": cancelled,
             "kept": kept}
-
-
-def plan_sweep(results: str | os.PathLike) -> dict:
-    """What is stale in a results tree, read-only (needs squeue; changes nothing).
-
-    A marker is stale when what it describes is gone: an allocation that ended (with
-    the node plan made for it), a server step that stopped, a benchmark client that
-    ended or was let go on live servers (only the client starts again then). When a
-    point's servers are gone before its measurement finished (no ``bench/bench.jsonl``
-    yet), what they left belongs to them: the batch they held is gone, and their logs
-    (which give each snapshot's batch) would be overwritten by a relaunch, so the point's
-    ``fill/``, ``profile/``, ``bench/`` and ``logs/`` are to be set aside. A finished
-    measurement is never touched.
-
-    Returns ``{"points": [{"point_dir", "job_id", "stale": [...], "stop": [...],
-    "set_aside": bool}], "pending": [...]}``: ``stop`` are stale markers whose steps
-    still run. :func:`apply_sweep` carries it out.
-    """
-    import shutil
-
-    if shutil.which("squeue") is None:
-        return {"points": [], "pending": [],
-                "skipped": "squeue not found: liveness not checked"}
-    points = []
-    tree = ResultsPaths(Path(results))
-    for paths in tree.point_dirs():
-        try:
-            job_id = int(read_json(paths.allocation)["job_id"])
-            alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES
-        except Exception:  # noqa: BLE001 - an unreadable marker is stale
-            job_id, alive = None, False
-        stale, stop = _stale_markers(paths, job_id if alive else None)
-        if not stale:
-            continue
-        # A client that starts again on live servers keeps the servers' logs in place.
-        aside = any(path != paths.client for path in stale) and _unfinished(paths)
-        points.append({"point_dir": str(paths.root), "job_id": job_id,
-                       "stale": [str(p) for p in stale], "stop": [str(p) for p in stop],
-                       "set_aside": aside})
-    pending = []
-    for path in tree.pending_allocations():
-        # A queued holder whose job is gone (a run stopped while it queued); one that is
-        # still queued may belong to a run in progress and is left alone.
-        try:
-            gone = not slurm.job_info(int(read_json(path)["job_id"])).alive
-        except Exception:  # noqa: BLE001 - an unreadable marker is stale
-            gone = True
-        if gone:
-            pending.append(str(path))
-    return {"points": points, "pending": pending}
-
-
-def stale_paths(plan: dict) -> list[str]:
-    """Every marker a sweep plan finds stale (their stages run again)."""
-    return [path for point in plan["points"] for path in point["stale"]]
-
-
-def apply_sweep(plan: dict) -> dict:
-    """Carry out :func:`plan_sweep`'s plan: stop the steps of stale markers that still
-    run, set aside unfinished measurements, remove the stale markers and pending files."""
-    removed, aside = [], []
-    for point in plan["points"]:
-        for marker in point["stop"]:
-            _stop_marker_step(Path(marker))
-        if point["set_aside"]:
-            moved = set_aside(PointPaths(Path(point["point_dir"])), point["job_id"])
-            if moved["moved"]:
-                aside.append(moved)
-        for marker in point["stale"]:
-            Path(marker).unlink(missing_ok=True)
-            removed.append(marker)
-    for path in plan["pending"]:
-        Path(path).unlink(missing_ok=True)
-        removed.append(path)
-    return {"removed": removed, "set_aside": aside}
-
-
-def sweep_stale(results: str | os.PathLike) -> dict:
-    """Plan and carry out the sweep in one go (``pdbench sweep``)."""
-    plan = plan_sweep(results)
-    result = apply_sweep(plan)
-    if "skipped" in plan:
-        result["skipped"] = plan["skipped"]
-    return result
-
-
-def _stale_markers(paths: PointPaths, live_job_id: int | None) -> tuple[list[Path], list[Path]]:
-    """The stale markers of a point, and those of them whose steps still run.
-
-    ``live_job_id`` is the point's running allocation (None: gone or unreadable)."""
-    markers = paths.ready_markers()
-    # The benchmark client is a live thing until the fill is done; after that it ends by
-    # itself and its marker only says where its output is.
-    client = paths.client
-    held = [client] if client.exists() and not paths.filled.exists() else []
-    if live_job_id is None:
-        # The node plan (node_list_env.sh, plan.json) describes this allocation's nodes:
-        # it goes with it, so a new allocation gets a plan of its own.
-        plan = [p for p in (paths.env_sh, paths.plan) if p.exists()]
-        return [paths.allocation, *plan, *markers, *held], []
-    listed = listed_steps(live_job_id)
-    dead = [path for path in markers if not _step_alive(path, listed)]
-    if dead:
-        # The router was set up for the servers that are gone: start it afresh. In the
-        # middle of a measurement every server goes: what the others hold (the batch,
-        # their logs) belongs to the attempt that is set aside.
-        router = paths.ready("router")
-        restart = [*markers, *held] if _unfinished(paths) else \
-            [router] if router.exists() else []
-        stale = dead + [path for path in restart if path not in dead]
-    elif held and (read_json(client).get("go_at") or not _step_alive(client, listed)):
-        # A failed benchmark on live servers: its client ended, or a fill that did not
-        # finish let it go. Only the client starts again; the requests it sent were
-        # aborted by SGLang when their connections closed.
-        stale = [client]
-    else:
-        return [], []
-    # Steps still running are to be stopped; a gone step's srun pid may be reused.
-    return stale, [p for p in stale if p not in dead and _step_alive(p, listed)]
-
-
-def _step_alive(marker_path: Path, listed: set[str] | None = None) -> bool:
-    try:
-        return server_alive(read_json(marker_path), listed)
-    except Exception:  # noqa: BLE001 - an unreadable marker is stale
-        return False
-
-
-def _stop_marker_step(marker_path: Path) -> None:
-    """Stop the step a stale marker names, in case it still runs (no-op if gone)."""
-    try:
-        marker = read_json(marker_path)
-        stop_step(int(marker["job_id"]), marker)
-    except Exception:  # noqa: BLE001 - nothing to stop
-        pass
-
-
-def _unfinished(paths: PointPaths) -> bool:
-    """Servers of this point ran (logs or a fill) and its measurement is not finished."""
-    if paths.finished():
-        return False
-    return paths.filled.exists() or paths.any_server_logs()
-
-
-def set_aside(paths: PointPaths, job_id, names: tuple[str, ...] = (*MEASUREMENT_DIRS, "logs"),
-              why: str = "") -> dict:
-    """Move ``names`` of a point to ``attempts/<time>[-job<id>][-<why>]/``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = paths.attempts / "-".join(
-        [stamp, *([f"job{job_id}"] if job_id else []), *([why] if why else [])])
-    dest.mkdir(parents=True, exist_ok=True)
-    moved = []
-    for name in names:
-        if (paths.root / name).exists():
-            (paths.root / name).replace(dest / name)
-            moved.append(name)
-    return {"from": str(paths.root), "to": str(dest), "moved": moved}

@@ -21,7 +21,7 @@ import requests
 from pdbench import commands, config, slurm
 from pdbench.allocation import allocate
 from pdbench.context import PointContext
-from pdbench.layout import PointPaths, read_json
+from pdbench.layout import PointPaths, node_log_name, read_json
 from pdbench.loglines import iter_log
 from pdbench.servers import launch_server, stop_step
 
@@ -125,7 +125,7 @@ def test_decode_server_as_srun_step_in_a_holder_allocation(tmp_path, slurm_env, 
     ready_s = time.monotonic() - started - allocated_s
     assert read_json(paths.ready("decode"))["step_id"] == marker["step_id"]
     assert marker["url"] == decode.url == f"http://127.0.0.1:{base + 900}"
-    logs = [paths.logs / commands.server_log_name("launch_server_decode", r) for r in (0, 1)]
+    logs = [paths.logs / node_log_name("launch_server_decode", r) for r in (0, 1)]
     assert [str(p) for p in logs] == marker["logs"]
 
     # Node 0 serves the API; node 1 its dummy health on its own port.

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pdbench import commands, config, topology
+from pdbench.layout import node_log_name
 from pdbench.loglines import iter_log
 
 from .helpers import (
@@ -99,7 +100,7 @@ def start_server(procs: Processes, cfg, point, plan, name: str, tmp_path: Path) 
     for rank, argv in enumerate(commands.server_argvs(cfg, point, plan, name)):
         assert argv[0] == cfg["site"]["python"] == ".venv-sglang/bin/python"
         assert argv[1:3] == ["-m", "pdbench.emulator"]
-        log = tmp_path / "logs" / commands.server_log_name(f"launch_server_{name}", rank)
+        log = tmp_path / "logs" / node_log_name(f"launch_server_{name}", rank)
         procs.start(f"{name} node {rank}", argv, log, env=env, cwd=REPO)
         logs.append(log)
     return logs

@@ -11,7 +11,7 @@ from pdbench import config as pdconfig
 from pdbench import runstate
 from pdbench.errors import ConfigError
 from pdbench.layout import ResultsPaths
-from pdbench.teardown import plan_sweep, stale_paths
+from pdbench.sweep import plan_sweep, stale_paths
 
 try:
     CFG = pdconfig.validate(config, source="config")

@@ -18,7 +18,7 @@ rule node_list:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
+        point_dir=point_dir,
     shell:
-        "pdbench plan --config {params.config} --experiment {wildcards.experiment}"
-        " --point {wildcards.point} --allocation {input.allocation}"
-        " --env-sh {output.env_sh} --json-out {output.plan} > {log} 2>&1"
+        "pdbench node-list --config {params.config} --point-dir {params.point_dir}"
+        " > /dev/null 2> {log}"

@@ -1,0 +1,106 @@
+"""Stage: torch-profiler snapshots of decode at full batch (rule ``profile_snapshot``).
+
+The runbook's step 10, repeated: ``/start_profile`` to decode node 0 with an output
+directory under the point (every rank writes its trace there, on the shared
+filesystem), then wait until every DP rank logged the end of its profile and its trace
+file is complete. Snapshot k starts ``profile.interval_s`` after snapshot k-1, the
+first one after the release request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from . import commands
+from .context import PointContext, progress
+from .errors import StageError
+from .filltrack import release_requested
+from .http import call
+from .layout import read_json, write_json
+from .loglines import LogFollower
+from .servers import check_servers
+from .throughput import rank_key, traces_for
+from .wait import wait_for
+
+SNAPSHOT_TIMEOUT_S = 1800.0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def start_profile_request(ctx: PointContext, k: int) -> commands.ControlRequest:
+    """``/start_profile`` of snapshot ``k`` to decode node 0."""
+    prof = ctx.cfg["profile"]
+    return commands.control_request(
+        "start_profile", ctx.plan.decode.url, dialect=ctx.dialect,
+        output_dir=str(ctx.paths.snapshot_traces(k).resolve()),
+        num_steps=prof["num_steps"], activities=prof["activities"],
+        with_stack=prof["with_stack"], record_shapes=prof["record_shapes"],
+    )
+
+
+def interval_start(ctx: PointContext, k: int) -> float:
+    """profile.interval_s counts from the previous snapshot, or for the first one from
+    the release request (the batch has run freely since then)."""
+    if k > 1:
+        return ctx.paths.snapshot(k - 1).stat().st_mtime
+    requested = release_requested(read_json(ctx.paths.filled))
+    return requested if requested is not None else ctx.paths.released.stat().st_mtime
+
+
+def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIMEOUT_S) -> dict:
+    if not ctx.paths.ready("decode").exists():
+        raise StageError(
+            f"snapshot {k} needs the decode server of {ctx.paths.root} at full batch, and it "
+            "is not running (no ready/decode.json): the point was torn down or its servers "
+            "are gone. Through Snakemake the point is measured again; to add snapshots to a "
+            "measured point on live servers, set site.keep_allocation: true")
+    check_servers(ctx, ["decode"])
+    wait = ctx.cfg["profile"]["interval_s"] - (time.time() - interval_start(ctx, k))
+    if wait > 0:
+        progress(f"snapshot {k}: waiting {wait:.0f} s (profile.interval_s)")
+        time.sleep(wait)
+    out_dir = ctx.paths.snapshot_traces(k).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    follower = LogFollower(ctx.decode_logs(), from_end=True)
+    req = start_profile_request(ctx, k)
+    requested_at = _now()
+    call(req.method, req.url, req.body, timeout_s=120)
+    ranks = ctx.point.decode_dp
+    seen: dict = {"profile_id": None, "done": set(), "files": []}
+
+    def traces_complete() -> list | None:
+        for record in follower.read():
+            if record["kind"] == "profile_start" and record.get("output_dir") == str(out_dir):
+                seen["profile_id"] = seen["profile_id"] or record["profile_id"]
+            elif record["kind"] == "profile_done" and seen["profile_id"]:
+                seen["done"].add(rank_key(record))
+        profile_id = seen["profile_id"]
+        seen["files"] = list(traces_for(out_dir, profile_id).values()) if profile_id else []
+        done = profile_id and len(seen["done"]) >= ranks and len(seen["files"]) >= ranks
+        return seen["files"] if done else None
+
+    files = wait_for(
+        f"snapshot {k}", traces_complete, timeout_s=timeout_s,
+        alive=lambda: check_servers(ctx, ["decode"]), check_run=ctx.check_run,
+        on_timeout=lambda waited: f"snapshot {k}: after {timeout_s:.0f} s profile "
+                                  f"{seen['profile_id'] or '(not started)'} has "
+                                  f"{len(seen['files'])} of {ranks} trace files in {out_dir}",
+    )
+    snapshot = {
+        "snapshot": k,
+        "profile_id": seen["profile_id"],
+        "output_dir": str(out_dir),
+        "request": {"url": req.url, "body": req.body},
+        "requested_at": requested_at,
+        "done_at": _now(),
+        "files": sorted(p.name for p in files),
+    }
+    write_json(ctx.paths.snapshot(k), snapshot)
+    progress(f"snapshot {k}: profile {seen['profile_id']}, {len(files)} trace files")
+    return snapshot
+
+
+__all__ = ["interval_start", "start_profile_request", "take_snapshot"]
