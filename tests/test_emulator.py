@@ -28,7 +28,7 @@ from pdbench.emulator.args import Knobs, StartupError, parse_args
 from pdbench.emulator.dialect import dialect_for
 from pdbench.emulator.tracefmt import TraceRank, write_trace
 from pdbench.loglines import iter_log, parse_line
-from pdbench.throughput import measure
+from pdbench.measure import measure
 from pdbench.trace import step_time, trace_rank_from_name
 
 BASE_MS = 20.0

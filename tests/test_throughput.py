@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pdbench.errors import InputError
-from pdbench.throughput import measure, tokens_per_s_per_gpu
+from pdbench.measure import measure, tokens_per_s_per_gpu
 
 RUNBOOK_RANKS = [285, 256, 254, 265, 271, 227, 221, 269]
 PROFILE_ID = "1760576844.4826152"

@@ -45,7 +45,7 @@ def cmd_step_time(args) -> None:
 
 
 def cmd_throughput(args) -> None:
-    from .throughput import measure
+    from .measure import measure
 
     _dump(
         measure(
@@ -204,7 +204,7 @@ def cmd_teardown(args) -> None:
 
 
 def cmd_point_throughput(args) -> None:
-    from .results import gate, point_rows, write_csv
+    from .throughput import gate, point_rows, write_csv
 
     ctx = _point(args)
     rows = point_rows(ctx)
@@ -214,7 +214,7 @@ def cmd_point_throughput(args) -> None:
 
 
 def cmd_merge_csv(args) -> None:
-    from .results import merge_csvs, write_csv
+    from .throughput import merge_csvs, write_csv
 
     rows = merge_csvs(args.csvs)
     write_csv(args.out, rows)
@@ -223,7 +223,7 @@ def cmd_merge_csv(args) -> None:
 
 def cmd_report(args) -> None:
     from .report import write
-    from .results import merge_csvs
+    from .throughput import merge_csvs
 
     rows = merge_csvs([args.csv])
     experiment = Path(args.out).parent.name

@@ -27,8 +27,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .loglines import iter_log
-from .throughput import rank_key
+from .loglines import iter_log, rank_key
 
 
 @dataclass

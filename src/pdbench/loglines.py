@@ -75,7 +75,7 @@ from pathlib import Path
 
 from pdbench.errors import InputError
 
-__all__ = ["FIELD_NAMES", "KINDS", "LogFollower", "iter_log", "parse_line"]
+__all__ = ["FIELD_NAMES", "KINDS", "LogFollower", "iter_log", "parse_line", "rank_key"]
 
 KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready")
 
@@ -633,6 +633,14 @@ def _records(name: str, compressed: bool) -> Iterator[dict]:
     except (OSError, EOFError, zlib.error) as exc:
         what = "truncated or corrupt gzip" if compressed else "read error"
         raise InputError(f"{name}: {what} after line {n}: {exc}") from exc
+
+
+def rank_key(record: dict) -> int:
+    """The DP rank a log record or trace belongs to (TP rank when there is no DP)."""
+    for key in ("dp", "tp"):
+        if record.get(key) is not None:
+            return int(record[key])
+    return 0
 
 
 class LogFollower:

@@ -20,7 +20,8 @@ from .http import call
 from .layout import read_json, write_json
 from .loglines import LogFollower
 from .servers import check_servers
-from .throughput import rank_key, traces_for
+from .loglines import rank_key
+from .trace import traces_for
 from .wait import wait_for
 
 SNAPSHOT_TIMEOUT_S = 1800.0

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pdbench.errors import InputError
+from pdbench.loglines import rank_key
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -626,3 +627,26 @@ def trace_rank_from_name(filename: str | os.PathLike) -> dict[str, Any]:
         "stage": stage,
         "merged": False,
     }
+
+
+def traces_for(trace_dir: str | os.PathLike, profile_id: str) -> dict[int, Path]:
+    """The decode trace file of each rank for one profile id (other names, such as a
+    writer's temporary file, are not traces)."""
+    directory = Path(trace_dir)
+    if not directory.is_dir():
+        raise InputError(f"trace directory {directory} does not exist or is not a directory")
+    found: dict[int, Path] = {}
+    for path in sorted(directory.rglob("*.trace.json*")):
+        try:
+            rank = trace_rank_from_name(path.name)
+        except (InputError, ValueError):
+            continue
+        if rank.get("profile_id") != profile_id or rank.get("stage") not in (
+            None,
+            "DECODE",
+            "decode",
+        ):
+            continue
+        found.setdefault(rank_key(rank), path)
+    return found
+

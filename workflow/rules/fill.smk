@@ -1,24 +1,5 @@
-# Stage 4: fill the decode batch under slow_down while the client runs, then release.
-
-
-# The client starts with the servers and imports while they load; the fill lets it go.
-rule bench_client:
-    input:
-        plan=ancient(str(PT.plan)),
-        sweep=after_sweep(str(PT.client)),
-    output:
-        client=str(PT.client),
-    log:
-        str(PT.stage_log("start-client")),
-    localrule: True
-    conda:
-        "../../envs/pdbench.yaml"
-    params:
-        config=CONFIG_FILE,
-        point_dir=point_dir,
-    shell:
-        "pdbench start-client --config {params.config} --point-dir {params.point_dir}"
-        " > /dev/null 2> {log}"
+# Fill the decode batch under slow_down while the client runs, then release it
+# (pdbench.fill).
 
 
 rule fill:

@@ -1,4 +1,4 @@
-# Stage 0: the liveness sweep of a real run (pdbench.teardown). Planned read-only when
+# Stage 0: the liveness sweep of a real run (pdbench.sweep). Planned read-only when
 # the workflow is parsed; this job carries out that plan before any stage it concerns
 # runs again: it stops steps of stale markers that still run, sets an unfinished
 # measurement of gone servers aside under attempts/, and removes the stale markers.
