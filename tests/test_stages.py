@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdbench import config, profile, runstate, servers, slurm, sweep, teardown
+from pdbench import config, profile, runstate, slurm, sweep, teardown
+from pdbench import steps as step_side
 from pdbench.context import PointContext
 from pdbench.client import collect_bench
 from pdbench.errors import StageError
@@ -109,7 +110,7 @@ class FakeCluster:
             job_id, "RUNNING" if job_id in self.jobs else "GONE", "", ""))
         monkeypatch.setattr(slurm, "cancel", self.cancelled.append)
         monkeypatch.setattr(sweep, "listed_steps", lambda job_id: set(self.steps))
-        monkeypatch.setattr(servers, "server_alive",
+        monkeypatch.setattr(step_side, "server_alive",
                             lambda m, listed=None: m["step_id"] in self.steps)
         for module in (sweep, teardown):
             monkeypatch.setattr(module, "stop_step",

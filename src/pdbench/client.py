@@ -17,7 +17,7 @@ from . import commands, slurm
 from .context import PointContext, progress
 from .errors import InputError, PdbenchError, StageError
 from .layout import MEASUREMENT_DIRS, read_json, write_json
-from .servers import StepLaunch, log_tail, server_alive, start_step, step_launch
+from .steps import StepLaunch, log_tail, server_alive, start_step, step_launch
 from .wait import wait_for
 
 # A held client arms within seconds; a container image pulled on first use can take

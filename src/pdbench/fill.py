@@ -25,7 +25,7 @@ from .filltrack import FillTracker, release_requested
 from .http import call
 from .layout import read_json, write_json
 from .loglines import LogFollower
-from .servers import check_servers
+from .steps import check_servers
 from .wait import wait_for
 
 CURVE_EVERY_S = 5.0

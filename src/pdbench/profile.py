@@ -19,7 +19,7 @@ from .filltrack import release_requested
 from .http import call
 from .layout import read_json, write_json
 from .loglines import LogFollower
-from .servers import check_servers
+from .steps import check_servers
 from .loglines import rank_key
 from .trace import traces_for
 from .wait import wait_for

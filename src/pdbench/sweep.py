@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import slurm
 from .layout import PointPaths, ResultsPaths, read_json
-from .servers import listed_steps, marker_alive, stop_step
+from .steps import listed_steps, marker_alive, stop_step
 
 
 def plan_sweep(results: str | os.PathLike) -> dict:

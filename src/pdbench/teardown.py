@@ -18,7 +18,7 @@ from pathlib import Path
 from . import slurm
 from .context import PointContext
 from .layout import ResultsPaths, read_json
-from .servers import marker_alive, stop_step
+from .steps import marker_alive, stop_step
 
 
 def teardown_point(ctx: PointContext) -> dict:

@@ -23,7 +23,8 @@ from pdbench.allocation import allocate
 from pdbench.context import PointContext
 from pdbench.layout import PointPaths, node_log_name, read_json
 from pdbench.loglines import iter_log
-from pdbench.servers import launch_server, stop_step
+from pdbench.servers import launch_server
+from pdbench.steps import stop_step
 
 from .helpers import (
     local_slurm_skip_reason,
