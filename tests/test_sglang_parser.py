@@ -17,7 +17,7 @@ import yaml
 from pdbench import config as config_mod
 from pdbench import topology
 from pdbench.commands import client_argv, router_argv, server_argvs
-from pdbench.sglang_argcheck import check_argvs
+from sglang_check import check_argvs
 
 pytestmark = pytest.mark.sglang
 

@@ -6,7 +6,7 @@ becomes the release's ``ServerArgs`` and is resolved as the release resolves it 
 a server starts, so its assertions run (e.g. 0.5.5.post2 asserts
 ``--prefill-round-robin-balance`` for a DP-attention decode server). The checkpoint is a
 configuration-only stand-in (tests/data/models) and the GPU a GB200 stand-in
-(:mod:`pdbench.sglang_argcheck`). Needs the SGLang virtualenv and, for 0.5.5.post2,
+(tests/sglang_check.py). Needs the SGLang virtualenv and, for 0.5.5.post2,
 ``scripts/setup-sglang-release 0.5.5.post2`` (both done by scripts/setup); under CI a
 missing one is a failure, locally a skip.
 """
@@ -23,7 +23,7 @@ import yaml
 from pdbench import config as config_mod
 from pdbench import topology
 from pdbench.commands import server_argvs
-from pdbench.sglang_argcheck import check_argvs
+from sglang_check import check_argvs
 
 pytestmark = pytest.mark.sglang
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from . import runstate, slurm, topology
-from .config import Point
+from .grid import Point
 from .context import progress
 from .errors import ConfigError
 from .layout import PointPaths, write_json
@@ -93,7 +93,7 @@ def holder_sbatch_argv(cfg: dict, point: Point, paths: PointPaths) -> list[str]:
 
 def _reusable(cfg: dict, point: Point, paths: PointPaths) -> dict | None:
     """The live allocation of the previous point of the same size (site.reuse_allocation)."""
-    from .config import allocation_neighbours
+    from .grid import allocation_neighbours
     from .layout import read_json
 
     previous, _ = allocation_neighbours(cfg, point)

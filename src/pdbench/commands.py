@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .config import Point, decode_server_args, prefill_server_args
+from .grid import Point, decode_server_args, prefill_server_args
 from .dialects import Dialect, dialect_for
 from .errors import ConfigError
 from .layout import PointPaths, node_log_name

@@ -2,17 +2,15 @@
 
 The JSON schema (``schemas/config.schema.yaml``) is the single place where keys, types
 and defaults are declared; ``workflow/schemas/config.schema.yaml`` links to it.
-Everything derived from the configuration (node counts, GPU counts, DP size, the
-per-rank fill target, point names) is computed here, once, in :class:`Point`.
+What the grid derives from the configuration (points, node and GPU counts, the fill
+target) is in :mod:`pdbench.grid`, re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -21,39 +19,17 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-
-EPLB_MODES = ("none", "static", "online")
-
-# Server options that the workflow derives from the grid point and node plan. A value
-# for one of them in ``server_args`` would silently fight the plan, so it is an error.
-DERIVED_SERVER_ARGS = frozenset(
-    {
-        "model-path",
-        "tp-size",
-        "tp",
-        "dp-size",
-        "dp",
-        "ep-size",
-        "ep",
-        "attn-dp-size",
-        "enable-dp-attention",
-        "nnodes",
-        "node-rank",
-        "dist-init-addr",
-        "host",
-        "port",
-        "disaggregation-mode",
-        "disaggregation-bootstrap-port",
-        "init-expert-location",
-        "enable-eplb",
-        "expert-distribution-recorder-mode",
-        "expert-distribution-recorder-buffer-size",
-        "served-model-name",
-    }
+from .grid import (  # noqa: F401 - the grid is part of what a config means
+    DERIVED_SERVER_ARGS,
+    EPLB_MODES,
+    Point,
+    allocation_neighbours,
+    decode_server_args,
+    experiments,
+    find_point,
+    grid_points,
+    prefill_server_args,
 )
-
-_POINT_RE = re.compile(r"^p(?P<groups>[1-9])(?:-eplb_(?P<eplb>static|online))?$")
-
 
 @cache
 def _schema_text() -> str:
@@ -236,123 +212,3 @@ def _check_semantics(cfg: dict) -> None:
             )
 
 
-def decode_server_args(cfg: Mapping) -> dict:
-    return {**cfg["server_args"]["common"], **cfg["server_args"]["decode"]}
-
-
-def prefill_server_args(cfg: Mapping) -> dict:
-    return {**cfg["server_args"]["common"], **cfg["server_args"]["prefill"]}
-
-
-@dataclass(frozen=True)
-class Point:
-    """One grid point: an EP size, a number of prefill groups and an EPLB mode.
-
-    Results live in ``results/{experiment}/{name}/``.
-    """
-
-    ep: int
-    prefill_groups: int
-    eplb: str
-    gpus_per_node: int
-    nodes_per_prefill_group: int
-    decode_max_running_requests: int
-
-    @property
-    def experiment(self) -> str:
-        return f"ep{self.ep}"
-
-    @property
-    def name(self) -> str:
-        return f"p{self.prefill_groups}" + ("" if self.eplb == "none" else f"-eplb_{self.eplb}")
-
-    @property
-    def decode_nodes(self) -> int:
-        return self.ep // self.gpus_per_node
-
-    @property
-    def decode_gpus(self) -> int:
-        return self.ep
-
-    @property
-    def decode_dp(self) -> int:
-        # Wide-EP decode runs DP attention with one attention-DP rank per GPU (tp = dp = ep).
-        return self.ep
-
-    @property
-    def prefill_gpus_per_group(self) -> int:
-        return self.nodes_per_prefill_group * self.gpus_per_node
-
-    @property
-    def total_nodes(self) -> int:
-        return self.prefill_groups * self.nodes_per_prefill_group + self.decode_nodes
-
-    @property
-    def target_batch_per_rank(self) -> int:
-        """The per-DP-rank running batch SGLang admits: max_running_requests // dp."""
-        return self.decode_max_running_requests // self.decode_dp
-
-    @property
-    def target_global_batch(self) -> int:
-        return self.target_batch_per_rank * self.decode_dp
-
-    def as_dict(self) -> dict:
-        return {
-            "experiment": self.experiment,
-            "point": self.name,
-            "ep": self.ep,
-            "prefill_groups": self.prefill_groups,
-            "eplb": self.eplb,
-            "gpus_per_node": self.gpus_per_node,
-            "nodes_per_prefill_group": self.nodes_per_prefill_group,
-            "prefill_gpus_per_group": self.prefill_gpus_per_group,
-            "decode_nodes": self.decode_nodes,
-            "decode_gpus": self.decode_gpus,
-            "decode_dp": self.decode_dp,
-            "total_nodes": self.total_nodes,
-            "decode_max_running_requests": self.decode_max_running_requests,
-            "target_batch_per_rank": self.target_batch_per_rank,
-            "target_global_batch": self.target_global_batch,
-        }
-
-
-def grid_points(cfg: Mapping) -> list[Point]:
-    """Every point of the grid, in a stable order (EP, prefill groups, EPLB mode)."""
-    grid = cfg["grid"]
-    mrr = decode_server_args(cfg)["max-running-requests"]
-    return [
-        Point(
-            ep=ep,
-            prefill_groups=groups,
-            eplb=eplb,
-            gpus_per_node=cfg["site"]["gpus_per_node"],
-            nodes_per_prefill_group=cfg["topology"]["nodes_per_prefill_group"],
-            decode_max_running_requests=mrr,
-        )
-        for ep in sorted(grid["ep_sizes"])
-        for groups in sorted(grid["prefill_groups"])
-        for eplb in sorted(grid["eplb"], key=EPLB_MODES.index)
-    ]
-
-
-def find_point(cfg: Mapping, experiment: str, name: str) -> Point:
-    """The grid point behind ``results/{experiment}/{name}``; ConfigError if not in the grid."""
-    for point in grid_points(cfg):
-        if point.experiment == experiment and point.name == name:
-            return point
-    known = ", ".join(f"{p.experiment}/{p.name}" for p in grid_points(cfg))
-    raise ConfigError(f"{experiment}/{name} is not a point of the configured grid (known: {known})")
-
-
-def allocation_neighbours(cfg: Mapping, point: Point) -> tuple[Point | None, Point | None]:
-    """With ``site.reuse_allocation``: the grid points just before and after ``point``
-    that need the same number of nodes (they share one allocation, in grid order)."""
-    if not cfg["site"]["reuse_allocation"]:
-        return None, None
-    same = [p for p in grid_points(cfg) if p.total_nodes == point.total_nodes]
-    i = same.index(point)
-    return (same[i - 1] if i > 0 else None), (same[i + 1] if i + 1 < len(same) else None)
-
-
-def experiments(cfg: Mapping) -> list[str]:
-    return [f"ep{ep}" for ep in sorted(cfg["grid"]["ep_sizes"])]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import config as pdconfig
 from . import runstate, topology
-from .config import Point
+from .grid import Point
 from .dialects import Dialect, dialect_for
 from .errors import InputError
 from .layout import PointPaths, read_json

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from .config import Point, decode_server_args
+from .grid import Point, decode_server_args
 from .errors import ConfigError
 
 DEEPEP_DISPATCH_ENV = "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"

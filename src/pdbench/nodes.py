@@ -7,7 +7,7 @@ written as ``node_list_env.sh`` (the runbook's variable names) and as JSON.
 
 from __future__ import annotations
 
-from .config import Point
+from .grid import Point
 from .context import PointContext
 from .errors import InputError
 from .layout import read_json, write_text

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import commands, topology
-from .config import Point, find_point
+from .grid import Point, find_point
 from .context import PointContext
 from .layout import PointPaths
 

@@ -26,7 +26,7 @@ def teardown_point(ctx: PointContext) -> dict:
     if ctx.cfg["site"]["keep_allocation"]:
         # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
         return {"kept": True, "stopped_steps": [], "cancelled_job": None}
-    from .config import allocation_neighbours
+    from .grid import allocation_neighbours
 
     # With site.reuse_allocation the next point of the same size adopts the holder.
     _, successor = allocation_neighbours(ctx.cfg, ctx.point)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import hostlist
 
-from .config import Point
+from .grid import Point
 from .errors import ConfigError, PdbenchError
 
 # Server slots in the shared-host port scheme; the decode server comes after any

@@ -222,8 +222,8 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
         {
             "sglang": {"version": "0.5.23"},
             "env": {"common": {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.23"}},
-            # cutlass_mla was removed in 0.5.20; the config check refuses it for 0.5.23.
-            "server_args": {"common": {"attention-backend": "trtllm_mla"}},
+            # --prefill-round-robin-balance is 0.5.2-0.5.7 only; 0.5.23 has no such option.
+            "server_args": {"decode": {"prefill-round-robin-balance": False}},
             "workload": {
                 "client": "bench_one_batch_server",
                 "batch_size": PROMPTS,

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from pdbench import config as pdconfig
 from pdbench import runstate
+from pdbench.allocation import adopt_from_environment
 from pdbench.errors import ConfigError
 from pdbench.layout import ResultsPaths
 from pdbench.sweep import plan_sweep, stale_paths
@@ -31,7 +32,7 @@ EXP = RES.experiment("{experiment}")
 CONFIG_FILE = str(RES.config)
 # Snakemake started inside `salloc`: adopt that allocation. Read now, before the Slurm
 # executor plugin removes SLURM_* from the environment.
-ADOPT_JOB_ID = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+ADOPT_JOB_ID = adopt_from_environment()
 
 KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"] else ""
 

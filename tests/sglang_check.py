@@ -9,7 +9,7 @@ Two halves in one file:
   (parsing alone resolves nothing, so it needs no GPU and no model), router commands through
   ``sglang_router.launch_router.parse_router_args``, benchmark clients through their
   own parsers. This half imports only the standard library and SGLang.
-- Imported from pdbench, :func:`check_argvs` runs that script in one subprocess for
+- Imported by the tests, :func:`check_argvs` runs that script in one subprocess for
   any number of argvs (importing SGLang costs seconds) and returns the results.
 
 An argv is a full command (``[python, "-m", module, *args]``) or ``[module, *args]``.
@@ -49,8 +49,8 @@ if (
     and sys.path
     and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__))
 ):
-    # Run as a script: this package's directory (with its trace.py, config.py) must not
-    # shadow modules that SGLang and torch import.
+    # Run as a script: this directory (with the tests' modules) must not shadow modules
+    # that SGLang and torch import.
     del sys.path[0]
 
 import argparse  # noqa: E402
@@ -72,7 +72,7 @@ def default_python() -> Path:
     env = os.environ.get("PDBENCH_SGLANG_PYTHON")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / ".venv-sglang" / "bin" / "python"
+    return Path(__file__).resolve().parents[1] / ".venv-sglang" / "bin" / "python"
 
 
 # Devices the validation can stand in for: what torch.cuda reports on them.
