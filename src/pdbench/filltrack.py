@@ -10,7 +10,7 @@ when one of these holds:
 * **plateaued** - every rank has either reached the threshold or has not grown for
   ``plateau_forwards`` consecutive decode lines while requests are still queued
   (``#queue-req`` > 0). SGLang 0.5.17 stays at 63 of 64 this way when the filling prefill
-  is chunked (fixtures: h200-sglang-0.5.17-fill-release/stuck-at-63), so waiting for the
+  is chunked (seen in real SGLang 0.5.17 output recorded on an H200), so waiting for the
   exact target can hang;
 * otherwise the caller's timeout says why not.
 

@@ -13,8 +13,9 @@ SGLang's message. The emulator cannot write torch's ``.pt`` (no torch), so the d
      "recorded_forward_passes": int, "recorded_tokens": int, "mode": "stat"}
 
 ``logical_count`` has SGLang's shape ``[buffer, layers, logical experts]``. As in a real
-``stat`` dump with ``--expert-distribution-recorder-buffer-size -1`` (fixtures:
-``gb200-ep48-fp4-decode/expert_distribution_recorder.pt`` has shape [1, 61, 256]) the buffer
+``stat`` dump with ``--expert-distribution-recorder-buffer-size -1`` (the runbook
+author's GB200 EP48 ``expert_distribution_recorder.pt``, shifangx/Scripts-SGLang 481e976,
+has shape [1, 61, 256]) the buffer
 axis holds one row, the sum over the recorded forward passes (with a positive buffer size,
 over the last that many passes). Counts are tokens x top-k x a fixed skewed popularity per
 layer (dense layers count 0), so a dump is deterministic given the batches.
