@@ -138,7 +138,7 @@ def test_sweep_restarts_only_a_failed_client_on_live_servers(tmp_path, monkeypat
                                                              client_go, client_steps):
     point = point_with_servers(tmp_path, client_go=client_go)
     cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.1", "7.2", *client_steps})
-    swept = sweep.sweep_stale(tmp_path)
+    swept = sweep.apply_sweep(sweep.plan_sweep(tmp_path))
     assert swept["removed"] == [str(point / "bench" / "client.json")]
     assert swept["set_aside"] == []
     assert cluster.stopped == sorted(client_steps)  # a client still running is stopped
@@ -149,14 +149,14 @@ def test_sweep_restarts_only_a_failed_client_on_live_servers(tmp_path, monkeypat
 def test_sweep_keeps_a_held_client_and_live_servers(tmp_path, monkeypatch):
     point_with_servers(tmp_path)
     cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.1", "7.2", "7.3"})
-    assert sweep.sweep_stale(tmp_path) == {"removed": [], "set_aside": []}
+    assert sweep.apply_sweep(sweep.plan_sweep(tmp_path)) == {"removed": [], "set_aside": []}
     assert cluster.stopped == []
 
 
 def test_sweep_restarts_everything_when_a_server_died_mid_measurement(tmp_path, monkeypatch):
     point = point_with_servers(tmp_path, client_go=True)
     cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.2", "7.3"})  # decode (7.1) is gone
-    swept = sweep.sweep_stale(tmp_path)
+    swept = sweep.apply_sweep(sweep.plan_sweep(tmp_path))
     assert {Path(p).name for p in swept["removed"]} == {
         "prefill-1.json", "decode.json", "router.json", "client.json"}
     assert sorted(cluster.stopped) == ["7.0", "7.2", "7.3"]  # the gone step is not touched
@@ -170,7 +170,7 @@ def test_sweep_of_a_gone_allocation_removes_its_plan_and_markers(tmp_path, monke
     point = point_with_servers(tmp_path, filled=True)
     write_json(point / "bench" / "bench.jsonl", {"completed": 1})  # a finished measurement
     FakeCluster(monkeypatch, set(), set())
-    swept = sweep.sweep_stale(tmp_path)
+    swept = sweep.apply_sweep(sweep.plan_sweep(tmp_path))
     assert {Path(p).name for p in swept["removed"]} == {
         "allocation.json", "plan.json", "prefill-1.json", "decode.json", "router.json"}
     assert swept["set_aside"] == []
@@ -240,3 +240,19 @@ def test_a_queued_holder_stops_waiting_when_the_run_failed(monkeypatch):
     with pytest.raises(runstate.RunFailed):
         slurm.wait_running(5, 60, lambda msg: None, poll_s=0.01, check_run=check_run)
     assert len(calls) == 3
+
+
+def test_sweep_after_the_fill_restarts_the_client_with_the_measurement(tmp_path, monkeypatch):
+    """Decode died between snapshots: the measurement (bench/ included) is set aside, so
+    the client's marker is stale too and the DAG starts the client again."""
+    point = point_with_servers(tmp_path, client_go=True, filled=True)
+    cluster = FakeCluster(monkeypatch, {7}, {"7.0", "7.2"})  # decode and the client ended
+    plan = sweep.plan_sweep(tmp_path)
+    assert str(point / "bench" / "client.json") in sweep.stale_paths(plan)
+    swept = sweep.apply_sweep(plan)
+    assert {Path(p).name for p in swept["removed"]} == {
+        "prefill-1.json", "decode.json", "router.json", "client.json"}
+    assert sorted(cluster.stopped) == ["7.0", "7.2"]  # the ended client is not touched
+    (aside,) = swept["set_aside"]
+    assert set(aside["moved"]) == {"fill", "bench", "logs"}
+    assert not (point / "bench").exists()

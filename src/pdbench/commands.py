@@ -571,12 +571,6 @@ class ControlRequest(NamedTuple):
 _CONTROL_PATHS = {
     "slow_down": ("POST", "/slow_down"),
     "start_profile": ("POST", "/start_profile"),
-    "stop_profile": ("POST", "/stop_profile"),
-    "start_expert_distribution_record": ("POST", "/start_expert_distribution_record"),
-    "stop_expert_distribution_record": ("POST", "/stop_expert_distribution_record"),
-    "dump_expert_distribution_record": ("POST", "/dump_expert_distribution_record"),
-    "flush_cache": ("POST", "/flush_cache"),
-    "health": ("GET", "/health"),
     "server_info": ("GET", None),  # per dialect
 }
 
@@ -612,9 +606,10 @@ def control_request(
       ``body`` to see whether e.g. ``profile_id`` went out (from 0.5.15). ``num_steps``
       is the number of batches to capture: releases before 0.5.16 capture N-1 batches
       for ``num_steps=N`` when no ``start_step`` is given, so N+1 is sent to them.
-    - ``stop_profile``, ``start/stop/dump_expert_distribution_record``,
-      ``flush_cache``: POST without a body. ``health``, ``server_info`` (path per
-      release): GET.
+    - ``server_info`` (path per release): GET.
+
+    Only the calls a stage makes are here; the others of SGLang's control API are in
+    docs/sglang-formats.md.
     """
     if kind not in _CONTROL_PATHS:
         raise ValueError(f"unknown control call {kind!r} (known: {', '.join(CONTROL_KINDS)})")

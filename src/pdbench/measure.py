@@ -27,7 +27,6 @@ import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from .errors import InputError
 from .loglines import iter_log, rank_key

@@ -11,7 +11,6 @@ it and its srun client runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +138,3 @@ def check_servers(ctx: PointContext, servers: list[str]) -> None:
                 f"stopped running; srun ({marker['srun_log']}) ends:\n"
                 f"{log_tail(Path(marker['srun_log']), 5)}\nits logs end:\n" + logs
             )
-
-
-def servers_alive(ctx: PointContext, servers: list[str]) -> Callable[[], None]:
-    """:func:`check_servers` as a wait's liveness check."""
-    return lambda: check_servers(ctx, servers)

@@ -53,6 +53,12 @@ def plan_sweep(results: str | os.PathLike) -> dict:
             continue
         # A client that starts again on live servers keeps the servers' logs in place.
         aside = any(path != paths.client for path in stale) and _unfinished(paths)
+        if aside and paths.client.exists() and paths.client not in stale:
+            # Setting the measurement aside takes the client's marker with it (bench/):
+            # the client starts again too, and its step, if it still runs, is stopped.
+            stale.append(paths.client)
+            if marker_alive(paths.client):
+                stop.append(paths.client)
         points.append({"point_dir": str(paths.root), "job_id": job_id,
                        "stale": [str(p) for p in stale], "stop": [str(p) for p in stop],
                        "set_aside": aside})
@@ -92,15 +98,6 @@ def apply_sweep(plan: dict) -> dict:
         Path(path).unlink(missing_ok=True)
         removed.append(path)
     return {"removed": removed, "set_aside": aside}
-
-
-def sweep_stale(results: str | os.PathLike) -> dict:
-    """Plan and carry out the sweep in one go (``pdbench sweep``)."""
-    plan = plan_sweep(results)
-    result = apply_sweep(plan)
-    if "skipped" in plan:
-        result["skipped"] = plan["skipped"]
-    return result
 
 
 def _stale_markers(paths: PointPaths, live_job_id: int | None) -> tuple[list[Path], list[Path]]:
