@@ -21,7 +21,6 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/sweep.smk"
 include: "workflow/rules/allocation.smk"
 include: "workflow/rules/nodes.smk"
 include: "workflow/rules/servers.smk"

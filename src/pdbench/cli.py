@@ -243,27 +243,16 @@ def cmd_stop_all(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .layout import write_json
     from .sweep import apply_sweep, plan_sweep
 
     plan = plan_sweep(args.results)
-    if args.only is not None:
-        # The markers the workflow built its DAG for; one that became stale since then is
-        # left to the next run, as the DAG does not rerun its stage now.
-        only = set(args.only)
-        plan["points"] = [{**p, "stale": [m for m in p["stale"] if m in only],
-                           "stop": [m for m in p["stop"] if m in only]}
-                          for p in plan["points"] if set(p["stale"]) & only]
     result = {**apply_sweep(plan), **({"skipped": plan["skipped"]} if "skipped" in plan
                                       else {})}
     for removed in result["removed"]:
         print(f"pdbench: removed stale marker {removed}", file=sys.stderr)
     for aside in result["set_aside"]:
-        print(f"pdbench: the servers of {aside['from']} were gone before its measurement "
-              f"finished: moved its {', '.join(aside['moved'])} to {aside['to']}",
-              file=sys.stderr)
-    if args.out:
-        write_json(args.out, result)
+        print(f"pdbench: moved {', '.join(aside['moved'])} of {aside['from']} to "
+              f"{aside['to']}", file=sys.stderr)
     _dump(result)
 
 
@@ -355,9 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="remove markers of allocations or servers that are gone")
     p.add_argument("--results", default="results")
-    p.add_argument("--only", nargs="*", default=None, metavar="MARKER",
-                   help="act on these stale markers only (what the workflow planned for)")
-    p.add_argument("--out", help="also write the result here")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("validate-config", help="validate a config and list its grid points")

@@ -268,12 +268,6 @@ class ResultsPaths:
     def keep_going(self) -> Path:
         return self.state / "run-keep-going"
 
-    def sweep_record(self, run: str) -> Path:
-        return self.state / "sweep" / f"{run}.json"
-
-    def sweep_log(self, run: str) -> Path:
-        return self.state / "sweep" / f"{run}.log"
-
 
 def read_json(path: str | os.PathLike) -> Any:
     try:

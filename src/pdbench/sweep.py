@@ -1,12 +1,13 @@
-"""Stage: the liveness sweep before a real run (rule ``sweep``).
+"""The liveness sweep before a real run.
 
 Two halves. :func:`plan_sweep` only reads (squeue, pids, marker files): the workflow
-runs it when it is parsed, in every mode (``-n`` included), and makes the stage of each
-stale marker run again (that stage depends on the ``sweep`` job). Markers of live things
-are kept, so a restarted Snakemake reuses the running servers. :func:`apply_sweep`
-changes things (stops steps, sets measurements aside, removes markers): only the
-``sweep`` job of a real run calls it, after Snakemake holds its lock. Durable results
-are never deleted.
+runs it when it is parsed, in every mode (``-n`` included), and hides each stale marker
+from the DAG, so the stage that makes it runs again where something needs it. Markers of
+live things are kept, so a restarted Snakemake reuses the running servers.
+:func:`apply_sweep` changes things (stops steps, sets measurements aside, removes
+markers): only Snakemake's ``onstart`` of a real run calls it, once Snakemake holds its
+lock and before any job (``pdbench sweep`` does both halves by hand). Durable results are
+never deleted.
 """
 
 from __future__ import annotations

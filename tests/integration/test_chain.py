@@ -535,7 +535,8 @@ def test_dry_run_and_lint_on_a_live_tree_change_nothing(make_chain):
         assert after == before, f"snakemake {' '.join(mode)} changed something"
     dry = outputs["-n"]
     assert f"stale marker results/{EXPERIMENT}/{POINT}/ready/decode.json" in dry
-    assert "rule sweep:" in dry and "rule decode_server:" in dry, dry[-4000:]
+    # The DAG sees what a real run will: the servers start again.
+    assert "decode_server:" in dry and "router:" in dry, dry[-4000:]
 
 
 def test_dead_decode_node_fails_fast_then_rerun_completes(make_chain):

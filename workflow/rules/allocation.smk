@@ -4,7 +4,6 @@
 rule allocation:
     input:
         previous=get_allocation_predecessor,
-        sweep=after_sweep(str(PT.allocation)),
     output:
         allocation=str(PT.allocation),
     log:

@@ -5,7 +5,6 @@
 rule bench_client:
     input:
         plan=ancient(str(PT.plan)),
-        sweep=after_sweep(str(PT.client)),
     output:
         client=str(PT.client),
     log:

@@ -1,8 +1,6 @@
 # Helpers shared by every stage: the validated config, the grid, and paths.
 import os
-import shlex
 import sys
-import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,7 +10,7 @@ from pdbench import runstate
 from pdbench.allocation import adopt_from_environment
 from pdbench.errors import ConfigError
 from pdbench.layout import ResultsPaths
-from pdbench.sweep import plan_sweep, stale_paths
+from pdbench.sweep import apply_sweep, plan_sweep, stale_paths
 
 try:
     CFG = pdconfig.validate(config, source="config")
@@ -36,18 +34,46 @@ ADOPT_JOB_ID = adopt_from_environment()
 
 KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"] else ""
 
+
+def hide_from_dag(paths):
+    """Snakemake sees ``paths`` as missing while it builds the DAG (its existence cache
+    answers False for them); nothing on disk changes. Snakemake is pinned (9.27.1): its
+    IOCache keeps existence answers in ExistsDict, keyed by path."""
+    hidden = {os.path.normpath(p) for p in paths}
+    if not hidden:
+        return
+    import snakemake.io
+
+    cls = snakemake.io.ExistsDict
+    contains, getitem, setitem = cls.__contains__, cls.__getitem__, cls.__setitem__
+
+    def is_hidden(path):
+        return isinstance(path, str) and os.path.normpath(path) in hidden
+
+    cls.__contains__ = lambda self, path: is_hidden(path) or contains(self, path)
+    cls.__getitem__ = lambda self, path: (
+        False if is_hidden(path) else getitem(self, path)
+    )
+    cls.__setitem__ = lambda self, path, value: (
+        None if is_hidden(path) else setitem(self, path, value)
+    )
+
+
 # Parse time only reads, whatever the mode (-n, --lint, --summary, --report, --unlock,
 # or a run that Snakemake's lock will refuse): the liveness sweep is planned here
-# (squeue, pids, marker files) and carried out by the `sweep` job of a real run, which
-# every stage whose marker is stale depends on, so that stage and what follows it run
-# again. Markers of live things are kept, so a restarted Snakemake reuses the running
-# servers. Only the main Snakemake plans: jobs submitted to Slurm parse this file too,
-# on a node where the srun clients that keep the servers' steps alive are not visible.
-SWEEP_PLAN = plan_sweep(RESULTS) if workflow.is_main_process else {"points": []}
-STALE = set(stale_paths(SWEEP_PLAN))
-SWEEP_RECORD = str(
-    RES.sweep_record(f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}")
+# (squeue, pids, marker files). A stale marker (its allocation or server step is gone)
+# is hidden from the DAG, which then sees exactly what a real run will see: the stage
+# that makes it runs again where something still needs it. The plan is carried out by
+# onstart (a real run, once Snakemake holds its lock, before any job): steps of stale
+# markers that still run stop, an unfinished measurement of gone servers is set aside
+# under attempts/, the stale markers are removed. Markers of live things are kept, so a
+# restarted Snakemake reuses the running servers. Only the main Snakemake plans: jobs
+# submitted to Slurm parse this file too, on a node where the srun clients that keep the
+# servers' steps alive are not visible.
+SWEEP_PLAN = (
+    plan_sweep(RESULTS) if workflow.is_main_process else {"points": [], "pending": []}
 )
+hide_from_dag(stale_paths(SWEEP_PLAN))
 for _point in SWEEP_PLAN["points"]:
     for _marker in _point["stale"]:
         print(f"pdbench: stale marker {_marker}: its stage runs again", file=sys.stderr)
@@ -61,23 +87,21 @@ for _point in SWEEP_PLAN["points"]:
 
 
 def prepare_run():
-    """onstart (a real run, lock held, before any job): write the resolved config and
-    clear the failure a previous run recorded (pdbench.runstate)."""
+    """onstart (a real run, lock held, before any job): write the resolved config, clear
+    the failure a previous run recorded (pdbench.runstate), carry out the sweep."""
     pdconfig.write_resolved(CFG, CONFIG_FILE)
     runstate.start_run(
         RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
     )
-
-
-def after_sweep(*outputs):
-    """Input function: the sweep job, for a rule one of whose ``outputs`` (path
-    templates) is a stale marker; nothing otherwise."""
-
-    def inputs(wildcards):
-        paths = {out.format(**dict(wildcards.items())) for out in outputs}
-        return [SWEEP_RECORD] if paths & STALE else []
-
-    return inputs
+    swept = apply_sweep(SWEEP_PLAN)
+    for removed in swept["removed"]:
+        print(f"pdbench: removed stale marker {removed}", file=sys.stderr)
+    for aside in swept["set_aside"]:
+        print(
+            f"pdbench: moved {', '.join(aside['moved'])} of {aside['from']} to"
+            f" {aside['to']}",
+            file=sys.stderr,
+        )
 
 
 wildcard_constraints:
@@ -85,7 +109,6 @@ wildcard_constraints:
     point=r"p[1-3](-eplb_(static|online))?",
     group=r"[1-3]",
     snapshot=r"[1-9]\d*",
-    run=r"\d{8}T\d{6}Z-\d+",
 
 
 def get_point(wildcards):

@@ -4,10 +4,6 @@
 rule node_list:
     input:
         allocation=ancient(str(PT.allocation)),
-        sweep=after_sweep(
-            str(PT.env_sh),
-            str(PT.plan),
-        ),
     output:
         env_sh=str(PT.env_sh),
         plan=str(PT.plan),

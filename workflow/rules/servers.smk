@@ -5,7 +5,6 @@
 rule prefill_server:
     input:
         plan=ancient(str(PT.plan)),
-        sweep=after_sweep(str(PT.ready("prefill-{group}"))),
     output:
         ready=str(PT.ready("prefill-{group}")),
     log:
@@ -24,7 +23,6 @@ rule prefill_server:
 rule decode_server:
     input:
         plan=ancient(str(PT.plan)),
-        sweep=after_sweep(str(PT.ready("decode"))),
     output:
         ready=str(PT.ready("decode")),
     log:
@@ -44,7 +42,6 @@ rule router:
     input:
         prefill=get_prefill_ready,
         decode=str(PT.ready("decode")),
-        sweep=after_sweep(str(PT.ready("router"))),
     output:
         ready=str(PT.ready("router")),
     log:
