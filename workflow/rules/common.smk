@@ -36,27 +36,43 @@ KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"]
 
 
 def hide_from_dag(paths):
-    """Snakemake sees ``paths`` as missing while it builds the DAG (its existence cache
-    answers False for them); nothing on disk changes. Snakemake is pinned (9.27.1): its
-    IOCache keeps existence answers in ExistsDict, keyed by path."""
+    """Snakemake sees ``paths`` as absent while it builds the DAG; nothing on disk
+    changes. Returns what undoes it (onstart calls it once the DAG is built, before any
+    job, so Snakemake sees the files as they are when it checks outputs). Snakemake is
+    pinned (9.27.1): a file's existence, size and symlink check are the IOFile methods
+    patched here."""
     hidden = {os.path.normpath(p) for p in paths}
     if not hidden:
-        return
-    import snakemake.io
+        return lambda: None
+    import snakemake.io as smk_io
 
-    cls = snakemake.io.ExistsDict
-    contains, getitem, setitem = cls.__contains__, cls.__getitem__, cls.__setitem__
+    iofile = smk_io._IOFile
+    exists_local, size_local = iofile.exists_local, iofile.size_local
+    check_broken_symlink = iofile.check_broken_symlink
 
-    def is_hidden(path):
-        return isinstance(path, str) and os.path.normpath(path) in hidden
+    def is_hidden(f):
+        return os.path.normpath(f.file) in hidden
 
-    cls.__contains__ = lambda self, path: is_hidden(path) or contains(self, path)
-    cls.__getitem__ = lambda self, path: (
-        False if is_hidden(path) else getitem(self, path)
-    )
-    cls.__setitem__ = lambda self, path, value: (
-        None if is_hidden(path) else setitem(self, path, value)
-    )
+    async def exists(self):
+        return False if is_hidden(self) else await exists_local(self)
+
+    async def size(self):
+        if is_hidden(self):
+            raise smk_io.FileOrDirectoryNotFoundError(Path(self.file))
+        return await size_local(self)
+
+    async def check_symlink(self):
+        if not is_hidden(self):
+            await check_broken_symlink(self)
+
+    iofile.exists_local, iofile.size_local = exists, size
+    iofile.check_broken_symlink = check_symlink
+
+    def undo():
+        iofile.exists_local, iofile.size_local = exists_local, size_local
+        iofile.check_broken_symlink = check_broken_symlink
+
+    return undo
 
 
 # Parse time only reads, whatever the mode (-n, --lint, --summary, --report, --unlock,
@@ -73,7 +89,7 @@ def hide_from_dag(paths):
 SWEEP_PLAN = (
     plan_sweep(RESULTS) if workflow.is_main_process else {"points": [], "pending": []}
 )
-hide_from_dag(stale_paths(SWEEP_PLAN))
+SHOW_STALE_MARKERS = hide_from_dag(stale_paths(SWEEP_PLAN))
 for _point in SWEEP_PLAN["points"]:
     for _marker in _point["stale"]:
         print(f"pdbench: stale marker {_marker}: its stage runs again", file=sys.stderr)
@@ -89,6 +105,7 @@ for _point in SWEEP_PLAN["points"]:
 def prepare_run():
     """onstart (a real run, lock held, before any job): write the resolved config, clear
     the failure a previous run recorded (pdbench.runstate), carry out the sweep."""
+    SHOW_STALE_MARKERS()  # the DAG is built; from here on files are what they are
     pdconfig.write_resolved(CFG, CONFIG_FILE)
     runstate.start_run(
         RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
