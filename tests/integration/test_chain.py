@@ -430,7 +430,7 @@ def decode_node_pid(chain: Chain, rank: int) -> int:
 
 def swept(text: str) -> set[str]:
     return {m.split(f"/{POINT}/", 1)[-1] for m in
-            re.findall(r"pdbench: stale marker (\S+): its stage runs again", text)}
+            re.findall(r"pdbench: stale marker (\S+): what it describes is gone", text)}
 
 
 # ------------------------------------------------------------------------------ tests

@@ -92,7 +92,11 @@ SWEEP_PLAN = (
 SHOW_STALE_MARKERS = hide_from_dag(stale_paths(SWEEP_PLAN))
 for _point in SWEEP_PLAN["points"]:
     for _marker in _point["stale"]:
-        print(f"pdbench: stale marker {_marker}: its stage runs again", file=sys.stderr)
+        print(
+            f"pdbench: stale marker {_marker}: what it describes is gone; its stage"
+            " runs again where something needs it",
+            file=sys.stderr,
+        )
     if _point["set_aside"]:
         print(
             f"pdbench: the servers of {_point['point_dir']} are gone before its"
