@@ -146,3 +146,20 @@ def test_resolved_config_is_trusted_only_while_its_stamp_matches(tmp_path, monke
     with pytest.raises(ConfigError, match=r"grid.ep_sizes\[0\]"):
         config.load(path)
     assert calls == [1]
+
+
+def test_point_names_match_the_workflow_patterns(raw):
+    import re
+
+    from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
+
+    raw["grid"].update(ep_sizes=[16, 48], prefill_groups=[1, 2, 3], eplb=["none", "static",
+                                                                          "online"])
+    raw["server_args"]["decode"]["max-running-requests"] = 16384
+    raw["site"]["container"]["mounts"] = ["/shared"]
+    raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb.pt"}}
+    cfg = config.validate(raw)
+    for point in config.grid_points(cfg):
+        assert re.fullmatch(EXPERIMENT_PATTERN, point.experiment)
+        assert re.fullmatch(POINT_PATTERN, point.name)
+    assert config.experiments(cfg) == ["ep16", "ep48"]

@@ -51,6 +51,12 @@ def prefill_server_args(cfg: Mapping) -> dict:
     return {**cfg["server_args"]["common"], **cfg["server_args"]["prefill"]}
 
 
+# The names Point.experiment and Point.name produce, as patterns (the workflow's
+# wildcard constraints). Prefill groups are 1-3 (the schema's range).
+EXPERIMENT_PATTERN = r"ep\d+"
+POINT_PATTERN = r"p[1-3](-eplb_(static|online))?"
+
+
 @dataclass(frozen=True)
 class Point:
     """One grid point: an EP size, a number of prefill groups and an EPLB mode.
@@ -162,4 +168,4 @@ def allocation_neighbours(cfg: Mapping, point: Point) -> tuple[Point | None, Poi
 
 
 def experiments(cfg: Mapping) -> list[str]:
-    return [f"ep{ep}" for ep in sorted(cfg["grid"]["ep_sizes"])]
+    return sorted({p.experiment for p in grid_points(cfg)}, key=lambda e: int(e[2:]))

@@ -9,6 +9,7 @@ from pdbench import config as pdconfig
 from pdbench import runstate
 from pdbench.allocation import adopt_from_environment
 from pdbench.errors import ConfigError
+from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
 from pdbench.layout import ResultsPaths
 from pdbench.sweep import apply_sweep, plan_sweep, stale_paths
 
@@ -126,8 +127,8 @@ def prepare_run():
 
 
 wildcard_constraints:
-    experiment=r"ep\d+",
-    point=r"p[1-3](-eplb_(static|online))?",
+    experiment=EXPERIMENT_PATTERN,
+    point=POINT_PATTERN,
     group=r"[1-3]",
     snapshot=r"[1-9]\d*",
 
