@@ -40,7 +40,13 @@ COLUMNS = [
     "fill_ended_by",
     "method",
     "flags",
+    "emulated",
 ]
+
+
+def emulated(cfg) -> bool:
+    """Whether the servers of this config are the SGLang emulator (a test double)."""
+    return cfg["sglang"]["server_module"] == "pdbench.emulator"
 
 
 class GateError(PdbenchError):
@@ -91,6 +97,8 @@ def point_rows(ctx: PointContext) -> list[dict]:
             "fill_ended_by": filled.get("ended_by"),
             "method": m["method"],
             "flags": ";".join(m["flags"]),
+            # The servers were the SGLang emulator (a rehearsal): the numbers measure nothing.
+            "emulated": emulated(cfg),
         })
     return rows
 
