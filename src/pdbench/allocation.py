@@ -9,19 +9,15 @@ pdbench, only the steps pdbench started in it), the node list and each node's ad
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
 
 from . import runstate, slurm, topology
 from .grid import Point
-from .context import progress
+from .context import now, progress
 from .errors import ConfigError
 from .layout import PointPaths, write_json
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | None = None,
@@ -31,7 +27,7 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
     reused = _reusable(cfg, point, paths)
     if reused and not adopted:
         record = {**reused, "point": f"{point.experiment}/{point.name}",
-                  "reused_from": reused["point"], "start_time": _now()}
+                  "reused_from": reused["point"], "start_time": now("seconds")}
         write_json(paths.allocation, record)
         progress(f"allocation {record['job_id']} reused from {reused['point']}")
         return record
@@ -47,7 +43,7 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
         paths.logs.mkdir(parents=True, exist_ok=True)
         job_id = slurm.submit_holder(holder_sbatch_argv(cfg, point, paths))
         submitted = True
-        write_json(paths.pending_allocation, {"job_id": job_id, "submitted_at": _now(),
+        write_json(paths.pending_allocation, {"job_id": job_id, "submitted_at": now("seconds"),
                                               "point": f"{point.experiment}/{point.name}"})
         progress(f"submitted holder job {job_id} ({point.total_nodes} nodes) for "
                  f"{point.experiment}/{point.name}")
@@ -67,7 +63,7 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
             "nodelist": info.nodelist,
             "nodes": nodes,
             "addresses": addresses,
-            "start_time": _now(),
+            "start_time": now("seconds"),
             "point": f"{point.experiment}/{point.name}",
         }
         write_json(paths.allocation, record)

@@ -90,14 +90,13 @@ def cmd_plan(args) -> None:
     from . import config, topology
     from .layout import read_json, write_text
 
-    from .nodes import plan_of_allocation
-
     cfg = config.load(args.config)
     point = config.find_point(cfg, args.experiment, args.point)
     addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
     if args.allocation:
         try:
-            plan = plan_of_allocation(cfg, point, read_json(args.allocation), addresses)
+            plan = topology.plan_of_allocation(point, read_json(args.allocation), cfg["ports"],
+                                               addresses)
         except InputError as exc:
             raise InputError(f"{args.allocation}: {exc}") from None
     else:
@@ -243,16 +242,13 @@ def cmd_stop_all(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import apply_sweep, plan_sweep
+    from .sweep import apply_sweep, describe, plan_sweep
 
     plan = plan_sweep(args.results)
     result = {**apply_sweep(plan), **({"skipped": plan["skipped"]} if "skipped" in plan
                                       else {})}
-    for removed in result["removed"]:
-        print(f"pdbench: removed stale marker {removed}", file=sys.stderr)
-    for aside in result["set_aside"]:
-        print(f"pdbench: moved {', '.join(aside['moved'])} of {aside['from']} to "
-              f"{aside['to']}", file=sys.stderr)
+    for line in describe(result):
+        print(line, file=sys.stderr)
     _dump(result)
 
 

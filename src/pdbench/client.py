@@ -9,12 +9,11 @@ its JSONL only if it completed requests and generated tokens.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
 from . import commands, slurm
-from .context import PointContext, progress
+from .context import PointContext, now, progress
 from .errors import InputError, PdbenchError, StageError
 from .layout import MEASUREMENT_DIRS, read_json, write_json
 from .steps import StepLaunch, log_tail, server_alive, start_step, step_launch
@@ -26,9 +25,6 @@ CLIENT_ARM_TIMEOUT_S = 900.0
 CLIENT_SIGNAL_ATTEMPTS = 10
 BENCH_TIMEOUT_S = 7200.0
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def client_launch(ctx: PointContext) -> tuple[StepLaunch, list[str]]:
@@ -52,7 +48,7 @@ def start_client(ctx: PointContext) -> dict:
     log.unlink(missing_ok=True)  # the gate's lines are read from it: none from a former run
     step = start_step(ctx, launch)
     record = {"job_id": ctx.job_id, **step, "output": str(output), "log": str(log),
-              "started_at": _now(), "go_at": None, "argv": argv}
+              "started_at": now(), "go_at": None, "argv": argv}
     write_json(ctx.paths.client, record)
     progress(f"client: step {step['step_id']} on {ctx.plan.client_node}, held until the fill "
              f"starts; log {log}")
@@ -109,7 +105,7 @@ def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S)
             signals["complaint"]
         signals["sent"] += 1
         if signals["sent"] == 1:
-            client["go_at"] = _now()
+            client["go_at"] = now()
             write_json(ctx.paths.client, client)
 
     wait_for("the benchmark client's start",

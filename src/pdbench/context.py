@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import time
@@ -15,6 +16,11 @@ from .grid import Point
 from .dialects import Dialect, dialect_for
 from .errors import InputError
 from .layout import PointPaths, read_json
+
+
+def now(timespec: str = "milliseconds") -> str:
+    """The current time in UTC, ISO 8601, as every stage records it."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec=timespec)
 
 
 def progress(message: str) -> None:
@@ -63,9 +69,7 @@ class PointContext:
 
     @cached_property
     def plan(self) -> topology.NodePlan:
-        alloc = self.allocation
-        nodes = topology.expand_nodelist(alloc["nodelist"])
-        return topology.plan(self.point, nodes, self.cfg["ports"], alloc.get("addresses"))
+        return topology.plan_of_allocation(self.point, self.allocation, self.cfg["ports"])
 
     @property
     def shared_dir(self) -> Path:

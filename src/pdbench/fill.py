@@ -12,14 +12,13 @@ record means for the fill (full, stuck, sleeping, running freely) is defined in
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import math
 import time
 from pathlib import Path
 
 from . import commands, slurm
 from .client import dead_message, let_client_go
-from .context import PointContext, progress
+from .context import PointContext, now, progress
 from .errors import PdbenchError, StageError
 from .filltrack import FillTracker, release_requested
 from .http import call
@@ -30,9 +29,6 @@ from .wait import wait_for
 
 CURVE_EVERY_S = 5.0
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
@@ -81,7 +77,7 @@ def run_fill(ctx: PointContext) -> dict:
                           target_fraction=cfg["fill"]["target_fraction"],
                           plateau_forwards=cfg["fill"]["plateau_forwards"])
     started = time.monotonic()
-    started_at = _now()
+    started_at = now()
     req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=sleep_s)
     call(req.method, req.url, req.body)
     try:
@@ -129,8 +125,8 @@ def run_fill(ctx: PointContext) -> dict:
         raise
     # Release at once (runbook step 9): every forward under slow_down from here on is
     # time lost. The release stage confirms that decode runs again.
-    filled_at, offsets = _now(), follower.positions()
-    release_requested_at = _now()
+    filled_at, offsets = now(), follower.positions()
+    release_requested_at = now()
     _clear_slow_down(ctx)  # answered once the sleep under way has ended
     status = tracker.status()
     filled = {
@@ -187,7 +183,7 @@ def run_release(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
                       on_timeout=on_timeout)
     batch = {str(r): f.running_req for r, f in sorted(freely.items())}
     released = {
-        "released_at": _now(),
+        "released_at": now(),
         # From the fill's release request (or this stage's, for a fill that has none).
         "release_latency_s": round(time.time() - requested, 2),
         "running_batch": batch,

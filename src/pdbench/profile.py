@@ -9,11 +9,10 @@ first one after the release request.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 
 from . import commands
-from .context import PointContext, progress
+from .context import PointContext, now, progress
 from .errors import StageError
 from .filltrack import release_requested
 from .http import call
@@ -26,9 +25,6 @@ from .wait import wait_for
 
 SNAPSHOT_TIMEOUT_S = 1800.0
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def start_profile_request(ctx: PointContext, k: int) -> commands.ControlRequest:
@@ -67,7 +63,7 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIME
     out_dir.mkdir(parents=True, exist_ok=True)
     follower = LogFollower(ctx.decode_logs(), from_end=True)
     req = start_profile_request(ctx, k)
-    requested_at = _now()
+    requested_at = now()
     call(req.method, req.url, req.body, timeout_s=120)
     ranks = ctx.point.decode_dp
     seen: dict = {"profile_id": None, "done": set(), "files": []}
@@ -96,7 +92,7 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIME
         "output_dir": str(out_dir),
         "request": {"url": req.url, "body": req.body},
         "requested_at": requested_at,
-        "done_at": _now(),
+        "done_at": now(),
         "files": sorted(p.name for p in files),
     }
     write_json(ctx.paths.snapshot(k), snapshot)

@@ -47,8 +47,6 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                   "nodelist": topology.compress_nodelist(nodes),
                   "addresses": dict(addresses) if addresses else None}
     ctx = PointContext.for_allocation(dict(cfg), point, paths, allocation)
-    # The plan from the given names, not by re-expanding the record's nodelist.
-    ctx.__dict__["plan"] = topology.plan(point, nodes, cfg["ports"], allocation["addresses"])
     shell = commands.render_shell
     sections = [{"title": f"allocation: holder job for {point.total_nodes} nodes "
                           f"({paths.allocation})", "kind": "shell",

@@ -11,13 +11,12 @@ log tail, and the step is cancelled.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from . import commands, slurm
-from .context import PointContext, progress
+from .context import PointContext, now, progress
 from .http import HTTPCallError, call, probe
 from .layout import read_json, write_json
 from .steps import (
@@ -35,9 +34,6 @@ from .wait import wait_for
 READY_TIMEOUT_S = 3600.0
 ROUTER_READY_TIMEOUT_S = 600.0
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def server_launch(ctx: PointContext, server: str) -> StepLaunch:
@@ -90,7 +86,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
     if missing:
         raise ServerError(f"{server}: environment variable(s) {', '.join(missing)} "
                           "(site.secret_env) are not set")
-    started_at = _now()
+    started_at = now()
     step = start_step(ctx, server_launch(ctx, server))
     node0_log = ctx.paths.node_log(log_role, 0)
     progress(f"{server}: step {step['step_id']} on {','.join(spec.node_names)}; "
@@ -118,7 +114,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
         "logs": [str(ctx.paths.node_log(log_role, r))
                  for r in range(len(spec.nodes))],
         "started_at": started_at,
-        "ready_at": _now(),
+        "ready_at": now(),
         "startup_s": round(waited, 1),
     }
     write_json(ctx.paths.ready(server), marker)
@@ -141,7 +137,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
         marker = read_json(ctx.paths.ready(server.name))
         if not server_alive(marker):
             raise ServerError(f"router: {server.name} (step {marker['step_id']}) is not running")
-    started_at = _now()
+    started_at = now()
     step = start_step(ctx, router_launch(ctx))
     log = ctx.paths.node_log("router", 0)
     expected = len(plan.prefill) + 1
@@ -185,7 +181,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_
         "decode": plan.decode.url,
         "test_request": {"completion_tokens": test.get("meta_info", {}).get("completion_tokens")},
         "started_at": started_at,
-        "ready_at": _now(),
+        "ready_at": now(),
         "startup_s": round(waited, 1),
     }
     write_json(ctx.paths.ready("router"), marker)

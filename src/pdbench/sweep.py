@@ -101,6 +101,13 @@ def apply_sweep(plan: dict) -> dict:
     return {"removed": removed, "set_aside": aside}
 
 
+def describe(result: dict) -> list[str]:
+    """What :func:`apply_sweep` did, one line each (for the run's log)."""
+    return [*(f"pdbench: removed stale marker {m}" for m in result["removed"]),
+            *(f"pdbench: moved {', '.join(a['moved'])} of {a['from']} to {a['to']}"
+              for a in result["set_aside"])]
+
+
 def _stale_markers(paths: PointPaths, live_job_id: int | None) -> tuple[list[Path], list[Path]]:
     """The stale markers of a point, and those of them whose steps still run.
 

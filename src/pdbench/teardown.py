@@ -11,12 +11,11 @@ steps in them end.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
 
 from . import slurm
-from .context import PointContext
+from .context import PointContext, now
 from .layout import ResultsPaths, read_json
 from .steps import marker_alive, stop_step
 
@@ -52,7 +51,7 @@ def stop_point(ctx: PointContext, *, release_allocation: bool = True) -> dict:
             slurm.cancel(str(alloc["job_id"]))
             cancelled = alloc["job_id"]
     return {"stopped_steps": stopped, "cancelled_job": cancelled,
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
+            "at": now()}
 
 
 def stop_all(results: str | os.PathLike, reason: str = "requested", *,

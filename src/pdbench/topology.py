@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 
 import hostlist
 
+from .errors import ConfigError, InputError, PdbenchError
 from .grid import Point
-from .errors import ConfigError, PdbenchError
 
 # Server slots in the shared-host port scheme; the decode server comes after any
 # prefill group. Each slot owns a block of ports so that no two node ranks collide.
@@ -349,3 +349,15 @@ def _check_ports_unique(prefill, decode, router_port, router_node, addresses) ->
         if s.role == "prefill":
             take(s.head.address, s.bootstrap_port, f"{s.name} bootstrap")
     take(addresses[router_node], router_port, "router")
+
+
+def plan_of_allocation(point: Point, allocation: Mapping, ports: Mapping,
+                       addresses: Mapping[str, str] | None = None) -> NodePlan:
+    """The plan for the nodes an allocation record holds (its ``nodelist`` and node
+    ``addresses``, overridden by ``addresses``)."""
+    try:
+        nodes = expand_nodelist(allocation["nodelist"])
+    except (KeyError, TypeError):
+        raise InputError("the allocation record has no 'nodelist'") from None
+    merged = {**(allocation.get("addresses") or {}), **(addresses or {})}
+    return plan(point, nodes, ports, merged or None)

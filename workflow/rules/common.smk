@@ -11,7 +11,7 @@ from pdbench.allocation import adopt_from_environment
 from pdbench.errors import ConfigError
 from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
 from pdbench.layout import ResultsPaths
-from pdbench.sweep import apply_sweep, plan_sweep, stale_paths
+from pdbench.sweep import apply_sweep, describe, plan_sweep, stale_paths
 
 try:
     CFG = pdconfig.validate(config, source="config")
@@ -115,15 +115,8 @@ def prepare_run():
     runstate.start_run(
         RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
     )
-    swept = apply_sweep(SWEEP_PLAN)
-    for removed in swept["removed"]:
-        print(f"pdbench: removed stale marker {removed}", file=sys.stderr)
-    for aside in swept["set_aside"]:
-        print(
-            f"pdbench: moved {', '.join(aside['moved'])} of {aside['from']} to"
-            f" {aside['to']}",
-            file=sys.stderr,
-        )
+    for line in describe(apply_sweep(SWEEP_PLAN)):
+        print(line, file=sys.stderr)
 
 
 wildcard_constraints:
