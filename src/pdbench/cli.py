@@ -203,11 +203,13 @@ def cmd_teardown(args) -> None:
 
 
 def cmd_point_throughput(args) -> None:
-    from .throughput import gate, point_rows, write_csv
+    from .layout import write_json
+    from .throughput import gate, point_measurement, write_csv
 
     ctx = _point(args)
-    rows = point_rows(ctx)
+    rows, details = point_measurement(ctx)
     gate(ctx, rows)
+    write_json(ctx.paths.measurement, details, compact=True)
     write_csv(ctx.paths.throughput, rows)
     _dump(rows)
 

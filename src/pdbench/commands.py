@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from .grid import Point, decode_server_args, prefill_server_args
 from .dialects import Dialect, dialect_for
 from .errors import ConfigError
-from .layout import PointPaths, node_log_name
+from .layout import PointPaths, node_log_name, node_versions_name
 from .topology import NodePlan
 
 # Where the servers' fallback directories go under a point's shared directory.
@@ -226,6 +226,27 @@ def missing_secrets(cfg: Mapping, environ: Mapping[str, str] | None = None) -> l
     return [name for name in cfg["site"].get("secret_env", []) if not environ.get(name)]
 
 
+# Packages whose versions a launched Python reports (pdbench.provenance reads them back).
+VERSIONS_PROBE_PACKAGES = (
+    "sglang", "sglang-router", "sgl-kernel", "torch", "flashinfer-python", "transformers",
+    "mooncake-transfer-engine", "nixl", "deep-ep",
+)
+VERSIONS_PROBE = (
+    "import importlib.metadata as m, json, platform\n"
+    "def v(n):\n"
+    "    try:\n"
+    "        return m.version(n)\n"
+    "    except Exception:\n"
+    "        return None\n"
+    f"names = {list(VERSIONS_PROBE_PACKAGES)!r}\n"
+    "print(json.dumps({'python': platform.python_version(), 'packages': {n: v(n) for n in names}}))"
+)
+
+
+def _is_python(program: str) -> bool:
+    return re.fullmatch(r"python[0-9.]*", Path(program).name) is not None
+
+
 def node_launcher_script(
     argvs: Sequence[Sequence[str]],
     env: Mapping[str, str],
@@ -286,8 +307,14 @@ def node_launcher_script(
                 f"    mkdir -p {q(str(log_dir))}",
                 f"    printf 'pdbench: %s node rank %s on %s, log %s\\n' {q(role_name)} {rank} "
                 f'"$(hostname)" {q(str(log))} >&2',
-                f"    exec {command} > {q(str(log))} 2>&1",
             ]
+            if rank == 0 and _is_python(argv[0]):
+                # The versions this interpreter (in the container, on the node) has: the
+                # provenance of what ran, read from where it ran. Never fatal.
+                versions = Path(log_dir) / node_versions_name(role_name, rank)
+                lines.append(f"    {q(argv[0])} -c {q(VERSIONS_PROBE)} > {q(str(versions))} "
+                             "2>/dev/null || true")
+            lines.append(f"    exec {command} > {q(str(log))} 2>&1")
         else:
             lines.append(f"    exec {command}")
         lines.append("    ;;")

@@ -156,7 +156,11 @@ def fill_status(paths: Iterable[str | os.PathLike], target: int, *, ranks: int |
     return tracker.status()
 
 
+def iso_epoch(at: str | None) -> float | None:
+    """Epoch seconds of a stage record's ISO 8601 time (None when absent)."""
+    return dt.datetime.fromisoformat(at).timestamp() if at else None
+
+
 def release_requested(filled: dict) -> float | None:
     """When the fill asked for the release (epoch seconds), if its record says."""
-    at = filled.get("release_requested_at")
-    return dt.datetime.fromisoformat(at).timestamp() if at else None
+    return iso_epoch(filled.get("release_requested_at"))

@@ -27,7 +27,10 @@ POINT_FILES = {
     "fill/": "the fill under /slow_down (filled.json, curve.csv) and its release (released.json)",
     "profile/{k}/": "torch-profiler traces of snapshot k and their snapshot.json",
     "bench/bench.jsonl": "the benchmark client's validated result",
-    "throughput.csv": "one row per snapshot",
+    "throughput.csv": "one row per snapshot (invalid ones with their reason)",
+    "measurement.json": "per snapshot: per-rank batches, step periods; the fill curve",
+    "manifest.json": "provenance: config, plan, commands, versions, times, GPU-hours, hashes",
+    "server_info/": "what each running server reported about itself (/server_info)",
     "teardown.json": "what the teardown stopped or kept",
     "logs/": "every server node's log, the client's, each stage's",
     "commands/": "the exact launcher scripts and srun lines that ran",
@@ -42,6 +45,11 @@ def node_log_name(role: str, rank: int) -> str:
     """One server node's log (the runbook's ``launch_server_{role}_node_rank_{N}.log``,
     for servers whose role is ``launch_server_<name>``)."""
     return f"{role}_node_rank_{rank}.log"
+
+
+def node_versions_name(role: str, rank: int) -> str:
+    """What the Python of one server node reported about its packages, next to its log."""
+    return f"{role}_node_rank_{rank}.versions.json"
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,13 @@ class PointPaths:
             key=lambda p: int(p.stem.rsplit("_", 1)[1]),
         )
 
+    def node_versions(self, role: str, rank: int = 0) -> Path:
+        return self.logs / node_versions_name(role, rank)
+
+    def server_info(self, server: str) -> Path:
+        """What the running server reported about itself (``/server_info``)."""
+        return self.root / "server_info" / f"{server}.json"
+
     def any_server_logs(self) -> bool:
         return any(self.logs.glob(node_log_name(self.server_log_role("*"), "*")))
 
@@ -176,8 +191,19 @@ class PointPaths:
         return self.root / "throughput.csv"
 
     @property
+    def measurement(self) -> Path:
+        """Per snapshot, what the throughput came from (per-rank batches, step periods,
+        the validity verdict) and the fill curve: what the report plots."""
+        return self.root / "measurement.json"
+
+    @property
     def teardown(self) -> Path:
         return self.root / "teardown.json"
+
+    @property
+    def manifest(self) -> Path:
+        """The point's provenance (pdbench.provenance)."""
+        return self.root / "manifest.json"
 
     @property
     def profiler_dir(self) -> Path:
@@ -227,6 +253,11 @@ class ExperimentPaths:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def figures(self) -> Path:
+        """The report's plots as SVG files (for the Snakemake report bundle)."""
+        return self.root / "figures"
+
     def stage_log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
 
@@ -242,6 +273,14 @@ class ResultsPaths:
 
     def experiment(self, experiment: str) -> ExperimentPaths:
         return ExperimentPaths(self.root / experiment)
+
+    @property
+    def report(self) -> Path:
+        """The grid-wide page over every experiment of the config."""
+        return self.root / "report.html"
+
+    def stage_log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
 
     def point_dirs(self) -> list[PointPaths]:
         """Every point that has (had) an allocation."""
@@ -279,9 +318,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write atomically: a crash never leaves a half-written marker or result."""
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+def write_json(path: str | os.PathLike, data: Any, *, compact: bool = False) -> None:
+    """Write atomically: a crash never leaves a half-written marker or result. Compact
+    for data files (long number series); indented for records people read."""
+    text = (json.dumps(data, separators=(",", ":"), default=str) if compact
+            else json.dumps(data, indent=2, default=str))
+    write_text(path, text + "\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -244,6 +244,7 @@ def measure(
         "step_ms": step_ms,
         "step_ms_spread": reference.get("spread"),
         "steps_used": reference["steps"],
+        "step_periods_ms": list(reference["step_ms"]),
         "trace_file": str(traces[reference_rank]),
         "trace_rank": reference_rank,
         "rank_step_ms": {str(r): v for r, v in sorted(rank_medians.items())},

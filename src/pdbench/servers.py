@@ -117,9 +117,25 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
         "ready_at": now(),
         "startup_s": round(waited, 1),
     }
+    record_server_info(ctx, server, spec.url)
     write_json(ctx.paths.ready(server), marker)
     progress(f"{server} ready after {waited:.0f} s")
     return marker
+
+
+def record_server_info(ctx: PointContext, server: str, url: str) -> None:
+    """Keep what the running server says about itself (version, every server arg) for the
+    point's provenance; the path is the configured release's. Not fatal: a server that
+    does not answer is recorded as such."""
+    path = ctx.dialect.server_info_path
+    try:
+        info = call("GET", f"{url}{path}", timeout_s=30).json()
+        if not isinstance(info, dict):
+            raise ValueError(f"{path} answered {type(info).__name__}, not an object")
+        record = {"url": f"{url}{path}", "at": now(), "info": info}
+    except (HTTPCallError, ValueError) as exc:
+        record = {"url": f"{url}{path}", "at": now(), "error": str(exc).splitlines()[0]}
+    write_json(ctx.paths.server_info(server), record)
 
 
 def _dead_message(ctx, server, nodes, log_role, step) -> str:

@@ -40,8 +40,16 @@ COLUMNS = [
     "fill_ended_by",
     "method",
     "flags",
+    "valid",
+    "invalid_reason",
     "emulated",
 ]
+
+# The fill curve keeps at most this many samples per rank (the report draws it).
+FILL_CURVE_SAMPLES = 200
+# Time zones are whole quarter hours: a log clock in another zone than UTC shows up as
+# such an offset between the logs' first slow_down line and the fill's recorded start.
+_ZONE_STEP_S = 900.0
 
 
 def emulated(cfg) -> bool:
@@ -54,13 +62,20 @@ class GateError(PdbenchError):
 
 
 def point_rows(ctx: PointContext) -> list[dict]:
+    return point_measurement(ctx)[0]
+
+
+def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
+    """The point's rows (one per snapshot, each with its validity verdict) and what they
+    came from (``measurement.json``: per-rank batches, step periods, the fill curve)."""
     cfg, point, paths = ctx.cfg, ctx.point, ctx.paths
     bench = _last_jsonl(paths.bench)
     filled = read_json(paths.filled) if paths.filled.exists() else {}
     logs = ctx.decode_logs()
     if not logs:
         raise InputError(f"no decode logs in {paths.logs}")
-    rows = []
+    rows, snapshots = [], []
+    minimum = cfg["fill"]["min_batch_fraction"] * point.target_global_batch
     for k in range(1, cfg["profile"]["snapshots"] + 1):
         snap = read_json(paths.snapshot(k))
         m = measure(
@@ -72,6 +87,21 @@ def point_rows(ctx: PointContext) -> list[dict]:
             tolerance=cfg["profile"]["log_step_tolerance"],
         )
         spread = m.get("step_ms_spread") or {}
+        invalid = "" if m["global_batch"] >= minimum else (
+            f"global batch {m['global_batch']} below fill.min_batch_fraction "
+            f"({cfg['fill']['min_batch_fraction']}) x target {point.target_global_batch}")
+        snapshots.append({
+            "snapshot": k,
+            "profile_id": m["profile_id"],
+            "per_rank_batch": m["per_rank_batch"],
+            "rank_step_ms": m["rank_step_ms"],
+            "step_periods_ms": m["step_periods_ms"],
+            "log_step_ms": m["log_step_ms"],
+            "trace_file": m["trace_file"],
+            "formula": m["formula"],
+            "valid": not invalid,
+            "invalid_reason": invalid,
+        })
         rows.append({
             "point": point.name,
             "ep": point.ep,
@@ -97,17 +127,61 @@ def point_rows(ctx: PointContext) -> list[dict]:
             "fill_ended_by": filled.get("ended_by"),
             "method": m["method"],
             "flags": ";".join(m["flags"]),
+            "valid": not invalid,
+            "invalid_reason": invalid,
             # The servers were the SGLang emulator (a rehearsal): the numbers measure nothing.
             "emulated": emulated(cfg),
         })
-    return rows
+    details = {
+        "point": point.name,
+        "experiment": point.experiment,
+        "target_per_rank": point.target_global_batch / max(1, point.decode_dp),
+        "snapshots": snapshots,
+        "fill_curve": fill_curve(logs, filled, read_json(paths.released)
+                                 if paths.released.exists() else {}),
+        "emulated": emulated(cfg),
+    }
+    return rows, details
+
+
+def fill_curve(logs: Sequence[Path], filled: dict, released: dict) -> dict:
+    """``#running-req`` per DP rank from the decode logs, seconds since the fill started,
+    from the fill's start to a while after the release. The logs' clock is aligned to
+    the stage records by the whole quarter hours between the first slow_down line and
+    the recorded fill start (a node clock in another time zone)."""
+    from .filltrack import iso_epoch
+    from .measure import read_rank_logs
+
+    start = iso_epoch(filled.get("started_at"))
+    if start is None:
+        return {"ranks": {}, "release_s": None, "why": "the fill recorded no start"}
+    by_rank = read_rank_logs(logs)
+    first_sleep = min((r["epoch"] for recs in by_rank.values() for r in recs
+                       if r["kind"] == "slow_down" and r.get("epoch")), default=None)
+    shift = 0.0 if first_sleep is None else round(
+        (first_sleep - start) / _ZONE_STEP_S) * _ZONE_STEP_S
+    release = iso_epoch(released.get("released_at")) or iso_epoch(
+        filled.get("release_requested_at"))
+    release_s = None if release is None else round(release - start, 3)
+    end_s = (release_s or float(filled.get("fill_s") or 0.0)) * 1.2 + 5.0
+    ranks = {}
+    for rank, records in sorted(by_rank.items()):
+        samples = [[round(r["epoch"] - shift - start, 3), r["running_req"]]
+                   for r in records if r["kind"] == "decode" and r.get("epoch")
+                   and -1.0 <= r["epoch"] - shift - start <= end_s]
+        # Log times are whole seconds: keep one sample per change, then thin evenly.
+        samples = [s for i, s in enumerate(samples) if i == 0 or s != samples[i - 1]]
+        step = max(1, -(-len(samples) // FILL_CURVE_SAMPLES))
+        ranks[str(rank)] = samples[::step]
+    return {"ranks": ranks, "release_s": release_s, "clock_shift_s": shift}
 
 
 def gate(ctx: PointContext, rows: Sequence[dict]) -> None:
-    """Fail the point when its profiled batch is far below the target."""
+    """Fail the point when none of its snapshots profiled a batch near the target (a
+    snapshot below it stays in the table, marked invalid with its reason)."""
     minimum = ctx.cfg["fill"]["min_batch_fraction"] * ctx.point.target_global_batch
     low = [r for r in rows if r["global_batch"] < minimum]
-    if low:
+    if rows and len(low) == len(rows):
         worst = min(low, key=lambda r: r["global_batch"])
         raise GateError(
             f"{ctx.point.experiment}/{ctx.point.name}: snapshot {worst['snapshot']} profiled a "
