@@ -214,6 +214,33 @@ def cmd_point_throughput(args) -> None:
     _dump(rows)
 
 
+def cmd_manifest(args) -> None:
+    from .layout import write_json
+    from .provenance import build_manifest
+
+    ctx = _point(args)
+    manifest = build_manifest(ctx)
+    write_json(ctx.paths.manifest, manifest)
+    _dump({"manifest": str(ctx.paths.manifest), "gpu_hours": manifest["gpu_hours"]})
+
+
+def cmd_rerun_config(args) -> None:
+    import yaml
+
+    from .layout import write_text
+    from .provenance import rerun_config
+
+    cfg = rerun_config(args.manifest)
+    text = ("# Reruns exactly the point of " + str(args.manifest) + ":\n"
+            "#   snakemake --profile <profile> --configfile <this file>\n"
+            + yaml.safe_dump(cfg, sort_keys=False))
+    if args.out:
+        write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def cmd_merge_csv(args) -> None:
     from .throughput import merge_csvs, write_csv
 
@@ -321,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     point_cmd("bench-result", cmd_bench_result, "wait for the client and validate its JSONL")
     point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation")
     point_cmd("point-throughput", cmd_point_throughput, "throughput.csv of one point")
+
+    point_cmd("manifest", cmd_manifest, "manifest.json of one point (provenance, GPU-hours)")
+    p = sub.add_parser("rerun-config", help="the config that reruns exactly a manifest's point")
+    p.add_argument("manifest", help="results/{experiment}/{point}/manifest.json")
+    p.add_argument("--out", help="write here instead of stdout")
+    p.set_defaults(func=cmd_rerun_config)
 
     p = sub.add_parser("merge-csv", help="the experiment's throughput.csv from its points'")
     p.add_argument("csvs", nargs="+")

@@ -159,6 +159,9 @@ class PointPaths:
         """What the running server reported about itself (``/server_info``)."""
         return self.root / "server_info" / f"{server}.json"
 
+    def server_infos(self) -> list[Path]:
+        return sorted((self.root / "server_info").glob("*.json"))
+
     def any_server_logs(self) -> bool:
         return any(self.logs.glob(node_log_name(self.server_log_role("*"), "*")))
 
