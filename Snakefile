@@ -8,16 +8,24 @@
 #   fill/released.json     slow_down cleared, decode running at full batch
 #   profile/{k}/           torch-profiler traces of snapshot k
 #   bench/bench.jsonl      the benchmark client's result
-#   throughput.csv         one row per snapshot
+#   throughput.csv         one row per snapshot (invalid ones with their reason)
+#   measurement.json       per snapshot: per-rank batches, step periods; the fill curve
+#   manifest.json          provenance: config, plan, commands, versions, stage times,
+#                          GPU-hours, sha256 of every raw input
 #   bench/client.json      the benchmark client, started with the servers and held
 #                          until the fill lets it go
 #   attempts/<time>-job<id>/  what servers that died mid-measurement left (fill, profile,
 #                          bench, logs), set aside when the next run starts; kept
 #                          (…-invalid-benchmark: a client result that failed the gate)
-# and per experiment (results/{experiment}/): throughput.csv and report.html.
+# and per experiment (results/{experiment}/): throughput.csv, report.html and figures/;
+# with several experiments, results/report.html over all of them. Analysis stages
+# (throughput, manifest, report) run where Snakemake runs and read only stored files.
 
 
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -29,6 +37,7 @@ include: "workflow/rules/fill.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/teardown.smk"
 include: "workflow/rules/throughput.smk"
+include: "workflow/rules/manifest.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -17,11 +17,11 @@ SRC = REPO / "src" / "pdbench"
 NAMES = ("allocation.json", "allocation.pending.json", "node_list_env.sh", "plan.json",
          "filled.json", "released.json", "curve.csv", "snapshot.json", "client.json",
          "client-output.jsonl", "bench.jsonl", "throughput.csv", "teardown.json",
-         "report.html", "run-failed", "run-keep-going", "_node_rank_", ".srun.sh",
+         "measurement.json", "manifest.json", "versions.json", "report.html", "run-failed", "run-keep-going", "_node_rank_", ".srun.sh",
          ".srun.log", "allocation-%j.out", ".pdbench")
 # Directory names: forbidden as the right-hand side of a path join (``x / "ready"``).
 DIRS = ("ready", "fill", "profile", "bench", "logs", "commands", "attempts", "traces",
-        "sweep")
+        "sweep", "server_info", "figures")
 # The emulator writes SGLang's own files (its logs and traces), not results/ ones.
 EXEMPT = {SRC / "layout.py"}
 

@@ -1,39 +1,145 @@
-"""The experiment page: a median per point (never the best snapshot), emulated runs labelled."""
+"""The report: a median per point over its valid snapshots (never the best one), invalid
+snapshots listed with their reason, emulated runs labelled everywhere, one file that
+needs nothing from elsewhere, and the grid page over several experiments."""
 
 from __future__ import annotations
 
-from pdbench.report import EMULATED_LABEL, point_summary, render
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from pdbench import report
+from pdbench.layout import ExperimentPaths, PointPaths, ResultsPaths, write_json
+from pdbench.throughput import COLUMNS, write_csv
+
+REFERENCES = [{"label": "LMSYS GB200 NVL72 (Part II)", "tokens_per_s_per_gpu": 13386,
+               "conditions": "48 decode GPUs, 2,000-token input, September 2025"}]
 
 
-def rows(emulated: str = "False") -> list[dict]:
-    base = {"decode_gpus": "48", "fill_ended_by": "reached", "emulated": emulated}
-    return [
-        {**base, "point": "p1", "snapshot": "1", "tokens_per_s_per_gpu": "100.0",
-         "global_batch": "384", "step_ms": "60.0"},
-        {**base, "point": "p1", "snapshot": "2", "tokens_per_s_per_gpu": "130.0",
-         "global_batch": "384", "step_ms": "62.0"},
-        {**base, "point": "p1", "snapshot": "3", "tokens_per_s_per_gpu": "900.0",
-         "global_batch": "380", "step_ms": "61.0"},
-        {**base, "point": "p<2>", "snapshot": "1", "tokens_per_s_per_gpu": "120.0",
-         "global_batch": "384", "step_ms": "60.8"},
-    ]
+def row(point: str, k: int, tps, *, ep: int = 48, valid: bool = True, reason: str = "",
+        emulated: bool = False, batch: int = 384, step: float = 60.0) -> dict:
+    r = {c: "" for c in COLUMNS}
+    r.update(point=point, ep=ep, prefill_groups=int(point[1]), eplb="none", snapshot=k,
+             profile_id=str(k), global_batch=batch, target_global_batch=384,
+             rank_batch_min=batch // 48, rank_batch_max=batch // 48, ranks=48, step_ms=step,
+             step_ms_p10=step - 1, step_ms_p90=step + 1, steps_used=5, log_step_ms=step,
+             trace_log_ratio=1.0, decode_gpus=48, tokens_per_s_per_gpu=tps,
+             client_output_throughput=5000, client_completed=768, fill_ended_by="reached",
+             method="step_spans", flags="", valid=valid, invalid_reason=reason,
+             emulated=emulated)
+    return r
 
 
-def test_the_headline_is_the_median_with_its_spread_and_count():
-    p1, p2 = point_summary(rows())
-    assert (p1["point"], p1["snapshots"]) == ("p1", 3)
-    assert p1["tokens_per_s_per_gpu_median"] == 130.0  # not the best (900)
+def experiment(root: Path, name: str, rows: list[dict]) -> Path:
+    """A results/<name>/ tree as the workflow leaves it: CSVs, measurements, manifests."""
+    exp = ResultsPaths(root).experiment(name)
+    for point in dict.fromkeys(r["point"] for r in rows):
+        paths = PointPaths(exp.root / point)
+        snaps = [r for r in rows if r["point"] == point]
+        write_csv(paths.throughput, snaps)
+        write_json(paths.measurement, {
+            "target_per_rank": 8,
+            "snapshots": [{"snapshot": r["snapshot"], "valid": r["valid"],
+                           "per_rank_batch": {str(i): 8 - (i == 3) for i in range(48)},
+                           "step_periods_ms": [60.0, 61.0, 59.5], "log_step_ms": 60.2}
+                          for r in snaps],
+            "fill_curve": {"ranks": {"0": [[0.0, 0], [2.0, 8]]}, "release_s": 3.0}})
+        write_json(paths.manifest, {
+            "stages": [{"stage": "servers start-up", "gpu_hours": 0.5},
+                       {"stage": "fill", "gpu_hours": 0.1}],
+            "gpu_hours": {"from_stage_records": 0.6, "from_sacct": 0.9, "differ": True},
+            "sglang": {"configured_version": "0.5.5.post2", "servers": {
+                "decode": {"version": "0.5.5.post2"},
+                "router": {"packages": {"packages": {"sglang-router": "0.2.1"}}}}},
+            "repository": {"commit": "a" * 40, "dirty": False},
+            "slurm": {"job_id": 17}, "container": {"image": "img:tag"}})
+    write_csv(exp.throughput, rows)
+    return exp.throughput
+
+
+def test_the_headline_is_the_median_of_valid_snapshots_with_spread_and_count():
+    rows = [row("p1", 1, 100.0), row("p1", 2, 130.0), row("p1", 3, 900.0),
+            row("p1", 4, 5000.0, valid=False, reason="global batch 10 below ..."),
+            row("p2", 1, 120.0)]
+    p1, p2 = report.point_summary(rows).to_dict("records")
+    assert (p1["point"], p1["snapshots"], p1["valid_snapshots"]) == ("p1", 4, 3)
+    assert p1["tokens_per_s_per_gpu_median"] == 130.0  # neither the best nor the invalid
     assert (p1["tokens_per_s_per_gpu_min"], p1["tokens_per_s_per_gpu_max"]) == (100.0, 900.0)
-    assert (p1["global_batch_median"], p1["step_ms_median"]) == (384.0, 61.0)
+    assert (p1["global_batch_median"], p1["step_ms_median"]) == (384.0, 60.0)
     assert p2["snapshots"] == 1 and p2["tokens_per_s_per_gpu_median"] == 120.0
 
 
-def test_page_shows_median_escapes_names_and_labels_only_emulated_runs():
-    page = render("ep48", rows())
-    assert "<td>p1</td><td>130</td><td>100 \u2013 900</td><td>3</td>" in page
-    assert "p&lt;2&gt;" in page and "p<2>" not in page
+@pytest.mark.parametrize("bad", ["nan", "inf", "-5", "", "abc", "0"])
+def test_a_row_without_a_finite_positive_figure_is_never_a_valid_snapshot(bad):
+    frame = report.snapshot_frame([row("p1", 1, bad), row("p1", 2, 200.0)])
+    assert list(frame["valid"]) == [False, True]
+    assert frame["invalid_reason"][0] == "no finite positive tokens/s per GPU"
+    summary = report.point_summary(frame).to_dict("records")[0]
+    assert summary["tokens_per_s_per_gpu_median"] == 200.0
+
+
+def test_a_point_without_a_valid_snapshot_has_no_headline(tmp_path):
+    rows = [row("p1", 1, 50.0, valid=False, reason="global batch 12 below 0.9 x 384")]
+    summary = report.point_summary(rows).to_dict("records")[0]
+    assert summary["valid_snapshots"] == 0 and math.isnan(summary["tokens_per_s_per_gpu_median"])
+    out = ExperimentPaths(tmp_path / "ep48").report
+    report.write(out, [experiment(tmp_path, "ep48", rows)], references=REFERENCES)
+    page = out.read_text()
+    assert "global batch 12 below 0.9 x 384" in page  # listed with its reason
+
+
+def test_the_page_is_self_contained_and_labels_emulated_runs_everywhere(tmp_path):
+    rows = [row("p1", k, 100.0 + k, emulated=True) for k in (1, 2)] + [
+        row("p2", 1, 140.0, emulated=True)]
+    out = ExperimentPaths(tmp_path / "ep48").report
+    figures = tmp_path / "ep48" / "figures"
+    result = report.write(out, [experiment(tmp_path, "ep48", rows)], references=REFERENCES,
+                          figures_dir=figures)
+    page = out.read_text()
+    assert result["bytes"] < 1_000_000
+    label = report.EMULATED_LABEL
+    assert f"<title>pdbench \u00b7 Decode throughput: ep48 ({label})</title>" in page
+    svgs = re.findall(r"<svg[\s\S]*?</svg>", page)
+    assert len(svgs) == 5 and all(label in s for s in svgs)
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "fill-curves.svg", "gpu-hours.svg", "rank-batches.svg", "step-times.svg",
+        "throughput.svg"]
+    # Nothing comes from elsewhere: no script, no remote style, font or image.
+    assert "<script" not in page and "@import" not in page and "url(http" not in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    # The medians, the GPU-hours with sacct's differing figure, the reference, the links.
+    assert "LMSYS GB200 NVL72 (Part II)" in page and "13,386" in page
+    assert "(sacct 0.90)" in page
+    assert 'href="p1/manifest.json"' in page and "aaaaaaaaaaaa" in page
     assert "best" not in page.lower()
-    assert EMULATED_LABEL not in page
-    emulated = render("ep48", rows(emulated="True"))
-    assert f"<title>pdbench ep48 ({EMULATED_LABEL})</title>" in emulated
-    assert f"<h1>Decode throughput: ep48 ({EMULATED_LABEL})</h1>" in emulated
+
+
+def test_a_measured_run_carries_no_emulated_label(tmp_path):
+    out = ExperimentPaths(tmp_path / "ep48").report
+    report.write(out, [experiment(tmp_path, "ep48", [row("p1", 1, 3000.0)])],
+                 references=REFERENCES)
+    assert report.EMULATED_LABEL not in out.read_text()
+
+
+def test_text_from_the_results_is_escaped(tmp_path):
+    rows = [row("p1", 1, 100.0, valid=False, reason="<script>alert(1)</script>")]
+    rows[0]["flags"] = "<b>x</b>"
+    out = ExperimentPaths(tmp_path / "ep48").report
+    report.write(out, [experiment(tmp_path, "ep48", rows)], references=[
+        {"label": "<i>mine</i>", "tokens_per_s_per_gpu": 10.0, "conditions": "&"}])
+    page = out.read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<b>x</b>" not in page and "<i>mine</i>" not in page
+
+
+def test_the_grid_page_draws_every_experiment(tmp_path):
+    csvs = [experiment(tmp_path, "ep16", [row("p1", 1, 1000.0, ep=16, batch=128)]),
+            experiment(tmp_path, "ep48", [row("p1", 1, 2000.0), row("p2", 1, 2100.0)])]
+    out = ResultsPaths(tmp_path).report
+    report.write(out, csvs, references=REFERENCES)
+    page = out.read_text()
+    assert "EP16 \u00b7 EPLB none" in page and "EP48 \u00b7 EPLB none" in page
+    assert 'href="ep16/p1/manifest.json"' in page and "ep48/p2" in page
+    assert len(re.findall(r"<svg[\s>]", page)) == 2  # throughput and GPU-hours

@@ -250,13 +250,13 @@ def cmd_merge_csv(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from .config import load
     from .report import write
-    from .throughput import merge_csvs
 
-    rows = merge_csvs([args.csv])
-    experiment = Path(args.out).parent.name
-    write(args.out, experiment, rows, config_path=args.config)
-    _dump({"rows": len(rows), "out": args.out})
+    references = load(args.config)["report"]["references"] if args.config else []
+    result = write(args.out, args.csv, references=references, config_path=args.config,
+                   figures_dir=args.figures)
+    _dump(result)
 
 
 def cmd_stop_all(args) -> None:
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     point_cmd("manifest", cmd_manifest, "manifest.json of one point (provenance, GPU-hours)")
     p = sub.add_parser("rerun-config", help="the config that reruns exactly a manifest's point")
-    p.add_argument("manifest", help="results/{experiment}/{point}/manifest.json")
+    p.add_argument("manifest", help="a point's manifest (manifest.json in its directory)")
     p.add_argument("--out", help="write here instead of stdout")
     p.set_defaults(func=cmd_rerun_config)
 
@@ -360,10 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_merge_csv)
 
-    p = sub.add_parser("report", help="the experiment's self-contained report.html")
-    p.add_argument("--config")
-    p.add_argument("--csv", required=True)
+    p = sub.add_parser("report", help="a self-contained report.html: one experiment's, or "
+                       "the grid's over several experiments")
+    p.add_argument("--config", help="the run's config (reference points, tolerance)")
+    p.add_argument("--csv", required=True, nargs="+",
+                   help="results/{experiment}/throughput.csv (several: the grid page)")
     p.add_argument("--out", required=True)
+    p.add_argument("--figures", help="also write the plots as SVG files here")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("stop-all", help="stop every step and holder job a results tree records")

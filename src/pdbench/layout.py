@@ -112,6 +112,10 @@ class PointPaths:
     def srun_script(self, step: str) -> Path:
         return self.commands / f"{step}.srun.sh"
 
+    def launched_steps(self) -> list[str]:
+        """The steps whose launcher scripts were written (servers, router, client)."""
+        return sorted(p.name[: -len(".srun.sh")] for p in self.commands.glob("*.srun.sh"))
+
     @property
     def client(self) -> Path:
         return self.root / "bench" / "client.json"

@@ -60,15 +60,13 @@ def file_hashes(ctx: PointContext) -> dict[str, str]:
 def launched_commands(ctx: PointContext) -> dict[str, dict[str, str]]:
     """Per step (server, router, client): its launcher script (every node rank's
     command) and the srun line that ran it, as written when it started."""
-    steps: dict[str, dict[str, str]] = {}
-    if not ctx.paths.commands.is_dir():
-        return steps
-    for script in sorted(ctx.paths.commands.glob("*.sh")):
-        if script.name.endswith(".srun.sh"):
-            steps.setdefault(script.name[: -len(".srun.sh")], {})["srun"] = script.read_text()
-        else:
-            steps.setdefault(script.stem, {})["launcher"] = script.read_text()
-    return steps
+    paths = ctx.paths
+    return {step: {"launcher": _text(paths.launcher_script(step)),
+                   "srun": _text(paths.srun_script(step))} for step in paths.launched_steps()}
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
 def server_reports(ctx: PointContext) -> dict[str, dict]:

@@ -1,117 +1,300 @@
-"""Stage: a self-contained HTML page per experiment (rule ``report``; no scripts, no CDN)."""
+"""Stage: the report people archive (rules ``report`` and ``grid_report``).
+
+One self-contained HTML file per experiment (``results/ep{EP}/report.html``) and one over
+every experiment of the config (``results/report.html``): tables computed with pandas
+from the experiment's ``throughput.csv``, plots from :mod:`pdbench.plots` inlined as SVG,
+each point's provenance summary from its ``manifest.json`` and the plotted detail from
+its ``measurement.json``, rendered by a Jinja2 template. Nothing is fetched when the page
+opens: no script, no font, no image comes from elsewhere.
+
+Statistics: a point's headline is the median of tokens/s per decode GPU over its *valid*
+snapshots, with their min and max and how many there are; every snapshot stays listed,
+an invalid one with the reason the gate gave. No snapshot is picked as the best.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import html
+import math
 import os
-import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from .layout import write_text
+import jinja2
+import pandas as pd
 
-METHOD = """
-<p>Decode throughput per GPU = <b>global batch</b> / <b>step time</b> / <b>decode GPUs</b>.</p>
-<ul>
-<li><b>Global batch</b>: the sum over every decode DP rank of its batch at the profiled
-steps: the <code>bs</code> of <code>step[DECODE bs=N]</code> spans in the rank's trace when
-the SGLang release writes them, else the <code>#running-req</code> of the rank's last
-<code>Decode batch</code> log line before its <code>Profiling starts</code> line.</li>
-<li><b>Step time</b>: the median period between consecutive decode steps in the TP-0 trace
-(p10/p90 give the spread); older releases without step spans fall back to the scheduler's
-<code>run_batch</code> frames, then to <code>cudaGraphLaunch</code> events.</li>
-<li><b>Log step time</b>: the step time the decode logs imply just before and after the
-profile window (<code>#running-req</code> / per-step <code>gen throughput</code>). The profiler
-slows traced steps; a ratio far from 1 is flagged.</li>
-<li>The batch is filled with <code>/slow_down</code> while the benchmark client runs, then
-released; <code>fill_ended_by</code> says whether the target was reached, the batch
-plateaued, or the fill timed out.</li>
-</ul>
-"""
+from . import plots
+from .errors import InputError
+from .layout import ExperimentPaths, PointPaths, read_json, write_text
+from .throughput import merge_csvs
 
+EMULATED_LABEL = plots.EMULATED_LABEL
+TEMPLATES = Path(__file__).with_name("templates")
+TEMPLATE = "page.html.j2"
+# What the report is made from besides the data: the rule lists these as inputs, so a
+# change to the report's code or template reruns the report (and only the report).
+CODE_FILES = (Path(__file__), Path(plots.__file__), TEMPLATES / TEMPLATE)
 
-EMULATED_LABEL = "emulated \u2014 not a measurement"
+NUMERIC = ["ep", "prefill_groups", "snapshot", "global_batch", "target_global_batch",
+           "rank_batch_min", "rank_batch_max", "ranks", "step_ms", "step_ms_p10",
+           "step_ms_p90", "steps_used", "log_step_ms", "trace_log_ratio", "decode_gpus",
+           "tokens_per_s_per_gpu", "client_output_throughput", "client_completed"]
 
 
-def _is_true(value) -> bool:
+def _truth(value) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def point_summary(rows: Sequence[dict]) -> list[dict]:
-    """Per point: the median tokens/s per decode GPU over its snapshots, their min and max,
-    how many there are, and the median batch and step time behind the median. Every
-    snapshot counts; none is picked as the best."""
-    by_point: dict[str, list[dict]] = {}
-    for r in rows:
-        by_point.setdefault(str(r["point"]), []).append(r)
-    summary = []
-    for point, snaps in sorted(by_point.items()):
-        tps = [float(r["tokens_per_s_per_gpu"]) for r in snaps]
-        summary.append({
-            "point": point,
-            "snapshots": len(snaps),
-            "tokens_per_s_per_gpu_median": statistics.median(tps),
-            "tokens_per_s_per_gpu_min": min(tps),
-            "tokens_per_s_per_gpu_max": max(tps),
-            "global_batch_median": statistics.median(float(r["global_batch"]) for r in snaps),
-            "step_ms_median": statistics.median(float(r["step_ms"]) for r in snaps),
-            "decode_gpus": snaps[0]["decode_gpus"],
-            "fill_ended_by": ", ".join(sorted({str(r["fill_ended_by"]) for r in snaps})),
-            "emulated": any(_is_true(r.get("emulated")) for r in snaps),
+def snapshot_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Every snapshot, typed: numbers as floats (NaN where empty), flags as booleans."""
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        return df
+    for column in NUMERIC:
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    df["valid"] = df["valid"].map(_truth)
+    df["emulated"] = df["emulated"].map(_truth)
+    df["invalid_reason"] = df["invalid_reason"].fillna("").astype(str)
+    bad = df["valid"] & ~(df["tokens_per_s_per_gpu"].map(math.isfinite)
+                          & (df["tokens_per_s_per_gpu"] > 0))
+    if bad.any():
+        # A row that claims validity without a finite positive figure is not a number
+        # to publish; it stays listed, marked.
+        df.loc[bad, "valid"] = False
+        df.loc[bad, "invalid_reason"] = "no finite positive tokens/s per GPU"
+    return df
+
+
+def point_summary(rows: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Per point: median tokens/s per decode GPU over its valid snapshots, min, max and
+    count, with the medians of what the figure is made of (global batch, step time)."""
+    df = rows if isinstance(rows, pd.DataFrame) else snapshot_frame(rows)
+    if df.empty:
+        return pd.DataFrame()
+    keys = ["experiment", "point"] if "experiment" in df else ["point"]
+    out = []
+    for key, group in df.groupby(keys, sort=False):
+        valid = group[group["valid"]]
+        tps = valid["tokens_per_s_per_gpu"]
+        first = group.iloc[0]
+        out.append({
+            **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
+            "ep": int(first["ep"]),
+            "prefill_groups": int(first["prefill_groups"]),
+            "eplb": first["eplb"],
+            "snapshots": len(group),
+            "valid_snapshots": len(valid),
+            "tokens_per_s_per_gpu_median": tps.median() if len(valid) else math.nan,
+            "tokens_per_s_per_gpu_min": tps.min() if len(valid) else math.nan,
+            "tokens_per_s_per_gpu_max": tps.max() if len(valid) else math.nan,
+            "global_batch_median": valid["global_batch"].median(),
+            "step_ms_median": valid["step_ms"].median(),
+            "step_ms_p10_median": valid["step_ms_p10"].median(),
+            "step_ms_p90_median": valid["step_ms_p90"].median(),
+            "trace_log_ratio_median": valid["trace_log_ratio"].median(),
+            "decode_gpus": int(first["decode_gpus"]),
+            "client_output_throughput": group["client_output_throughput"].median(),
+            "fill_ended_by": ", ".join(sorted({str(v) for v in group["fill_ended_by"]})),
+            "method": ", ".join(sorted({str(v) for v in group["method"]})),
+            "steps_used": int(valid["steps_used"].median()) if len(valid) else 0,
+            "emulated": bool(group["emulated"].any()),
         })
-    return summary
+    return pd.DataFrame(out)
 
 
-def render(experiment: str, rows: Sequence[dict], *, config_path: str | None = None) -> str:
-    columns = list(rows[0]) if rows else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-        for r in rows
+@dataclass
+class Experiment:
+    """One experiment's data: its snapshots and, per point, measurement and manifest."""
+
+    name: str
+    snapshots: pd.DataFrame
+    measurements: dict[str, dict] = field(default_factory=dict)
+    manifests: dict[str, dict] = field(default_factory=dict)
+    root: Path = Path(".")  # results/{experiment}
+    page_dir: Path = Path(".")  # where the page that links to its files is
+
+    def link(self, path: Path) -> str:
+        return os.path.relpath(path, self.page_dir)
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return point_summary(self.snapshots)
+
+
+def load_experiment(csv_path: str | os.PathLike, *, page_dir: Path) -> Experiment:
+    exp_dir = ExperimentPaths(Path(csv_path).parent)
+    df = snapshot_frame(merge_csvs([csv_path]))
+    if df.empty:
+        raise InputError(f"{csv_path}: no snapshot rows")
+    df.insert(0, "experiment", exp_dir.root.name)
+    exp = Experiment(exp_dir.root.name, df, root=exp_dir.root, page_dir=page_dir)
+    for point in dict.fromkeys(df["point"]):
+        paths = PointPaths(exp_dir.root / point)
+        exp.measurements[point] = read_json(paths.measurement)
+        exp.manifests[point] = (read_json(paths.manifest) if paths.manifest.exists()
+                                else {})
+    return exp
+
+
+def _finite(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _series(experiments: Sequence[Experiment]) -> list[dict]:
+    series: dict[str, list[dict]] = {}
+    for exp in experiments:
+        for row in exp.summary.to_dict("records"):
+            label = f"EP{row['ep']} \u00b7 EPLB {row['eplb']}"
+            series.setdefault(label, []).append({
+                "prefill_groups": row["prefill_groups"],
+                "median": _finite(row["tokens_per_s_per_gpu_median"]),
+                "min": _finite(row["tokens_per_s_per_gpu_min"]),
+                "max": _finite(row["tokens_per_s_per_gpu_max"]),
+                "snapshots": row["valid_snapshots"],
+            })
+    return [{"label": k, "points": sorted(v, key=lambda p: p["prefill_groups"])}
+            for k, v in series.items()]
+
+
+def _point_label(exp: Experiment, point: str, many: bool) -> str:
+    return f"{exp.name}/{point}" if many else point
+
+
+def figures(experiments: Sequence[Experiment], references: Sequence[dict], *,
+            emulated: bool, detail: bool = True) -> dict[str, str]:
+    """The page's plots as inline SVG, by name."""
+    many = len(experiments) > 1
+    figs = {"throughput": plots.throughput_vs_prefill(
+        _series(experiments), references, emulated=emulated)}
+    batches, steps, curves, hours = [], [], [], []
+    for exp in experiments:
+        for point, meas in exp.measurements.items():
+            label = _point_label(exp, point, many)
+            for snap in meas.get("snapshots", []):
+                mark = "" if snap.get("valid", True) else " (invalid)"
+                batches.append({"label": f"{label} #{snap['snapshot']}{mark}",
+                                "per_rank_batch": snap.get("per_rank_batch") or {},
+                                "target_per_rank": meas.get("target_per_rank")})
+                steps.append({"label": f"{label} #{snap['snapshot']}{mark}",
+                              "periods_ms": snap.get("step_periods_ms") or [],
+                              "log_step_ms": snap.get("log_step_ms")})
+            curve = meas.get("fill_curve") or {}
+            curves.append({"label": label, "ranks": curve.get("ranks") or {},
+                           "target_per_rank": meas.get("target_per_rank"),
+                           "release_s": curve.get("release_s")})
+            stages = (exp.manifests.get(point) or {}).get("stages") or []
+            hours.append({"label": label, "stages": {
+                s["stage"]: s["gpu_hours"] for s in stages if s.get("gpu_hours") is not None}})
+    figs["gpu-hours"] = plots.gpu_hours_by_stage(hours, emulated=emulated)
+    if detail:
+        figs["rank-batches"] = plots.rank_batches(batches, emulated=emulated)
+        figs["step-times"] = plots.step_time_distribution(steps, emulated=emulated)
+        figs["fill-curves"] = plots.fill_curves(curves, emulated=emulated)
+    return figs
+
+
+def _provenance(exp: Experiment, point: str) -> dict:
+    m = exp.manifests.get(point) or {}
+    servers = (m.get("sglang") or {}).get("servers") or {}
+    served = sorted({s.get("version") for s in servers.values() if s.get("version")})
+    packages = {name: ((s.get("packages") or {}).get("packages") or {})
+                for name, s in servers.items()}
+    gpu = m.get("gpu_hours") or {}
+    repo = m.get("repository") or {}
+    return {
+        "manifest": exp.link(PointPaths(exp.root / point).manifest) if m else None,
+        "commit": (repo.get("commit") or "")[:12] or None,
+        "dirty": repo.get("dirty"),
+        "configured": (m.get("sglang") or {}).get("configured_version"),
+        "served": ", ".join(served) or None,
+        "router": packages.get("router", {}).get("sglang-router"),
+        "client": packages.get("client", {}).get("sglang"),
+        "image": (m.get("container") or {}).get("image"),
+        "job": (m.get("slurm") or {}).get("job_id"),
+        "gpu_hours": gpu.get("from_stage_records"),
+        "gpu_hours_sacct": gpu.get("from_sacct"),
+        "gpu_hours_differ": gpu.get("differ"),
+        "sacct_note": (gpu.get("sacct") or {}).get("unavailable") or gpu.get("note"),
+    }
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+
+    def num(value, digits: int = 0) -> str:
+        number = _finite(value)
+        return "\u2013" if number is None else f"{number:,.{digits}f}"
+
+    env.filters["num"] = num
+    return env
+
+
+def render(experiments: Sequence[Experiment], *, title: str, references: Sequence[dict],
+           config_path: str | None = None, detail: bool = True) -> str:
+    snapshots = pd.concat([e.snapshots for e in experiments], ignore_index=True)
+    emulated = bool(snapshots["emulated"].any())
+    summary = pd.concat([e.summary for e in experiments], ignore_index=True)
+    prov = {(e.name, p): _provenance(e, p) for e in experiments for p in e.measurements}
+    points = []
+    for row in summary.to_dict("records"):
+        exp = next(e for e in experiments if e.name == row["experiment"])
+        points.append({**row, "provenance": prov[(row["experiment"], row["point"])],
+                       "label": _point_label(exp, row["point"], len(experiments) > 1)})
+    manifests = [m for e in experiments for m in e.manifests.values() if m]
+    return _environment().get_template(TEMPLATE).render(
+        title=title,
+        emulated=emulated,
+        emulated_label=EMULATED_LABEL,
+        experiments=[e.name for e in experiments],
+        points=points,
+        snapshots=snapshots.to_dict("records"),
+        figures=figures(experiments, references, emulated=emulated, detail=detail),
+        references=references,
+        generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        config_path=config_path,
+        versions=sorted({p["provenance"]["served"] or p["provenance"]["configured"] or ""
+                         for p in points} - {""}),
+        methods=sorted({str(m) for m in snapshots["method"]}),
+        steps_used=sorted({int(s) for s in snapshots["steps_used"].dropna()}),
+        tolerance=next((m["config"]["profile"]["log_step_tolerance"] for m in manifests
+                        if m.get("config")), None),
+        detail=detail,
     )
-    points = point_summary(rows)
-    emulated = any(p["emulated"] for p in points)
-    label = f" ({EMULATED_LABEL})" if emulated else ""
-    e = html.escape
-    summary = "".join(
-        f"<tr><td>{e(p['point'])}</td><td>{p['tokens_per_s_per_gpu_median']:,.0f}</td>"
-        f"<td>{p['tokens_per_s_per_gpu_min']:,.0f} \u2013 {p['tokens_per_s_per_gpu_max']:,.0f}"
-        f"</td><td>{p['snapshots']}</td>"
-        f"<td>{p['global_batch_median']:g} / {p['step_ms_median']:g} ms / "
-        f"{e(str(p['decode_gpus']))} GPUs</td><td>{e(p['fill_ended_by'])}</td></tr>"
-        for p in points
-    )
-    generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    banner = (f'<p class="emulated"><b>{e(EMULATED_LABEL.capitalize())}</b>: the servers were '
-              "the SGLang emulator, a test double; these numbers rehearse the workflow and "
-              "measure nothing.</p>") if emulated else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>pdbench {e(experiment)}{e(label)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-td, th {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }}
-th {{ background: #f0f0f0; }}
-.emulated {{ color: #a40; }}
-</style></head><body>
-<h1>Decode throughput: {e(experiment)}{e(label)}</h1>
-{banner}
-<h2>Per point (median over its snapshots)</h2>
-<table><tr><th>point</th><th>tokens/s per decode GPU (median)</th><th>min \u2013 max</th>
-<th>snapshots</th><th>median global batch / step / GPUs</th><th>fill ended by</th></tr>
-{summary}</table>
-<h2>Every snapshot</h2>
-<table><tr>{head}</tr>
-{body}</table>
-<h2>Method</h2>
-{METHOD}
-<p>Generated {generated}{" from " + e(config_path) if config_path else ""}.</p>
-</body></html>
-"""
 
 
-def write(
-    path: str | os.PathLike, experiment: str, rows: Sequence[dict], config_path: str | None = None
-) -> None:
-    write_text(path, render(experiment, rows, config_path=config_path))
+def write_figures(directory: str | os.PathLike, figs: dict[str, str]) -> None:
+    """The plots as SVG files too (the Snakemake report bundle links them)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, svg in figs.items():
+        write_text(directory / f"{name}.svg",
+                   '<?xml version="1.0" encoding="utf-8"?>\n' + svg.replace(
+                       "<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)
+                   if "xmlns=" not in svg.split(">", 1)[0] else svg)
+
+
+def write(out: str | os.PathLike, csvs: Sequence[str | os.PathLike], *,
+          references: Sequence[dict], config_path: str | None = None,
+          figures_dir: str | os.PathLike | None = None) -> dict:
+    """The experiment page (one CSV) or the grid page (one CSV per experiment)."""
+    out = Path(out)
+    grid = len(csvs) > 1
+    experiments = []
+    for csv in csvs:
+        experiments.append(load_experiment(csv, page_dir=out.parent))
+    names = ", ".join(e.name for e in experiments)
+    page = render(experiments, title=f"Decode throughput: {names}", references=references,
+                  config_path=config_path, detail=not grid)
+    if figures_dir is not None:
+        emulated = any(bool(e.snapshots["emulated"].any()) for e in experiments)
+        write_figures(figures_dir, figures(experiments, references, emulated=emulated,
+                                           detail=not grid))
+    write_text(out, page)
+    return {"out": str(out), "bytes": len(page.encode()), "experiments": len(experiments)}

@@ -30,7 +30,8 @@ def plan_sweep(results: str | os.PathLike) -> dict:
     yet), what they left belongs to them: the batch they held is gone, and their logs
     (which give each snapshot's batch) would be overwritten by a relaunch, so the point's
     ``fill/``, ``profile/``, ``bench/`` and ``logs/`` are to be set aside. A finished
-    measurement is never touched.
+    measurement is never touched, and a point that was torn down keeps its markers as
+    the record of what ran.
 
     Returns ``{"points": [{"point_dir", "job_id", "stale": [...], "stop": [...],
     "set_aside": bool}], "pending": [...]}``: ``stop`` are stale markers whose steps
@@ -44,6 +45,10 @@ def plan_sweep(results: str | os.PathLike) -> dict:
     points = []
     tree = ResultsPaths(Path(results))
     for paths in tree.point_dirs():
+        if paths.teardown.exists():
+            # Torn down on purpose: its allocation, plan and ready markers are now the
+            # record of what ran (the manifest reads them), not claims that it runs.
+            continue
         try:
             job_id = int(read_json(paths.allocation)["job_id"])
             alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES

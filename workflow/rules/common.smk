@@ -11,6 +11,7 @@ from pdbench.allocation import adopt_from_environment
 from pdbench.errors import ConfigError
 from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
 from pdbench.layout import ResultsPaths
+from pdbench.report import CODE_FILES
 from pdbench.sweep import apply_sweep, describe, plan_sweep, stale_paths
 
 try:
@@ -32,6 +33,9 @@ CONFIG_FILE = str(RES.config)
 # Snakemake started inside `salloc`: adopt that allocation. Read now, before the Slurm
 # executor plugin removes SLURM_* from the environment.
 ADOPT_JOB_ID = adopt_from_environment()
+
+# The report's code and template: inputs of the report rules (a change reruns them only).
+REPORT_CODE = [str(p) for p in CODE_FILES]
 
 KEEP_SERVERS_OPTION = "--keep-servers" if CFG["site"]["keep_servers_on_failure"] else ""
 
@@ -135,11 +139,33 @@ def point_paths(wildcards):
 
 
 def get_final_output():
-    return [str(RES.experiment(exp).report) for exp in pdconfig.experiments(CFG)]
+    experiments = pdconfig.experiments(CFG)
+    pages = [str(RES.experiment(exp).report) for exp in experiments]
+    return pages + ([str(RES.report)] if len(experiments) > 1 else [])
 
 
 def get_experiment_points(wildcards):
-    return [p for p in POINTS if p.experiment == wildcards.experiment]
+    """The points of the wildcards' experiment (every point for the grid page)."""
+    experiment = getattr(wildcards, "experiment", None)
+    return [p for p in POINTS if experiment is None or p.experiment == experiment]
+
+
+def get_experiment_csvs(wildcards):
+    return [str(RES.experiment(exp).throughput) for exp in pdconfig.experiments(CFG)]
+
+
+def get_point_measurements(wildcards):
+    return [
+        str(RES.point(p.experiment, p.name).measurement)
+        for p in get_experiment_points(wildcards)
+    ]
+
+
+def get_point_manifests(wildcards):
+    return [
+        str(RES.point(p.experiment, p.name).manifest)
+        for p in get_experiment_points(wildcards)
+    ]
 
 
 def get_point_csvs(wildcards):

@@ -1,6 +1,7 @@
 # Stage 6: decode tokens/s per GPU, one row per snapshot, per point and per experiment.
-# Works offline from the stored logs and traces; these jobs go to Slurm like any
-# compute-only job (or run locally without an executor).
+# Analysis only: it reads the stored logs and traces and runs on the machine running
+# Snakemake (never a Slurm job), so deleting its outputs and asking for the report again
+# recomputes them without an allocation.
 
 
 rule point_throughput:
@@ -9,9 +10,17 @@ rule point_throughput:
         bench=str(PT.bench),
         teardown=str(PT.teardown),
     output:
-        csv=str(PT.throughput),
+        csv=report(
+            str(PT.throughput),
+            caption="../report/point_throughput.rst",
+            category="Throughput",
+            subcategory="{experiment}",
+            labels={"point": "{point}"},
+        ),
+        measurement=str(PT.measurement),
     log:
         str(PT.stage_log("throughput")),
+    localrule: True
     conda:
         "../../envs/pdbench.yaml"
     params:
@@ -26,9 +35,16 @@ rule experiment_throughput:
     input:
         csvs=get_point_csvs,
     output:
-        csv=str(EXP.throughput),
+        csv=report(
+            str(EXP.throughput),
+            caption="../report/experiment_throughput.rst",
+            category="Throughput",
+            subcategory="{experiment}",
+            labels={"point": "all"},
+        ),
     log:
         str(EXP.stage_log("throughput")),
+    localrule: True
     conda:
         "../../envs/pdbench.yaml"
     shell:
