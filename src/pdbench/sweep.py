@@ -30,12 +30,14 @@ def plan_sweep(results: str | os.PathLike) -> dict:
     yet), what they left belongs to them: the batch they held is gone, and their logs
     (which give each snapshot's batch) would be overwritten by a relaunch, so the point's
     ``fill/``, ``profile/``, ``bench/`` and ``logs/`` are to be set aside. A finished
-    measurement is never touched, and a point that was torn down keeps its markers as
-    the record of what ran.
+    measurement is never touched. A point that was torn down keeps its markers on disk
+    as the record of what ran (its manifest reads them); they are stale all the same,
+    so a stage rerun on that point starts on a new allocation.
 
     Returns ``{"points": [{"point_dir", "job_id", "stale": [...], "stop": [...],
-    "set_aside": bool}], "pending": [...]}``: ``stop`` are stale markers whose steps
-    still run. :func:`apply_sweep` carries it out.
+    "set_aside": bool, "record": bool}], "pending": [...]}``: ``stop`` are stale markers
+    whose steps still run; ``record``: torn down, its markers stay on disk.
+    :func:`apply_sweep` carries it out.
     """
     import shutil
 
@@ -45,10 +47,6 @@ def plan_sweep(results: str | os.PathLike) -> dict:
     points = []
     tree = ResultsPaths(Path(results))
     for paths in tree.point_dirs():
-        if paths.teardown.exists():
-            # Torn down on purpose: its allocation, plan and ready markers are now the
-            # record of what ran (the manifest reads them), not claims that it runs.
-            continue
         try:
             job_id = int(read_json(paths.allocation)["job_id"])
             alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES
@@ -67,7 +65,7 @@ def plan_sweep(results: str | os.PathLike) -> dict:
                 stop.append(paths.client)
         points.append({"point_dir": str(paths.root), "job_id": job_id,
                        "stale": [str(p) for p in stale], "stop": [str(p) for p in stop],
-                       "set_aside": aside})
+                       "set_aside": aside, "record": paths.teardown.exists()})
     pending = []
     for path in tree.pending_allocations():
         # A queued holder whose job is gone (a run stopped while it queued); one that is
@@ -88,7 +86,8 @@ def stale_paths(plan: dict) -> list[str]:
 
 def apply_sweep(plan: dict) -> dict:
     """Carry out :func:`plan_sweep`'s plan: stop the steps of stale markers that still
-    run, set aside unfinished measurements, remove the stale markers and pending files."""
+    run, set aside unfinished measurements, remove the stale markers (those of a torn-down
+    point stay: the record of what ran) and pending files."""
     removed, aside = [], []
     for point in plan["points"]:
         for marker in point["stop"]:
@@ -97,6 +96,8 @@ def apply_sweep(plan: dict) -> dict:
             moved = PointPaths(Path(point["point_dir"])).set_aside(point["job_id"])
             if moved["moved"]:
                 aside.append(moved)
+        if point.get("record"):
+            continue
         for marker in point["stale"]:
             Path(marker).unlink(missing_ok=True)
             removed.append(marker)
