@@ -219,7 +219,7 @@ def cmd_manifest(args) -> None:
     from .provenance import build_manifest
 
     ctx = _point(args)
-    manifest = build_manifest(ctx)
+    manifest = build_manifest(ctx, workdir=Path(args.repository))
     write_json(ctx.paths.manifest, manifest)
     _dump({"manifest": str(ctx.paths.manifest), "gpu_hours": manifest["gpu_hours"]})
 
@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation")
     point_cmd("point-throughput", cmd_point_throughput, "throughput.csv of one point")
 
-    point_cmd("manifest", cmd_manifest, "manifest.json of one point (provenance, GPU-hours)")
+    p = point_cmd("manifest", cmd_manifest, "a point's manifest (provenance, GPU-hours)")
+    p.add_argument("--repository", default=".",
+                   help="the workflow's checkout, whose git commit is recorded")
     p = sub.add_parser("rerun-config", help="the config that reruns exactly a manifest's point")
     p.add_argument("manifest", help="a point's manifest (manifest.json in its directory)")
     p.add_argument("--out", help="write here instead of stdout")

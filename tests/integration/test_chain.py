@@ -269,6 +269,15 @@ class Chain:
                 jobs.append(f"{job_id} {name} {state}")
         return jobs
 
+    def submitted_jobs(self) -> list[str]:
+        """Every Slurm job accounting knows was submitted from this test's directory."""
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-1days",
+                              "-o", "JobID,WorkDir%400"], capture_output=True, text=True,
+                             timeout=60, env=self.env()).stdout
+        return sorted(job for job, _, workdir in (line.partition("|") for line in
+                                                   out.splitlines())
+                      if workdir == str(self.dir) or workdir.startswith(f"{self.dir}/"))
+
     def slurm_steps(self) -> list[str]:
         out = subprocess.run(["squeue", "-h", "-s", "-o", "%i|%j"], capture_output=True,
                              text=True, timeout=30, env=self.env()).stdout
@@ -497,6 +506,135 @@ def test_render_shows_exactly_what_ran(completed, monkeypatch):
             f"#!/usr/bin/env bash\n{srun}\n", server
         compared += 2
     assert compared == 8
+
+
+def _installed(package: str) -> str:
+    """A package's version in the interpreter the servers, router and client ran with."""
+    return subprocess.run([str(SGLANG_PYTHON), "-c", "import importlib.metadata as m, sys; "
+                           f"print(m.version({package!r}))"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+def test_manifest_records_what_ran_and_its_cost(completed):
+    """The point's manifest: versions as the running servers and the launched Pythons
+    reported them, the Slurm job and steps, stage times whose GPU-hours agree with Slurm
+    accounting, and the sha256 of each raw file."""
+    import hashlib
+
+    chain = completed[0]
+    manifest = json.loads((chain.point / "manifest.json").read_text())
+    cfg = manifest["config"]
+    servers = manifest["sglang"]["servers"]
+    assert servers["decode"]["version"] == cfg["sglang"]["version"]  # /get_server_info
+    assert servers["decode"]["server_args"]["tp_size"] == DECODE_RANKS
+    assert servers["client"]["packages"]["packages"]["sglang"] == _installed("sglang")
+    assert servers["router"]["packages"]["packages"]["sglang-router"] == \
+        _installed("sglang-router")
+    alloc = json.loads((chain.point / "allocation.json").read_text())
+    assert manifest["slurm"]["job_id"] == alloc["job_id"]
+    assert set(manifest["slurm"]["steps"]) == {"prefill-1", "decode", "router", "client"}
+    assert manifest["emulated"] is True
+    stages = manifest["stages"]
+    assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in stages), stages
+    gpus = 3 * 4  # chain-small: 3 nodes of 4 GPUs
+    assert all(s["gpus"] == gpus for s in stages)
+    hours = manifest["gpu_hours"]
+    assert hours["sacct"]["gpus"] == gpus, hours
+    # The holder job runs from its start to the teardown's cancel: both figures agree.
+    assert hours["from_sacct"] == pytest.approx(hours["from_stage_records"], rel=0.25, abs=2e-3)
+    for name, digest in manifest["files_sha256"].items():
+        assert hashlib.sha256((chain.point / name).read_bytes()).hexdigest() == digest, name
+    assert any(n.endswith(".trace.json.gz") for n in manifest["files_sha256"])
+
+
+def test_rerun_config_reruns_exactly_that_point(completed, monkeypatch, tmp_path):
+    """The config `pdbench rerun-config` writes from the manifest validates to one point
+    and, on the allocation the point had, renders byte for byte what ran."""
+    from pdbench import config as config_mod
+    from pdbench import topology
+    from pdbench.render import render_point
+
+    chain = completed[0]
+    monkeypatch.chdir(chain.dir)
+    out = tmp_path / "rerun.yaml"
+    proc = subprocess.run([str(VENV_BIN / "pdbench"), "rerun-config",
+                           str(chain.point / "manifest.json"), "--out", str(out)],
+                          capture_output=True, text=True, env=chain.env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    cfg = config_mod.validate(yaml.safe_load(out.read_text()), source=str(out))
+    assert [(p.experiment, p.name) for p in config_mod.grid_points(cfg)] == [
+        (EXPERIMENT, POINT)]
+    alloc = json.loads((chain.point / "allocation.json").read_text())
+    sections = render_point(cfg, EXPERIMENT, POINT, topology.expand_nodelist(alloc["nodelist"]),
+                            job_id=alloc["job_id"], addresses=alloc["addresses"])
+    commands = json.loads((chain.point / "manifest.json").read_text())["commands"]
+    for server in ("prefill-1", "decode", "router", "client"):
+        script = next(s["text"] for s in sections
+                      if s["title"].startswith(f"{server}: launcher script"))
+        assert script == commands[server]["launcher"], server
+
+
+def test_report_opens_offline_in_a_browser_with_every_plot(completed, tmp_path):
+    """Headless Chromium: the page loads nothing but itself, logs no error, draws every
+    plot and says it is emulated; a screenshot is left for people to look at."""
+    import importlib.util
+
+    from .helpers import skip_or_fail
+
+    if shutil.which("chromium") is None or importlib.util.find_spec("playwright") is None:
+        skip_or_fail("the browser test needs Debian's chromium and the playwright package")
+    from playwright.sync_api import sync_playwright
+
+    page_path = completed[0].results / EXPERIMENT / "report.html"
+    requests, problems = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"),
+                                     args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("console", lambda m: problems.append(m.text) if m.type in (
+                "error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(page_path.as_uri())
+            plots = page.locator("svg.plot")
+            assert plots.count() == 5
+            for i in range(plots.count()):
+                box = plots.nth(i).bounding_box()
+                assert box and box["width"] > 200 and box["height"] > 100, i
+                assert plots.nth(i).locator("path, line, rect, use").count() > 5, i
+                assert "emulated" in plots.nth(i).inner_html()
+            assert "emulated" in page.title()
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"report screenshot: {shot} ({page_path.stat().st_size} bytes page)")
+        finally:
+            browser.close()
+    assert requests == [page_path.as_uri()], requests
+    assert problems == [], problems
+    assert shot.stat().st_size > 50_000
+
+
+def test_report_bundle_archives_pages_tables_manifests_and_plots(completed, make_chain):
+    import zipfile
+
+    source = completed[0]
+    assert completed[1] == 0, "the full chain failed"
+    chain = make_chain("bundle")
+    shutil.rmtree(chain.dir)
+    shutil.copytree(source.dir, chain.dir, symlinks=True,
+                    ignore=shutil.ignore_patterns("snakemake-*.out", "locks", "incomplete"))
+    before = tree_state(chain.results)
+    bundle = chain.results / EXPERIMENT / "report.zip"
+    rc, text, _ = chain.run("--report", str(bundle), f"results/{EXPERIMENT}/report.html")
+    assert rc == 0, text[-6000:]
+    names = zipfile.ZipFile(bundle).namelist()
+    for wanted in ("report.html", "throughput.csv", "manifest.json", "throughput.svg",
+                   "fill-curves.svg"):
+        assert any(n.endswith("/" + wanted) for n in names), (wanted, names)
+    after = tree_state(chain.results)
+    after.pop(str(bundle.relative_to(chain.results)))
+    assert after == before, "snakemake --report changed the results tree"
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -808,7 +946,7 @@ def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     assert dry() == {}
     # Analysis reruns offline: only the throughput table and what follows it.
     assert dry("--forcerun", "point_throughput") == {
-        "point_throughput": 1, "experiment_throughput": 1, "report": 1}
+        "point_throughput": 1, "experiment_throughput": 1, "point_manifest": 1, "report": 1}
     assert dry("--forcerun", "report") == {"report": 1}
     # A stage that needs live servers brings back the ephemeral chain it stands on.
     upto_fill = {"allocation": 1, "node_list": 1, "prefill_server": 1, "decode_server": 1,
@@ -818,7 +956,7 @@ def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     forced = dry("--forcerun", "fill")
     assert forced == {**upto_fill, "release": 1, "profile_snapshot": SNAPSHOTS,
                       "bench_result": 1, "teardown": 1, "point_throughput": 1,
-                      "experiment_throughput": 1, "report": 1}
+                      "experiment_throughput": 1, "point_manifest": 1, "report": 1}
 
     # One more snapshot than the tree holds: the point's servers are gone, so it is
     # measured again (servers, client, fill, release, every snapshot), never profiled cold.
@@ -837,12 +975,33 @@ def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     rc, text, _ = fresh.run("-n", target, "--until", "router")
     assert rc == 0 and jobs_run(text) == {r: 1 for r in LAUNCH_RULES}, text[-4000:]
 
-    # And the offline rerun really runs: no allocation, the same numbers.
+    # And the offline rerun really runs: every analysis output deleted, no Slurm job, no
+    # server, the same numbers; the torn-down point's records stay as they were.
     before = chain.rows()
-    rc, text, wall = chain.run(target, "--forcerun", "point_throughput")
-    print(f"controls: offline --forcerun point_throughput {wall:.0f} s")
+    records = {n: (chain.point / n).read_text() for n in ("allocation.json", "plan.json")}
+    analysis = [chain.point / "throughput.csv", chain.point / "measurement.json",
+                chain.point / "manifest.json", chain.results / EXPERIMENT / "throughput.csv",
+                chain.results / EXPERIMENT / "report.html"]
+    for path in analysis:
+        path.unlink()
+    jobs_before = chain.submitted_jobs()
+    rc, text, wall = chain.run(target)
+    print(f"controls: offline rerun of the analysis {wall:.0f} s")
     assert rc == 0, text[-6000:]
-    assert set(jobs_run(text)) == {"point_throughput", "experiment_throughput", "report"}
-    assert not (chain.point / "allocation.json").exists()
+    assert set(jobs_run(text)) == {"point_throughput", "experiment_throughput",
+                                   "point_manifest", "report"}
+    assert chain.submitted_jobs() == jobs_before, "the offline rerun submitted a Slurm job"
+    assert all(p.exists() for p in analysis)
+    assert {n: (chain.point / n).read_text() for n in records} == records
     assert chain.rows() == before
     assert_clean(chain)
+    # Changing only the report's code reruns only the report.
+    from pdbench.report import CODE_FILES
+
+    template = next(p for p in CODE_FILES if p.suffix == ".j2")
+    stamp = template.stat()
+    try:
+        os.utime(template, None)
+        assert dry() == {"report": 1}
+    finally:
+        os.utime(template, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))

@@ -23,6 +23,7 @@ rule point_manifest:
     params:
         config=CONFIG_FILE,
         point_dir=point_dir,
+        repository=workflow.basedir,
     shell:
         "pdbench manifest --config {params.config} --point-dir {params.point_dir}"
-        " > /dev/null 2> {log}"
+        " --repository {params.repository} > /dev/null 2> {log}"
