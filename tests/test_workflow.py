@@ -23,6 +23,7 @@ STAGES = [
     "teardown",
     "point_throughput",
     "experiment_throughput",
+    "point_manifest",
     "report",
 ]
 
@@ -58,6 +59,23 @@ def test_dry_run_lists_every_stage_for_every_point(workdir):
         assert f"results/ep48/{point}/node_list_env.sh" in result.stdout
     assert "results/ep48/p3/ready/prefill-3.json" in result.stdout
     assert "results/ep48/p2/ready/prefill-3.json" not in result.stdout
+
+
+def test_several_ep_sizes_add_the_grid_page_over_every_experiment(workdir, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    # One max-running-requests (49152) for both: EP96's ranks hold 512 each, on 24 nodes.
+    grid.write_text(yaml.safe_dump({"grid": {"ep_sizes": [48, 96]},
+                                    "site": {"max_nodes": 30}}))
+    result = snakemake("-n", "--configfile", str(grid), cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["report"] == 2 and counts["grid_report"] == 1, counts
+    assert counts["point_manifest"] == 6, counts
+    page = result.stdout.split("rule grid_report:", 1)[1].split("\n\n", 1)[0]
+    for exp in ("ep48", "ep96"):
+        assert f"results/{exp}/throughput.csv" in page
+        assert f"results/{exp}/p3/manifest.json" in page
+    assert "output: results/report.html" in page
 
 
 def test_slurm_profile_resolves_from_repo_root(workdir):
