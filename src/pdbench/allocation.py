@@ -10,6 +10,7 @@ pdbench, only the steps pdbench started in it), the node list and each node's ad
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from . import runstate, slurm, topology
@@ -105,5 +106,14 @@ def _reusable(cfg: dict, point: Point, paths: PointPaths) -> dict | None:
 
 
 def adopt_from_environment() -> int | None:
-    value = os.environ.get("PDBENCH_ADOPT_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    return int(value) if value and value.isdigit() else None
+    """The allocation to adopt: ``PDBENCH_ADOPT_JOB_ID``, else ``SLURM_JOB_ID`` (Snakemake
+    started inside ``salloc``). A value that is not a job id is an error, never pasted."""
+    for name in ("PDBENCH_ADOPT_JOB_ID", "SLURM_JOB_ID"):
+        value = os.environ.get(name)
+        if not value:
+            continue
+        if not re.fullmatch(r"[0-9]{1,12}", value) or int(value) < 1:
+            raise ConfigError(f"environment variable {name}={value!r} is not a Slurm job id "
+                              "(digits); unset it or give the id of a running allocation")
+        return int(value)
+    return None

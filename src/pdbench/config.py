@@ -9,7 +9,9 @@ target) is in :mod:`pdbench.grid`, re-exported here.
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
@@ -63,7 +65,50 @@ def _validator_class():
     # was validated when the workflow wrote it) do not need it.
     import jsonschema
 
-    return _with_defaults(jsonschema.Draft202012Validator)
+    base = jsonschema.Draft202012Validator
+    # JSON Schema counts 48.0 as an integer; a grid of [48.0] would name its experiment
+    # "ep48.0" and pass floats where SGLang expects integers. Integers are ints here.
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return _with_defaults(jsonschema.validators.extend(base, type_checker=checker))
+
+
+# Control characters have no place in a config value or key: a trailing newline passes
+# a schema pattern ending in $ and would end a line of a rendered script early.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_secret_name(name: str) -> bool:
+    """Environment names that carry credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_...):
+    given as plain values they would be copied into results/ and launcher scripts;
+    site.secret_env passes them by name. Judged by name parts, so SGLang's own
+    SGLANG_PER_TOKEN_GROUP_... or ..._TOKENS_PER_RANK are not credentials."""
+    parts = name.upper().split("_")
+    return (parts[-1] in {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "APIKEY"}
+            or len(parts) > 1 and parts[-1] == "KEY"
+            and parts[-2] in {"API", "ACCESS", "SECRET", "PRIVATE", "AUTH"}
+            or bool({"SECRET", "PASSWORD", "PASSWD"} & set(parts)))
+
+
+def _check_values(node: Any, path: tuple = ()) -> None:
+    """Every key a string without control characters; every value finite and clean."""
+    key = _key_path(path)
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"config key {key}: key {name!r} is not a string")
+            if _CONTROL.search(name):
+                raise ConfigError(f"config key {key}: key {name!r} contains a control "
+                                  "character (newline, tab, NUL, ...)")
+            _check_values(value, (*path, name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_values(value, (*path, i))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key {key}: {node} is not a finite number")
+    elif isinstance(node, str) and _CONTROL.search(node):
+        raise ConfigError(f"config key {key}: {node!r} contains a control character "
+                          "(newline, tab, NUL, ...)")
 
 
 def _key_path(path) -> str:
@@ -91,7 +136,14 @@ def validate(raw: Mapping[str, Any] | None, *, source: str = "config",
     results directory are under it; default: the current directory). Returns a new
     dict; ``raw`` is not modified. Raises ConfigError naming the key.
     """
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of config keys, "
+                          f"not {type(raw).__name__}")
     cfg = copy.deepcopy(dict(raw or {}))
+    try:
+        _check_values(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     errors = list(_validator_class()(schema()).iter_errors(cfg))
     if errors:
         import jsonschema
@@ -117,19 +169,53 @@ def load(path: str | os.PathLike) -> dict:
     again would cost each stage ~60 ms on the way from one stage to the next."""
     path = Path(path)
     try:
-        text = path.read_text()
-        if _stamp_path(path).exists() and _stamp_path(path).read_text() == _stamp(text):
-            import json
-
-            return json.loads(text)
-        raw = yaml.safe_load(text)
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    text = decode_text(data, path)
+    if _stamp_path(path).exists() and _stamp_path(path).read_text() == _stamp(text):
+        import json
+
+        return json.loads(text)
+    return validate(parse_yaml(text, path), source=str(path))
+
+
+def decode_text(data: bytes, path: str | os.PathLike) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte "
+                          f"0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def parse_yaml(text: str, path: str | os.PathLike) -> Any:
+    """YAML as a config means it: a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently, which drops grid points without a word)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: the top level must be a mapping")
-    return validate(raw, source=str(path))
+        raise ConfigError(f"config file {path} is not valid YAML: "
+                          + " ".join(str(exc).split())) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key; the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found key {key!r} twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 
 
 def write_resolved(cfg: Mapping, path: str | os.PathLike) -> str:
@@ -177,10 +263,26 @@ def _check_semantics(cfg: dict) -> None:
             "config key site.container.image: required when site.container.runtime is "
             f"{site['container']['runtime']!r}"
         )
+    container = site["container"]
+    if container["runtime"] == "none":
+        for name in ("extra_args", "mounts"):
+            if container[name]:
+                raise ConfigError(
+                    f"config key site.container.{name}: set, but site.container.runtime "
+                    "is 'none' (no container), so it would be ignored; remove it or set "
+                    "the runtime (pyxis, apptainer)")
+    _check_ports(cfg["ports"])
+    _check_secrets(cfg)
+    if "static" in grid["eplb"] and not cfg["eplb"]["static"]["init_expert_location"]:
+        raise ConfigError(
+            "config key eplb.static.init_expert_location: grid.eplb has 'static', which "
+            "starts the servers with --init-expert-location: give the recorded expert "
+            "distribution file")
     if isinstance(cfg["fill"]["sleep_s"], str) and cfg["fill"]["sleep_s"] != "auto":
         raise ConfigError("config key fill.sleep_s: must be a number of seconds or 'auto'")
-    if isinstance(cfg["fill"]["sleep_s"], (int, float)) and cfg["fill"]["sleep_s"] <= 0:
-        raise ConfigError("config key fill.sleep_s: must be > 0")
+    if isinstance(cfg["fill"]["sleep_s"], (int, float)) and not 0 < cfg["fill"]["sleep_s"] <= 600:
+        raise ConfigError("config key fill.sleep_s: must be > 0 and at most 600 seconds "
+                          "per forward, or 'auto'")
     rate = cfg["workload"]["request_rate"]
     if isinstance(rate, str) and rate != "inf" or isinstance(rate, (int, float)) and rate <= 0:
         raise ConfigError("config key workload.request_rate: must be a positive number or 'inf'")
@@ -212,3 +314,31 @@ def _check_semantics(cfg: dict) -> None:
             )
 
 
+
+
+def _check_ports(ports: Mapping) -> None:
+    """The fixed ports of the plan (a server node's HTTP, bootstrap and dist-init ports,
+    the router's and its Prometheus port next to it) never collide on one host."""
+    used = {"ports.http": ports["http"], "ports.bootstrap": ports["bootstrap"],
+            "ports.dist_init": ports["dist_init"], "ports.router": ports["router"],
+            "ports.router + 1 (the router's Prometheus port)": ports["router"] + 1}
+    seen: dict[int, str] = {}
+    for key, port in used.items():
+        if port in seen:
+            raise ConfigError(f"config key {key.split(' ')[0]}: port {port} is also "
+                              f"{seen[port]}; every port of the plan must differ")
+        seen[port] = key
+
+
+def _check_secrets(cfg: Mapping) -> None:
+    """Credentials pass by name (site.secret_env), never as values written to results/."""
+    sections = [("site.env", cfg["site"]["env"])] + [
+        (f"env.{role}", cfg["env"][role]) for role in ("common", "prefill", "decode")]
+    for key, env in sections:
+        for name in env:
+            if is_secret_name(name):
+                raise ConfigError(
+                    f"config key {key}.{name}: looks like a credential given as a plain "
+                    "value, which would be copied into results/ and the launcher scripts; "
+                    f"remove it, export {name} where Snakemake runs and list it in "
+                    "site.secret_env (passed by name only)")

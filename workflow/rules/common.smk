@@ -32,7 +32,10 @@ EXP = RES.experiment("{experiment}")
 CONFIG_FILE = str(RES.config)
 # Snakemake started inside `salloc`: adopt that allocation. Read now, before the Slurm
 # executor plugin removes SLURM_* from the environment.
-ADOPT_JOB_ID = adopt_from_environment()
+try:
+    ADOPT_JOB_ID = adopt_from_environment()
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 # The report's code and template: inputs of the report rules (a change reruns them only).
 REPORT_CODE = [str(p) for p in CODE_FILES]
