@@ -184,9 +184,7 @@ def test_cli_throughput_json_and_errors(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
     assert result["global_batch"] == 2048 and round(result["tokens_per_s_per_gpu"]) == 3938
-    bad = subprocess.run(
-        cmd[:-1] + ["0"] + ["--profile-id", "nope"], capture_output=True, text=True
-    )
+    bad = subprocess.run(cmd + ["--profile-id", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == ""
     assert "pdbench: error:" in bad.stderr and "nope" in bad.stderr
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,7 +33,13 @@ def cmd_parse_log(args) -> None:
 
     # Records are collected first so that a bad file later in the list leaves no partial
     # output on stdout.
-    records = [record for path in args.files for record in iter_log(path)]
+    records = []
+    for path in args.files:
+        found = list(iter_log(path))
+        if not any(r.get("kind") for r in found):
+            # Exit 0 (nothing is wrong with reading it), but never silently.
+            print(f"pdbench: {path}: no SGLang log line recognised", file=sys.stderr)
+        records += found
     if args.kind:
         records = [r for r in records if r["kind"] in args.kind]
     sys.stdout.writelines(json.dumps(r) + "\n" for r in records)
@@ -281,13 +288,46 @@ def cmd_sweep(args) -> None:
     _dump(result)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line naming the option (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, *, low: float, low_open: bool = False, high: float | None = None):
+    """An argparse type: a finite ``kind`` in the range, or a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < low or low_open and value == low:
+            raise argparse.ArgumentTypeError(
+                f"{text} must be {'>' if low_open else '>='} {low:g}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {high:g}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = _number(int, low=1)
+SECONDS = _number(float, low=0, low_open=True)
+FRACTION = _number(float, low=0, low_open=True, high=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pdbench",
         description="Reproduce and measure SGLang PD-disaggregated wide-EP serving on Slurm.",
     )
     parser.add_argument("--version", action="version", version=f"pdbench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p = sub.add_parser("parse-log", help="SGLang log lines as JSON, one object per line")
     p.add_argument("files", nargs="+", metavar="FILE", help="server log(s), plain or .gz")
@@ -303,22 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every decode node's log (all DP ranks)")
     p.add_argument("--traces", required=True, metavar="DIR", help="directory of the traces")
     p.add_argument("--profile-id", help="profile id (default: the last one in the logs)")
-    p.add_argument("--decode-gpus", type=int, required=True, metavar="N",
+    p.add_argument("--decode-gpus", type=COUNT, required=True, metavar="N",
                    help="GPUs of the decode server (the denominator)")
-    p.add_argument("--dp", type=int, help="decode DP ranks expected (default: decode GPUs)")
-    p.add_argument("--tolerance", type=float, default=0.10,
+    p.add_argument("--dp", type=COUNT, help="decode DP ranks expected (default: decode GPUs)")
+    p.add_argument("--tolerance", type=SECONDS, default=0.10,
                    help="flag trace vs log step time beyond this fraction (default 0.10)")
     p.set_defaults(func=cmd_throughput)
 
     p = sub.add_parser("fill-status", help="is every decode rank's batch full or stuck?")
     p.add_argument("--logs", nargs="+", required=True, metavar="PATH",
                    help="every decode node's log")
-    p.add_argument("--target", type=int, required=True, metavar="N",
+    p.add_argument("--target", type=COUNT, required=True, metavar="N",
                    help="target batch per DP rank (max_running_requests / dp)")
-    p.add_argument("--ranks", type=int, help="DP ranks expected (default: those seen)")
-    p.add_argument("--target-fraction", type=float, default=1.0,
+    p.add_argument("--ranks", type=COUNT, help="DP ranks expected (default: those seen)")
+    p.add_argument("--target-fraction", type=FRACTION, default=1.0,
                    help="reached at ceil(target x fraction) (default 1.0)")
-    p.add_argument("--plateau-forwards", type=int, default=10, metavar="K",
+    p.add_argument("--plateau-forwards", type=COUNT, default=10, metavar="K",
                    help="stuck after K decode lines without growth while requests queue")
     p.set_defaults(func=cmd_fill_status)
 
@@ -332,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = point_cmd("allocate", cmd_allocate, "obtain or adopt the Slurm allocation of a point")
-    p.add_argument("--adopt", type=int, metavar="JOBID", help="adopt this running allocation")
-    p.add_argument("--queue-timeout", type=float, default=24 * 3600.0, metavar="S")
+    p.add_argument("--adopt", type=COUNT, metavar="JOBID", help="adopt this running allocation")
+    p.add_argument("--queue-timeout", type=SECONDS, default=24 * 3600.0, metavar="S")
 
     point_cmd("node-list", cmd_node_list, "node_list_env.sh and plan.json of the allocation")
     p = point_cmd("launch", cmd_launch, "start a server or the router and wait until ready")
@@ -344,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
               "release")
     point_cmd("release", cmd_release, "confirm decode runs again without slow_down")
     p = point_cmd("snapshot", cmd_snapshot, "take torch-profiler snapshot K of decode")
-    p.add_argument("--snapshot", type=int, required=True, metavar="K")
+    p.add_argument("--snapshot", type=COUNT, required=True, metavar="K")
     point_cmd("bench-result", cmd_bench_result, "wait for the client and validate its JSONL")
     point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation")
     point_cmd("point-throughput", cmd_point_throughput, "throughput.csv of one point")
@@ -399,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodelist", required=True, help="Slurm hostlist, e.g. 'gb-[001-018]'")
     p.add_argument("--address", action="append", metavar="NODE=ADDR",
                    help="a node's address, if not its name (repeatable)")
-    p.add_argument("--job-id", type=int, default=None, help="allocation job id to show")
+    p.add_argument("--job-id", type=COUNT, default=None, help="allocation job id to show")
     p.add_argument("--results", default="results", help="results directory (default results)")
     p.add_argument("--json", action="store_true", help="the sections as JSON")
     p.set_defaults(func=cmd_render)

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import commands, slurm
 from .context import PointContext, now, progress
 from .errors import InputError, PdbenchError, StageError
-from .layout import MEASUREMENT_DIRS, read_json, write_json
+from .layout import MEASUREMENT_DIRS, read_json, write_json, write_text
 from .steps import StepLaunch, log_tail, server_alive, start_step, step_launch
 from .wait import wait_for
 
@@ -136,8 +136,7 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = BENCH_TIMEOUT_S) -> d
                                     why="invalid-benchmark")
         raise StageError(f"{exc}\nthe measurement ({', '.join(moved['moved'])}) was moved "
                          f"to {moved['to']}; a rerun measures again") from None
-    ctx.paths.bench.parent.mkdir(parents=True, exist_ok=True)
-    ctx.paths.bench.write_text(output.read_text())
+    write_text(ctx.paths.bench, output.read_text())
     return result
 
 

@@ -11,7 +11,6 @@ record means for the fill (full, stuck, sleeping, running freely) is defined in
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from .context import PointContext, now, progress
 from .errors import PdbenchError, StageError
 from .filltrack import FillTracker, release_requested
 from .http import call
-from .layout import read_json, write_json
+from .layout import read_json, write_csv, write_json
 from .loglines import LogFollower
 from .steps import check_servers
 from .wait import wait_for
@@ -143,11 +142,7 @@ def run_fill(ctx: PointContext) -> dict:
         "ranks": status["ranks"],
         "client_step": client["step_id"],
     }
-    ctx.paths.fill_curve.parent.mkdir(parents=True, exist_ok=True)
-    with open(ctx.paths.fill_curve, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(curve[0]))
-        writer.writeheader()
-        writer.writerows(curve)
+    write_csv(ctx.paths.fill_curve, list(curve[0]), curve)
     write_json(ctx.paths.filled, filled)
     progress(f"fill ended: {ended_by} after {filled['fill_s']:.0f} s, global batch "
              f"{filled['global_running_req']}")

@@ -8,9 +8,14 @@ table of a point's files is checked against :data:`POINT_FILES` by a test.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import secrets
+import socket
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,9 +240,18 @@ class PointPaths:
         """Move ``names`` of the point to ``attempts/<time>[-job<id>][-<why>]/`` (kept,
         never deleted): a measurement that must start again."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest = self.attempts / "-".join(
-            [stamp, *([f"job{job_id}"] if job_id else []), *([why] if why else [])])
-        dest.mkdir(parents=True, exist_ok=True)
+        base = "-".join([stamp, *([f"job{job_id}"] if job_id else []), *([why] if why else [])])
+        self.attempts.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            # Twice in one second (or by two hosts): the next free name, never a merge.
+            dest = self.attempts / (base if n == 1 else f"{base}-{n}")
+            try:
+                dest.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise InputError(f"{self.attempts}: no free name for {base}")
         moved = []
         for name in names:
             if (self.root / name).exists():
@@ -334,8 +348,29 @@ def write_json(path: str | os.PathLike, data: Any, *, compact: bool = False) -> 
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """The one way a result reaches disk: whole or not at all. The text goes to a
+    temporary file whose name no other process on any host shares (results/ is on a
+    shared filesystem, where two hosts can have the same pid), is flushed to disk, and
+    is renamed over ``path``; a failure leaves ``path`` as it was and no temporary."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+                         f"{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Mapping]) -> None:
+    """A CSV result, written whole (:func:`write_text`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())

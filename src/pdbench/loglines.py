@@ -611,7 +611,8 @@ def iter_log(path: str | os.PathLike) -> Iterator[dict]:
         with (gzip.open if compressed else open)(name, "rb") as raw:
             _check_text(name, raw.read(_SNIFF_BYTES))
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{name}: cannot read log: {exc}") from exc
+        what = "gzip-compressed log" if _is_gzip(name) else "log"
+        raise InputError(f"{name}: cannot read this {what}: {exc}") from exc
     return _records(name, compressed)
 
 

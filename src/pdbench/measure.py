@@ -184,16 +184,20 @@ def measure(
         start, end = window
         trace = trace_results.get(rank)
         sizes = trace.get("batch_sizes") if trace else None
+        last = next(
+            (records[i] for i in range(start, -1, -1) if records[i]["kind"] == "decode"),
+            None,
+        )
         if sizes:
             per_rank_batch[rank] = statistics.mode(sizes)
             batch_source[rank] = "trace_step_spans"
             if len(set(sizes)) > 1:
                 flags.append(f"batch_changed_in_window:dp{rank}")
+            if last is not None and last.get("running_req") != per_rank_batch[rank]:
+                # Both sources are SGLang's own; when they disagree the trace counts, and
+                # the reader is told.
+                flags.append(f"log_batch_differs_from_trace:dp{rank}")
         else:
-            last = next(
-                (records[i] for i in range(start, -1, -1) if records[i]["kind"] == "decode"),
-                None,
-            )
             if last is None:
                 flags.append(f"no_decode_line_before_profile:dp{rank}")
                 continue
@@ -216,6 +220,11 @@ def measure(
             f"(logs: {', '.join(map(str, log_paths))})"
         )
 
+    if not any(per_rank_batch.values()):
+        raise InputError(
+            f"profile {profile_id}: every decode rank had a batch of 0 at the profile "
+            f"(logs: {', '.join(map(str, log_paths))}); nothing was decoding, so there is "
+            "no throughput to compute")
     expected_ranks = dp_size if dp_size is not None else decode_gpus
     if len(per_rank_batch) != expected_ranks:
         flags.append(f"ranks_found_{len(per_rank_batch)}_of_{expected_ranks}")

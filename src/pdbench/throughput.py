@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .context import PointContext
 from .errors import InputError, PdbenchError
-from .layout import read_json, write_text
+from . import layout
+from .layout import read_json
 from .measure import measure
 
 COLUMNS = [
@@ -192,13 +193,7 @@ def gate(ctx: PointContext, rows: Sequence[dict]) -> None:
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    layout.write_csv(path, COLUMNS, rows)
 
 
 def merge_csvs(paths: Sequence[str | os.PathLike]) -> list[dict]:

@@ -250,8 +250,8 @@ def _classify(ev: Any) -> str | None:
     ph = ev.get("ph")
     if ph is not None and ph != "X":
         return None
-    if not isinstance(ev.get("ts"), (int, float)):
-        return None
+    # A marker whose time is not a number is still a marker: _check_times refuses the
+    # trace, rather than a dropped step silently doubling a period.
     cat = ev.get("cat")
     if name.startswith("step[") and _STEP_NAME_RE.fullmatch(name):
         if cat == "user_annotation":
@@ -270,13 +270,19 @@ def _classify(ev: Any) -> str | None:
     return None
 
 
+def _number(value: Any) -> Any:
+    """A JSON number as float; anything else as it is (for _check_times to name)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else value
+
+
 def _marker(ev: dict) -> dict:
     dur = ev.get("dur")
     return {
         "name": ev["name"],
         "cat": ev.get("cat"),
-        "ts": float(ev["ts"]),
-        "dur": float(dur) if isinstance(dur, (int, float)) else 0.0,
+        "ts": _number(ev.get("ts")),
+        "dur": 0.0 if dur is None else _number(dur),
         "pid": ev.get("pid"),
         "tid": ev.get("tid"),
     }
@@ -410,6 +416,7 @@ def _read(
         if n == 0 and not _has_trace_events_key(path, chunk_size):
             raise InputError(f'{path}: not a profiler trace (no "traceEvents" list)')
     for events in found.values():
+        _check_times(str(path), events)
         events.sort(key=lambda m: (m["ts"], -m["dur"]))
     return found, used
 
@@ -434,6 +441,19 @@ def read_markers(
 
 # --------------------------------------------------------------------------------------------
 # Step times
+
+
+def _check_times(fname: str, markers: list[dict]) -> None:
+    """A step is timed only from sane times: every marker's start and duration finite
+    and not negative (a damaged or hand-edited trace would otherwise give a step of
+    billions of milliseconds, or NaN)."""
+    for m in markers:
+        ts, dur = m.get("ts"), m.get("dur", 0.0)
+        for what, value in (("timestamp", ts), ("duration", dur)):
+            if not isinstance(value, float) or not math.isfinite(value) or value < 0:
+                raise InputError(f"{fname}: event {m.get('name', '?')!r} has {what} "
+                                 f"{value!r}: not a finite, non-negative time (a damaged "
+                                 "trace); no step time is computed from it")
 
 
 def _outermost(markers: list[dict]) -> list[dict]:
@@ -498,7 +518,7 @@ def step_time(
     number of periods in ``step_ms``; ``batch_sizes`` and ``modes`` are None unless the
     method is ``step_spans``. Raises InputError when the trace holds too few steps.
     """
-    found, used = _read(path, chunk_size, layout)
+    found, used = _read(path, chunk_size, layout)  # times checked there
     fname = str(path)
 
     steps = _outermost(found["step_spans"])
