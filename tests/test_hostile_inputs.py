@@ -25,7 +25,7 @@ DONE = "[2026-12-05 07:00:{s:02d} DP{dp} TP{dp} EP{dp}] Profiling done. Traces a
 
 
 def good_steps(n: int = 6, start: float = 1_000_000.0, period_us: float = 50_000.0):
-    return [(f"step[DECODE bs=4]", start + i * period_us) for i in range(n)]
+    return [("step[DECODE bs=4]", start + i * period_us) for i in range(n)]
 
 
 def trace_with(tmp_path, events, name="7-TP-0-DP-0-EP-0.trace.json.gz"):
