@@ -49,9 +49,11 @@ onerror:
     # A failed job or Ctrl-C: stop every server step, client and holder job this tree
     # records, so nothing is left running (adopted allocations stay, their steps end).
     # With site.keep_servers_on_failure only clients and queued holders stop.
-    shell(
-        f"pdbench stop-all --results {RESULTS} --reason error {KEEP_SERVERS_OPTION} >&2"
-    )
+    end_run(failed=True)
+
+
+onsuccess:
+    end_run(failed=False)
 
 
 rule all:

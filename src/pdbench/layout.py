@@ -321,6 +321,11 @@ class ResultsPaths:
         return self.state / "config.json"
 
     @property
+    def run_lock(self) -> Path:
+        """The live run that owns this tree (pdbench.runstate.acquire)."""
+        return self.state / "run.lock"
+
+    @property
     def run_failed(self) -> Path:
         return self.state / "run-failed"
 

@@ -12,7 +12,10 @@ when the next run starts (Snakemake's onstart: a real run, once it holds its loc
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
 from pathlib import Path
 
 from .errors import PdbenchError
@@ -21,6 +24,68 @@ from .layout import ResultsPaths
 
 class RunFailed(PdbenchError):
     """Another stage of this run failed; this one stops waiting."""
+
+
+class RunLocked(PdbenchError):
+    """Another live Snakemake run owns this results tree."""
+
+
+def lock_path(results: str | os.PathLike) -> Path:
+    return ResultsPaths(Path(results)).run_lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire(results: str | os.PathLike, *, pid: int | None = None) -> dict:
+    """Make this run the one owner of ``results/``: its resolved config, run-failed marker
+    and the servers it records are shared by every stage, so a second live run would
+    rewrite what the first one's stages read, and its failure would stop them. A lock
+    whose process is gone (on this host) is taken over; one of another host is refused,
+    since its process cannot be checked from here."""
+    path = lock_path(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {"host": socket.gethostname(), "pid": pid or os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for _ in range(3):
+        try:
+            with open(path, "x") as fh:
+                json.dump(mine, fh)
+            return mine
+        except FileExistsError:
+            pass
+        try:
+            held = json.loads(path.read_text())
+            host, other = str(held["host"]), int(held["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            held, host, other = {}, "", 0  # unreadable (a crash mid-write): stale
+        if host == mine["host"] and other == mine["pid"]:
+            return mine
+        if host and (host != mine["host"] or _alive(other)):
+            raise RunLocked(
+                f"{results} is in use by another Snakemake run (pid {other} on {host}, "
+                f"since {held.get('since')}); wait for it to end or stop it. If it is gone "
+                f"(killed, or its host is down), remove {path} and run again")
+        path.unlink(missing_ok=True)  # its process is gone: take over
+    raise RunLocked(f"{path}: could not take the run lock")
+
+
+def release(results: str | os.PathLike, *, pid: int | None = None) -> None:
+    """Give the lock back if this run holds it."""
+    path = lock_path(results)
+    try:
+        held = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if held.get("host") == socket.gethostname() and held.get("pid") == (pid or os.getpid()):
+        path.unlink(missing_ok=True)
 
 
 def marker(results: str | os.PathLike) -> Path:

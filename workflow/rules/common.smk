@@ -116,10 +116,19 @@ for _point in SWEEP_PLAN["points"]:
         )
 
 
+RUN = {"owner": False}
+
+
 def prepare_run():
-    """onstart (a real run, lock held, before any job): write the resolved config, clear
-    the failure a previous run recorded (pdbench.runstate), carry out the sweep."""
+    """onstart (a real run, lock held, before any job): take the tree's run lock (one
+    live run per results/), write the resolved config, clear the failure a previous run
+    recorded (pdbench.runstate), carry out the sweep."""
     SHOW_STALE_MARKERS()  # the DAG is built; from here on files are what they are
+    try:
+        runstate.acquire(RESULTS)
+    except runstate.RunLocked as exc:
+        raise WorkflowError(str(exc)) from None
+    RUN["owner"] = True
     pdconfig.write_resolved(CFG, CONFIG_FILE)
     runstate.start_run(
         RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
@@ -215,3 +224,16 @@ def get_snapshots(wildcards):
 
 def point_dir(wildcards):
     return str(point_paths(wildcards).root)
+
+
+def end_run(failed):
+    """onerror / onsuccess: a failed run stops what this tree records (only if this run
+    owns the tree: a run refused by the lock must not stop the live one's servers), then
+    gives the lock back."""
+    if not RUN["owner"]:
+        return
+    if failed:
+        shell(
+            f"pdbench stop-all --results {RESULTS} --reason error {KEEP_SERVERS_OPTION} >&2"
+        )
+    runstate.release(RESULTS)
