@@ -407,8 +407,51 @@ def _validate_all(argvs: list, results: list, spec: dict) -> None:
                           validation_error=f"{type(exc).__name__}: {message}")
 
 
+def _option_table() -> dict:
+    """Every option string of the release's server parser with the argument it sets
+    (aliases share a dest), and whether the parser accepts unique prefixes."""
+    import sglang
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    options = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public listing
+        for opt in action.option_strings:
+            if opt.startswith("--"):
+                options[opt[2:]] = action.dest
+    options.pop("help", None)
+    return {"sglang": sglang.__version__, "allow_abbrev": parser.allow_abbrev,
+            "options": dict(sorted(options.items()))}
+
+
+def option_table(python: str | os.PathLike | None = None, *,
+                 sglang_path: str | os.PathLike | None = None, timeout: float = 600) -> dict:
+    """The server option table of the release in the virtualenv (or at ``sglang_path``)."""
+    python = Path(python) if python else default_python()
+    env = dict(os.environ)
+    if sglang_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(sglang_path), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run([str(python), "-P", str(Path(__file__).resolve())],
+                          input=json.dumps({"option_table": True}), capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} {Path(__file__).name} exited {proc.returncode}:\n"
+                           f"{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
 def main() -> int:
     request = json.load(sys.stdin)
+    if isinstance(request, dict) and request.get("option_table"):
+        answer = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        json.dump(_option_table(), answer)
+        answer.write("\n")
+        answer.flush()
+        return 0
     validate = None
     if isinstance(request, dict):
         argvs, validate = request["argvs"], request.get("validate")

@@ -19,8 +19,11 @@ row says otherwise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
@@ -572,9 +575,81 @@ def check_config(cfg: Mapping) -> Dialect:
     dialect = dialect_for(cfg)
     for section in ("common", "prefill", "decode"):
         for name, value in cfg["server_args"][section].items():
-            dialect.option_args(name, value, key=f"server_args.{section}.{name}")
+            key = f"server_args.{section}.{name}"
+            tokens = dialect.option_args(name, value, key=key)
+            if tokens:
+                check_option(dialect.version, tokens[0][2:], key=key)
     _check_required_options(cfg, dialect)
     return dialect
+
+
+@cache
+def option_table(version: str) -> Mapping | None:
+    """The server options of one SGLang release as its own parser lists them
+    (``data/sglang-options/<version>.json``, written by ``scripts/sglang-option-table``):
+    ``{"allow_abbrev", "options": {option: dest}}``; None for a release without one."""
+    name = f"data/sglang-options/{version.lstrip('v')}.json"
+    path = resources.files("pdbench").joinpath(name)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@cache
+def _shipped_tables() -> tuple[Mapping, ...]:
+    folder = resources.files("pdbench").joinpath("data/sglang-options")
+    return tuple(json.loads(p.read_text()) for p in sorted(folder.iterdir(), key=str)
+                 if p.name.endswith(".json"))
+
+
+def _resolve(table: Mapping, flag: str) -> list[str]:
+    """The options argparse would take ``--flag`` for: itself, else every option it is a
+    prefix of (argparse takes a unique prefix when the parser allows abbreviations)."""
+    options = table["options"]
+    if flag in options:
+        return [flag]
+    return [o for o in options if o.startswith(flag)] if table["allow_abbrev"] else []
+
+
+def check_option(version: str, flag: str, *, key: str) -> None:
+    """``--flag`` must be an option of the release that does not set what the workflow
+    derives under another spelling (an alias such as ``--tensor-parallel-size`` or
+    ``--model``, or a prefix such as ``--nnode``) and is not ``--config`` (a file of
+    server args that could set anything). Releases without a table are checked for the
+    aliases and prefixes of every shipped table."""
+    from .grid import DERIVED_SERVER_ARGS
+
+    if flag in DERIVED_SERVER_ARGS:
+        return  # named as derived by the config's own check, in the workflow's words
+    table = option_table(version)
+    tables = (table,) if table else _shipped_tables()
+    for t in tables:
+        matches = _resolve(t, flag)
+        if table and not matches:
+            raise ConfigError(
+                f"config key {key}: SGLang {version} has no --{flag}: its own parser lists "
+                "no such option (and no option it abbreviates); check the spelling")
+        if table and len(matches) > 1:
+            raise ConfigError(
+                f"config key {key}: --{flag} is ambiguous for SGLang {version} (it "
+                f"abbreviates {', '.join('--' + m for m in matches[:5])}); write it out")
+        derived = {t["options"][n]: n for n in sorted(DERIVED_SERVER_ARGS)
+                   if n in t["options"]}
+        for match in matches if len(matches) == 1 else []:
+            dest = t["options"][match]
+            if dest == "config":
+                raise ConfigError(
+                    f"config key {key}: --{flag} loads server args from a file, which "
+                    "could set what the workflow derives; give the options here instead")
+            if dest in derived:
+                raise ConfigError(
+                    f"config key {key}: --{flag} is SGLang's "
+                    f"{'abbreviation' if match != flag else 'other spelling'} of "
+                    f"--{derived[dest]}, which the workflow sets from the grid point and "
+                    "node plan; remove it (see README, 'What the workflow derives')")
+            if table and match != flag:
+                # argparse would take it, but the dialect table (renames per release)
+                # knows options by their full names.
+                raise ConfigError(
+                    f"config key {key}: --{flag} abbreviates --{match}; write the full name")
 
 
 def _check_required_options(cfg: Mapping, dialect: Dialect) -> None:

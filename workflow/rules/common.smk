@@ -121,7 +121,7 @@ RUN = {"owner": False}
 
 def prepare_run():
     """onstart (a real run, lock held, before any job): take the tree's run lock (one
-    live run per results/), write the resolved config, clear the failure a previous run
+    live run per results tree), write the resolved config, clear the failure a previous run
     recorded (pdbench.runstate), carry out the sweep."""
     SHOW_STALE_MARKERS()  # the DAG is built; from here on files are what they are
     try:
