@@ -568,7 +568,7 @@ def dialect_for(cfg: Mapping) -> Dialect:
     return dialect_for_version(version)
 
 
-def check_config(cfg: Mapping) -> Dialect:
+def check_config(cfg: Mapping, derived: frozenset[str] = frozenset()) -> Dialect:
     """Spell every ``server_args`` entry for the configured release; ConfigError names the
     first key that cannot be expressed (an old spelling, a removed value, an option the
     release lacks). Meant for configuration validation, before anything is rendered."""
@@ -578,7 +578,7 @@ def check_config(cfg: Mapping) -> Dialect:
             key = f"server_args.{section}.{name}"
             tokens = dialect.option_args(name, value, key=key)
             if tokens:
-                check_option(dialect.version, tokens[0][2:], key=key)
+                check_option(dialect.version, tokens[0][2:], key=key, derived=derived)
     _check_required_options(cfg, dialect)
     return dialect
 
@@ -609,15 +609,15 @@ def _resolve(table: Mapping, flag: str) -> list[str]:
     return [o for o in options if o.startswith(flag)] if table["allow_abbrev"] else []
 
 
-def check_option(version: str, flag: str, *, key: str) -> None:
+def check_option(version: str, flag: str, *, key: str,
+                 derived: frozenset[str] = frozenset()) -> None:
     """``--flag`` must be an option of the release that does not set what the workflow
     derives under another spelling (an alias such as ``--tensor-parallel-size`` or
     ``--model``, or a prefix such as ``--nnode``) and is not ``--config`` (a file of
     server args that could set anything). Releases without a table are checked for the
-    aliases and prefixes of every shipped table."""
-    from .grid import DERIVED_SERVER_ARGS
-
-    if flag in DERIVED_SERVER_ARGS:
+    aliases and prefixes of every shipped table. ``derived``: the options the workflow
+    sets itself, by their names in the config."""
+    if flag in derived:
         return  # named as derived by the config's own check, in the workflow's words
     table = option_table(version)
     tables = (table,) if table else _shipped_tables()
@@ -631,19 +631,18 @@ def check_option(version: str, flag: str, *, key: str) -> None:
             raise ConfigError(
                 f"config key {key}: --{flag} is ambiguous for SGLang {version} (it "
                 f"abbreviates {', '.join('--' + m for m in matches[:5])}); write it out")
-        derived = {t["options"][n]: n for n in sorted(DERIVED_SERVER_ARGS)
-                   if n in t["options"]}
+        derived_dests = {t["options"][n]: n for n in sorted(derived) if n in t["options"]}
         for match in matches if len(matches) == 1 else []:
             dest = t["options"][match]
             if dest == "config":
                 raise ConfigError(
                     f"config key {key}: --{flag} loads server args from a file, which "
                     "could set what the workflow derives; give the options here instead")
-            if dest in derived:
+            if dest in derived_dests:
                 raise ConfigError(
                     f"config key {key}: --{flag} is SGLang's "
                     f"{'abbreviation' if match != flag else 'other spelling'} of "
-                    f"--{derived[dest]}, which the workflow sets from the grid point and "
+                    f"--{derived_dests[dest]}, which the workflow sets from the grid point and "
                     "node plan; remove it (see README, 'What the workflow derives')")
             if table and match != flag:
                 # argparse would take it, but the dialect table (renames per release)
