@@ -210,3 +210,38 @@ def test_an_adopted_job_id_that_is_not_digits_fails_the_parse(value, workdir):
     assert proc.returncode != 0 and "PDBENCH_ADOPT_JOB_ID" in out, out[-2000:]
     assert "is not a Slurm job id" in out and "Traceback" not in out
     assert not Path("/tmp/pdbench-injected").exists()
+
+
+SAFE_TOKEN = r"[A-Za-z0-9_./=:,@%+-]+"
+
+
+def test_every_rule_shell_pastes_only_safe_tokens(workdir):
+    """Injection sweep: with metacharacters in every free-text config value and an
+    adopted job id in the environment, every shell command the workflow would run holds
+    only plain tokens (paths and options from the layout and the grid); config values
+    reach the stages through the resolved config file, never through a shell line."""
+    import os
+    import re
+    import shlex
+
+    evil = "a b;$(touch /tmp/pdbench-injected)`id`'\"|&><*"
+    overlay = copy.deepcopy(BASE)
+    overlay["site"].update(partition=evil, account=evil, qos=evil, reservation=evil)
+    overlay["model"]["served_model_name"] = evil
+    overlay["router"] = {"policy": evil, "extra_args": [evil]}
+    overlay["workload"] = {**overlay.get("workload", {}), "extra_args": [evil]}
+    overlay["site"]["sbatch_extra"] = [f"--comment={evil}"]
+    path = workdir / "evil.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+    proc = subprocess.run([exe, "-n", "-p", "--configfile", str(path)], cwd=workdir,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PDBENCH_ADOPT_JOB_ID": "4242"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shells = re.findall(r"^Shell command: (.*)$", proc.stdout, re.M)
+    assert len(shells) > 30, proc.stdout[-2000:]
+    for line in shells:
+        for token in shlex.split(line):
+            assert token in (">", "2>") or re.fullmatch(SAFE_TOKEN, token), (token, line)
+    assert any("--adopt 4242" in line for line in shells)
+    assert not Path("/tmp/pdbench-injected").exists()
