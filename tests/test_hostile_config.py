@@ -41,7 +41,9 @@ def _set(cfg: dict, key: str, value) -> dict:
 
 NUMBER_FIELDS = ["workload.random_range_ratio", "workload.request_rate",
                  "fill.target_fraction", "fill.timeout_s", "fill.min_batch_fraction",
-                 "fill.sleep_s", "profile.interval_s", "profile.log_step_tolerance"]
+                 "fill.sleep_s", "profile.interval_s", "profile.log_step_tolerance",
+                 "timeouts.server_ready_s", "timeouts.router_ready_s",
+                 "timeouts.server_stall_s"]
 INTEGER_FIELDS = ["site.gpus_per_node", "site.max_nodes", "site.allocation_job_id",
                   "grid.ep_sizes[0]", "grid.prefill_groups[0]",
                   "topology.nodes_per_prefill_group", "ports.http", "ports.bootstrap",

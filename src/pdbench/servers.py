@@ -31,8 +31,6 @@ from .steps import (
 )
 from .wait import wait_for
 
-READY_TIMEOUT_S = 3600.0
-ROUTER_READY_TIMEOUT_S = 600.0
 
 
 
@@ -52,13 +50,27 @@ def router_launch(ctx: PointContext) -> StepLaunch:
 
 
 def _wait_ready(what: str, ready: Callable[[], bool], pid: int, log: Path,
-                timeout_s: float, on_dead: Callable[[], str], ctx: PointContext) -> float:
-    """Wait until ``ready()``; the srun client ``pid`` must stay alive meanwhile."""
+                timeout_s: float, on_dead: Callable[[], str], ctx: PointContext,
+                stall_s: float | None = None) -> float:
+    """Wait until ``ready()``; the srun client ``pid`` must stay alive meanwhile, and
+    (with ``stall_s``) its log must keep growing: a server that neither answers nor
+    writes for that long is hung."""
     start = time.monotonic()
+    seen = {"size": -1, "at": start}
 
     def alive() -> None:
         if not slurm.pid_alive(pid):
             raise ServerError(on_dead())
+        if stall_s is None:
+            return
+        size = log.stat().st_size if log.exists() else 0
+        now_s = time.monotonic()
+        if size != seen["size"]:
+            seen.update(size=size, at=now_s)
+        elif now_s - seen["at"] > stall_s:
+            raise ServerError(
+                f"{what}: hung: no answer and no new line in {log} for {stall_s:.0f} s "
+                f"(timeouts.server_stall_s); last log lines:\n" + log_tail(log))
 
     wait_for(
         what,
@@ -78,8 +90,11 @@ def _wait_ready(what: str, ready: Callable[[], bool], pid: int, log: Path,
     return time.monotonic() - start
 
 
-def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TIMEOUT_S) -> dict:
-    """Start prefill group g or the decode server and wait for node 0's /health."""
+def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = None) -> dict:
+    """Start prefill group g or the decode server and wait for node 0's /health (within
+    ``timeouts.server_ready_s``, unless ``timeout_s`` says otherwise)."""
+    timeouts = ctx.cfg["timeouts"]
+    timeout_s = timeouts["server_ready_s"] if timeout_s is None else timeout_s
     spec = ctx.plan.server(server)
     log_role = ctx.paths.server_log_role(server)
     missing = commands.missing_secrets(ctx.cfg)
@@ -100,6 +115,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float = READY_TI
             timeout_s=timeout_s,
             on_dead=lambda: _dead_message(ctx, server, spec.node_names, log_role, step),
             ctx=ctx,
+            stall_s=timeouts["server_stall_s"],
         )
     except BaseException:
         stop_step(ctx.job_id, step)
@@ -147,8 +163,9 @@ def _dead_message(ctx, server, nodes, log_role, step) -> str:
     return "\n".join(parts)
 
 
-def launch_router(ctx: PointContext, *, timeout_s: float = ROUTER_READY_TIMEOUT_S) -> dict:
+def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     plan = ctx.plan
+    timeout_s = ctx.cfg["timeouts"]["router_ready_s"] if timeout_s is None else timeout_s
     for server in plan.servers:
         marker = read_json(ctx.paths.ready(server.name))
         if not server_alive(marker):
