@@ -86,3 +86,27 @@ def test_a_refused_run_changes_nothing_and_stops_nothing(tmp_path, sleeper):
     assert json.loads(lock.read_text())["pid"] == sleeper
     assert sorted(p.name for p in results.rglob("*")) == [".pdbench", "config.json",
                                                           "run.lock"]
+
+
+def test_a_stage_of_a_killed_snakemake_stops(tmp_path):
+    """SIGKILL leaves the lock of a dead process: every waiting stage of that run sees
+    it at its next check and stops, instead of finishing a fill alone."""
+    write_lock(tmp_path, socket.gethostname(), dead_pid())
+    with pytest.raises(runstate.RunFailed, match="is gone"):
+        runstate.check(tmp_path)
+
+
+def test_a_stage_of_a_live_run_goes_on(tmp_path, sleeper):
+    write_lock(tmp_path, socket.gethostname(), sleeper)
+    runstate.check(tmp_path)  # no failure, owner alive
+    write_lock(tmp_path, "login-other", 1)  # another host's run: not checkable, not stopped
+    runstate.check(tmp_path)
+
+
+def test_a_stop_request_stops_even_a_keep_going_run(tmp_path):
+    runstate.start_run(tmp_path, keep_going=True)
+    runstate.mark_failed(tmp_path, "one point failed")
+    runstate.check(tmp_path)  # --keep-going: a failure stops only its point
+    runstate.mark_failed(tmp_path, "Snakemake received SIGTERM", stop_all=True)
+    with pytest.raises(runstate.RunFailed, match="SIGTERM"):
+        runstate.check(tmp_path)

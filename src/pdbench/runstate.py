@@ -98,9 +98,11 @@ def _keep_going(results: str | os.PathLike) -> Path:
     return ResultsPaths(Path(results)).keep_going
 
 
-def mark_failed(results: str | os.PathLike, what: str) -> None:
-    """Record the first failure of this run (later ones leave it as it is)."""
-    if _keep_going(results).exists():
+def mark_failed(results: str | os.PathLike, what: str, *, stop_all: bool = False) -> None:
+    """Record the first failure of this run (later ones leave it as it is). With
+    --keep-going a failure stops only its own point, unless ``stop_all`` (the run was
+    told to stop)."""
+    if _keep_going(results).exists() and not stop_all:
         return
     path = marker(results)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,12 +114,29 @@ def mark_failed(results: str | os.PathLike, what: str) -> None:
 
 
 def check(results: str | os.PathLike) -> None:
+    """Raise RunFailed when this run failed or was told to stop, or when the Snakemake
+    that owns the tree is gone (killed with SIGKILL: its stages must not go on alone)."""
     path = marker(results)
     try:
         first = path.read_text().strip()
     except FileNotFoundError:
-        return
-    raise RunFailed(f"stopped: another stage of this run failed ({path}):\n{first}")
+        first = None
+    if first is not None:
+        raise RunFailed(f"stopped: another stage of this run failed ({path}):\n{first}")
+    owner = lock_owner(results)
+    if owner and owner["host"] == socket.gethostname() and not _alive(owner["pid"]):
+        raise RunFailed(
+            f"stopped: the Snakemake run that started this stage (pid {owner['pid']}) is "
+            f"gone; {lock_path(results)} names it")
+
+
+def lock_owner(results: str | os.PathLike) -> dict | None:
+    """The live run's lock record, if a readable one exists."""
+    try:
+        held = json.loads(lock_path(results).read_text())
+        return {"host": str(held["host"]), "pid": int(held["pid"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def start_run(results: str | os.PathLike, *, keep_going: bool = False) -> None:

@@ -798,6 +798,64 @@ def test_sigint_stops_everything_then_rerun_completes(make_chain):
     assert_clean(chain)
 
 
+def test_sigterm_stops_a_long_fill_within_seconds_then_rerun_completes(make_chain):
+    """SIGTERM (what a batch system or `kill` sends) makes Snakemake wait for its running
+    jobs; the run is marked stopped, so the fill ends at its next check instead of
+    running to its end, onerror stops everything, and the rerun measures afresh."""
+    chain = make_chain("sigterm", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    time.sleep(2)
+    assert "fill ended" not in chain.fill_log()
+    sent_at = time.monotonic()
+    chain.proc.send_signal(signal.SIGTERM)
+    rc, text = chain.wait(timeout=120)
+    took = time.monotonic() - sent_at
+    print(f"SIGTERM: snakemake exited {took:.1f} s after the signal")
+    assert rc != 0
+    assert took < 30, text[-6000:]
+    assert "SIGTERM" in chain.fill_log(), chain.fill_log()[-2000:]
+    assert_clean(chain)
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"SIGTERM: rerun {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
+def test_sigkill_during_the_fill_then_unlock_and_rerun(make_chain):
+    """Snakemake killed with SIGKILL runs no onerror: its fill notices within seconds that
+    the run is gone and stops; after `--unlock` and `pdbench stop-all` (the README's
+    advice) the rerun measures the ground truth and leaves nothing behind."""
+    chain = make_chain("sigkill", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    time.sleep(2)
+    sent_at = time.monotonic()
+    os.killpg(chain.proc.pid, 0)  # the process group exists
+    chain.proc.kill()  # the Snakemake process only: its jobs are orphaned
+    chain.proc.wait(timeout=30)
+    chain.proc = None
+    deadline = time.monotonic() + 60
+    while any(" fill " in p or p.endswith(" fill") for p in
+              (" ".join(x.split()[1:]) for x in chain.processes()) if "pdbench" in p):
+        assert time.monotonic() < deadline, chain.processes()
+        time.sleep(1)
+    print(f"SIGKILL: the orphaned fill stopped {time.monotonic() - sent_at:.1f} s after")
+    assert "is gone" in chain.fill_log(), chain.fill_log()[-2000:]
+    rc, text, _ = chain.run("--unlock")
+    assert rc == 0, text[-3000:]
+    subprocess.run([str(VENV_BIN / "pdbench"), "stop-all", "--results", "results"],
+                   cwd=chain.dir, env=chain.env(), check=True, capture_output=True,
+                   timeout=300)
+    assert_clean(chain, timeout=60)
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"SIGKILL: rerun {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
 def test_sigint_while_the_allocation_queues(make_chain):
     # The holder may not start for ten minutes (--begin), so the allocation stage waits.
     chain = make_chain("queued", extra={"site": {"sbatch_extra": ["--begin=now+600"]}})

@@ -129,6 +129,7 @@ def prepare_run():
     except runstate.RunLocked as exc:
         raise WorkflowError(str(exc)) from None
     RUN["owner"] = True
+    stop_stages_on_sigterm()
     pdconfig.write_resolved(CFG, CONFIG_FILE)
     runstate.start_run(
         RESULTS, keep_going=getattr(workflow.execution_settings, "keep_going", False)
@@ -224,6 +225,23 @@ def get_snapshots(wildcards):
 
 def point_dir(wildcards):
     return str(point_paths(wildcards).root)
+
+
+def stop_stages_on_sigterm():
+    """SIGTERM (a batch system's or a user's kill) makes Snakemake stop scheduling and
+    wait for the running jobs; a fill or a readiness wait may take many minutes. Marking
+    the run as stopped makes every waiting stage end within seconds, so onerror then
+    stops the servers and the tree is left as a rerun resumes it."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        runstate.mark_failed(RESULTS, "Snakemake received SIGTERM", stop_all=True)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def end_run(failed):
