@@ -170,4 +170,61 @@ def test_parse_log_says_when_nothing_was_recognised(content, tmp_path, capsys):
 
 def test_the_corpus_has_over_eighty_cases():
     # with the corpus of tests/test_loglines.py and tests/test_trace.py's bad inputs
-    assert len(TRACE_CASES) + len(CLI_CASES) + 4 + 3 >= 39
+    total = len(TRACE_CASES) + len(CLI_CASES) + len(VALUE_CASES) + len(FILE_CASES) + 4 + 4
+    assert total >= 80, total
+
+
+from pdbench.loglines import parse_line  # noqa: E402
+
+LINE = ("[2026-12-05 07:00:01 DP0 TP0 EP0] Decode batch. #running-req: 12, #token: 100, "
+        "token usage: 0.01, cuda graph: True, gen throughput (token/s): 80.00, "
+        "#queue-req: 3, ")
+FIELDS = {"running_req": "#running-req: 12", "token": "#token: 100",
+          "token_usage": "token usage: 0.01", "gen_throughput": "gen throughput (token/s): 80.00",
+          "queue_req": "#queue-req: 3"}
+VALUE_CASES = [(key, bad) for key in FIELDS
+               for bad in ("nan", "NaN", "inf", "Infinity", "-5", "1e309", "abc", "-0.5")]
+
+
+@pytest.mark.parametrize("key, bad", VALUE_CASES, ids=[f"{k}={v}" for k, v in VALUE_CASES])
+def test_an_insane_log_value_is_kept_apart_never_used(key, bad):
+    label = FIELDS[key].split(": ")[0]
+    record = parse_line(LINE.replace(FIELDS[key], f"{label}: {bad}"))
+    assert record["kind"] == "decode" and key not in record, record
+    assert record["invalid_fields"] == {key: bad}
+    assert all(not isinstance(v, float) or math.isfinite(v) for v in record.values())
+
+
+def test_a_garbled_batch_line_before_the_profile_is_flagged(tmp_path):
+    lines = rank_lines(0, 4)
+    lines[4] = lines[4].replace("#running-req: 4", "#running-req: nan")  # just before it
+    logs = write_logs(tmp_path, {0: lines})
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    trace_with(traces, steps_trace([("scheduler.run_batch", t) for _, t in good_steps()]))
+    m = measure(logs, traces, decode_gpus=1, profile_id="7")
+    assert "garbled_batch_line_before_profile:dp0" in m["flags"], m["flags"]
+    assert m["global_batch"] == 4  # the line before it
+
+
+FILE_CASES = [
+    ("utf-16", "\ufeff[2026-12-05 07:00:01 DP0] Decode batch.".encode("utf-16")),
+    ("binary junk", bytes(range(256)) * 4),
+    ("crlf endings", LINE.replace(", ", ", ").encode() + b"\r\n"),
+    ("truncated line", LINE[:40].encode()),
+    ("NUL bytes", b"\x00" * 100),
+    ("very long line", b"x" * 2_000_000 + b"\n"),
+]
+
+
+@pytest.mark.parametrize("case, content", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_a_strange_log_file_is_read_or_refused_in_one_line(case, content, tmp_path, capsys):
+    path = tmp_path / "x.log"
+    path.write_bytes(content)
+    code = main(["parse-log", str(path)])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    if code != 0:
+        assert str(path) in out.err and len(out.err.strip().splitlines()) == 1, out.err
+    else:
+        assert out.out or f"{path}: no SGLang log line recognised" in out.err

@@ -43,6 +43,8 @@ class RankFill:
 
     def feed(self, record: dict) -> None:
         kind = record["kind"]
+        if kind == "decode" and record.get("running_req") is None:
+            return  # its count was garbled (loglines keeps it under invalid_fields)
         if kind == "decode":
             running = int(record["running_req"])
             if self.running_req is not None and running <= self.max_running_req:

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gzip
+import math
 import os
 import re
 import zlib
@@ -235,6 +236,22 @@ def _slug(label: str) -> str:
     return key
 
 
+def _count(value: str) -> int:
+    """A count as SGLang logs it: a non-negative integer (ValueError otherwise)."""
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+def _real(value: str) -> float:
+    """A rate, usage or time as SGLang logs it: finite and not negative."""
+    number = float(value)
+    if not 0.0 <= number < math.inf:  # NaN fails too
+        raise ValueError(value)
+    return number
+
+
 def _coerce(value: str):
     """An unknown label's value: int, float, bool, percent number, else the string."""
     try:
@@ -276,25 +293,15 @@ def _store(rec: dict, label: str, value: str) -> tuple[str, int]:
             rec["graph_backend"] = _slug(label[:-6])
             return spec
         key = _slug(label)
-    elif kind == _INT:
+    elif kind in (_INT, _FLOAT, _PERCENT):
+        text = value[:-1] if kind == _PERCENT and value.endswith("%") else value
         try:
-            rec[key] = int(value)
-            return spec
+            rec[key] = (_count if kind == _INT else _real)(text)
         except ValueError:
-            pass
-    elif kind == _FLOAT:
-        try:
-            rec[key] = float(value)
-            return spec
-        except ValueError:
-            pass
-    elif kind == _PERCENT:
-        if value.endswith("%"):
-            try:
-                rec[key] = float(value[:-1])
-                return spec
-            except ValueError:
-                pass
+            # SGLang writes counts and rates as finite non-negative numbers; anything
+            # else (nan, inf, -5, a garbled token) is kept apart, never used as one.
+            rec.setdefault("invalid_fields", {})[key] = value
+        return spec
     elif kind == _STR:
         rec[key] = value
         return spec
@@ -354,9 +361,9 @@ class _Plan:
         fields = []
         for name, (_p, key, vkind, label) in zip(names, items):
             if vkind == _INT:
-                fields.append(f"{key!r}: int({name})")
+                fields.append(f"{key!r}: _count({name})")
             elif vkind in (_FLOAT, _PERCENT):
-                fields.append(f"{key!r}: float({name})")
+                fields.append(f"{key!r}: _real({name})")
             elif vkind == _GRAPH:
                 fields.append(f"'cuda_graph': {name} == 'True'")
                 fields.append(f"'graph_backend': {_slug(label[:-6])!r}")
@@ -388,6 +395,8 @@ class _Plan:
             ]
         )
         namespace = {
+            "_count": _count,
+            "_real": _real,
             "_rank_values": _rank_values,
             "_NO_RANK_VALUES": _NO_RANK_VALUES,
             "_epoch": _epoch,

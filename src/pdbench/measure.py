@@ -185,9 +185,16 @@ def measure(
         trace = trace_results.get(rank)
         sizes = trace.get("batch_sizes") if trace else None
         last = next(
-            (records[i] for i in range(start, -1, -1) if records[i]["kind"] == "decode"),
+            (records[i] for i in range(start, -1, -1) if records[i]["kind"] == "decode"
+             and records[i].get("running_req") is not None),
             None,
         )
+        latest = next((records[i] for i in range(start, -1, -1)
+                       if records[i]["kind"] == "decode"), None)
+        if latest is not None and latest is not last:
+            # The rank's last batch line before the profile did not read as a count:
+            # an older line stands in, and the reader is told.
+            flags.append(f"garbled_batch_line_before_profile:dp{rank}")
         if sizes:
             per_rank_batch[rank] = statistics.mode(sizes)
             batch_source[rank] = "trace_step_spans"

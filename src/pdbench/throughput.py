@@ -169,6 +169,7 @@ def fill_curve(logs: Sequence[Path], filled: dict, released: dict) -> dict:
     for rank, records in sorted(by_rank.items()):
         samples = [[round(r["epoch"] - shift - start, 3), r["running_req"]]
                    for r in records if r["kind"] == "decode" and r.get("epoch")
+                   and r.get("running_req") is not None
                    and -1.0 <= r["epoch"] - shift - start <= end_s]
         # Log times are whole seconds: keep one sample per change, then thin evenly.
         samples = [s for i, s in enumerate(samples) if i == 0 or s != samples[i - 1]]
