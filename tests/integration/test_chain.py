@@ -856,6 +856,65 @@ def test_sigkill_during_the_fill_then_unlock_and_rerun(make_chain):
     assert_clean(chain)
 
 
+def test_sigkill_then_unlock_and_rerun_on_the_live_servers(make_chain):
+    """The issue's sequence without a stop-all: SIGKILL during the fill, `--unlock`, rerun.
+    The rerun reuses the live servers, starts a new client (the old one was let go), and
+    measures the ground truth; nothing is left."""
+    chain = make_chain("sigkill-reuse", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    time.sleep(2)
+    chain.proc.kill()
+    chain.proc.wait(timeout=30)
+    chain.proc = None
+    deadline = time.monotonic() + 60
+    while "is gone" not in chain.fill_log():
+        assert time.monotonic() < deadline, chain.fill_log()[-2000:]
+        time.sleep(1)
+    decode_step = json.loads((chain.point / "ready" / "decode.json").read_text())["step_id"]
+    rc, text, _ = chain.run("--unlock")
+    assert rc == 0, text[-3000:]
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"SIGKILL, unlock, rerun on live servers: {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert "bench/client.json" in swept(text)
+    assert json.loads((chain.point / "ready" / "decode.json").read_text())["step_id"] == \
+        decode_step  # the same decode server
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
+def test_a_second_run_on_a_live_tree_is_refused_and_the_first_is_unharmed(make_chain):
+    """Two runs on one tree: while the first fills, a second with another config is
+    refused before any job, by Snakemake's lock or, with --nolock, by the tree's run
+    lock; it stops nothing and rewrites nothing; the first measures the ground truth."""
+    chain = make_chain("two-runs", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    resolved = (chain.results / ".pdbench" / "config.json").read_text()
+    other = chain.dir / "other.yaml"
+    other.write_text(yaml.safe_dump({"profile": {"snapshots": 5}}))
+    configs = yaml.safe_load((chain.dir / "profile" / "config.yaml").read_text())["configfile"]
+    for extra in ([], ["--nolock"]):
+        start = time.monotonic()
+        proc = subprocess.run(
+            chain.argv(f"results/{EXPERIMENT}/report.html", "--configfile", *configs,
+                       str(other), *extra),
+            cwd=chain.dir, env=chain.env(), capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        print(f"second run {' '.join(extra) or '(plain)'}: refused in "
+              f"{time.monotonic() - start:.1f} s")
+        assert proc.returncode != 0, out[-3000:]
+        assert ("in use by another Snakemake run" in out if extra
+                else "cannot be locked" in out.lower() or "in use by" in out), out[-3000:]
+        assert "stop-all" not in out
+        assert (chain.results / ".pdbench" / "config.json").read_text() == resolved
+    rc, text = chain.wait()
+    assert rc == 0, text[-8000:]
+    assert_ground_truth(chain)
+    assert_clean(chain)
+
+
 def test_sigint_while_the_allocation_queues(make_chain):
     # The holder may not start for ten minutes (--begin), so the allocation stage waits.
     chain = make_chain("queued", extra={"site": {"sbatch_extra": ["--begin=now+600"]}})
