@@ -410,6 +410,18 @@ def _validate_all(argvs: list, results: list, spec: dict) -> None:
 def _option_table() -> dict:
     """Every option string of the release's server parser with the argument it sets
     (aliases share a dest), and whether the parser accepts unique prefixes."""
+    try:
+        # Releases register their own model configs with transformers; with the
+        # virtualenv's newer transformers some names already exist. Only the parser is
+        # read here, so a name registered twice does not matter.
+        from transformers import AutoConfig
+
+        register = AutoConfig.register
+        AutoConfig.register = staticmethod(
+            lambda model_type, config, exist_ok=False: register(model_type, config,
+                                                                exist_ok=True))
+    except ImportError:
+        pass
     import sglang
     from sglang.srt.server_args import ServerArgs
 
