@@ -591,6 +591,7 @@ def test_hub_ids(edits, expected, tmp_path):
 # -- options a release requires or lacks ----------------------------------------------
 
 RR = "server_args.decode.prefill-round-robin-balance"
+SBO = "server_args.common.enable-single-batch-overlap"
 LBM = "server_args.prefill.load-balance-method"
 
 
@@ -646,8 +647,11 @@ RELEASE = [
         r"load-balance-method: round_robin",
     ),
     row("0.5.5.post2-lbm-unset", [drop(LBM)], None),
-    row("0.5.2-default", [version("0.5.2")], None),
-    row("0.5.2-without-rr", [version("0.5.2"), drop(RR)], NEEDS_RR.format(r"0\.5\.2")),
+    # 0.5.2's parser has no --enable-single-batch-overlap (its option table says so).
+    row("0.5.2-default", [version("0.5.2"), drop(SBO)], None),
+    row("0.5.2-without-rr", [version("0.5.2"), drop(SBO), drop(RR)], NEEDS_RR.format(r"0\.5\.2")),
+    row("0.5.2-with-sbo", [version("0.5.2")],
+        r"server_args\.common\.enable-single-batch-overlap: SGLang 0\.5\.2 has no "),
     row("0.5.7-without-rr", [version("0.5.7"), drop(RR)], NEEDS_RR.format(r"0\.5\.7")),
     row("0.5.1.post3-without-rr", [version("0.5.1.post3"), drop(RR)], None),
     row(

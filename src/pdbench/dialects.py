@@ -624,9 +624,13 @@ def check_option(version: str, flag: str, *, key: str,
     for t in tables:
         matches = _resolve(t, flag)
         if table and not matches:
+            having = sorted((Version(t["sglang"]) for t in _shipped_tables()
+                             if flag in t["options"]))
+            hint = (f"releases from {having[0]} have it; raise sglang.version or remove it"
+                    if having else "no release pdbench knows has it; check the spelling")
             raise ConfigError(
                 f"config key {key}: SGLang {version} has no --{flag}: its own parser lists "
-                "no such option (and no option it abbreviates); check the spelling")
+                f"no such option (and no option it abbreviates); {hint}")
         if table and len(matches) > 1:
             raise ConfigError(
                 f"config key {key}: --{flag} is ambiguous for SGLang {version} (it "
