@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import PdbenchError
 from .layout import ResultsPaths
+from .slurm import pid_alive
 
 
 class RunFailed(PdbenchError):
@@ -32,16 +33,6 @@ class RunLocked(PdbenchError):
 
 def lock_path(results: str | os.PathLike) -> Path:
     return ResultsPaths(Path(results)).run_lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def acquire(results: str | os.PathLike, *, pid: int | None = None) -> dict:
@@ -68,7 +59,7 @@ def acquire(results: str | os.PathLike, *, pid: int | None = None) -> dict:
             held, host, other = {}, "", 0  # unreadable (a crash mid-write): stale
         if host == mine["host"] and other == mine["pid"]:
             return mine
-        if host and (host != mine["host"] or _alive(other)):
+        if host and (host != mine["host"] or pid_alive(other)):
             raise RunLocked(
                 f"{results} is in use by another Snakemake run (pid {other} on {host}, "
                 f"since {held.get('since')}); wait for it to end or stop it. If it is gone "
@@ -124,7 +115,7 @@ def check(results: str | os.PathLike) -> None:
     if first is not None:
         raise RunFailed(f"stopped: another stage of this run failed ({path}):\n{first}")
     owner = lock_owner(results)
-    if owner and owner["host"] == socket.gethostname() and not _alive(owner["pid"]):
+    if owner and owner["host"] == socket.gethostname() and not pid_alive(owner["pid"]):
         raise RunFailed(
             f"stopped: the Snakemake run that started this stage (pid {owner['pid']}) is "
             f"gone; {lock_path(results)} names it")
