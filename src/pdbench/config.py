@@ -180,6 +180,19 @@ def load(path: str | os.PathLike) -> dict:
     return validate(parse_yaml(text, path), source=str(path))
 
 
+def check_file(path: str | os.PathLike) -> None:
+    """A config file as pdbench reads it (UTF-8, YAML, a mapping, no key twice), for
+    files another reader merges (Snakemake's configfile and --configfile)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    raw = parse_yaml(decode_text(data, path), path)
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of config "
+                          f"keys, not {type(raw).__name__}")
+
+
 def decode_text(data: bytes, path: str | os.PathLike) -> str:
     try:
         return data.decode("utf-8")

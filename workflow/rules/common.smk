@@ -15,6 +15,10 @@ from pdbench.report import CODE_FILES
 from pdbench.sweep import apply_sweep, describe, plan_sweep, stale_paths
 
 try:
+    # Each file as pdbench reads it (Snakemake's loader keeps a repeated key silently),
+    # then the merged config.
+    for _path in workflow.configfiles:
+        pdconfig.check_file(_path)
     CFG = pdconfig.validate(config, source="config")
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
