@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,12 @@ def shared_fixtures() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared fixtures not found at {path.resolve()}")
     return path.resolve()
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of a process that stays alive for the test (a stand-in server or run)."""
+    proc = subprocess.Popen(["sleep", "300"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()

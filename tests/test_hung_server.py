@@ -3,7 +3,6 @@ timeouts.server_stall_s, not after the hour of timeouts.server_ready_s."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,20 +27,12 @@ def ctx(tmp_path):
     return PointContext(cfg, config.find_point(cfg, "ep48", "p1"), paths)
 
 
-@pytest.fixture
-def server_pid():
-    proc = subprocess.Popen(["sleep", "60"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
-
-
-def test_a_hung_server_fails_after_the_stall_time(ctx, server_pid, tmp_path):
+def test_a_hung_server_fails_after_the_stall_time(ctx, live_pid, tmp_path):
     log = tmp_path / "node0.log"
     log.write_text("Load weight begin\nInit torch distributed ends\n")
     start = time.monotonic()
     with pytest.raises(ServerError) as err:
-        _wait_ready("decode at http://x", ready=lambda: False, pid=server_pid, log=log,
+        _wait_ready("decode at http://x", ready=lambda: False, pid=live_pid, log=log,
                     timeout_s=3600, on_dead=lambda: "dead", ctx=ctx,
                     stall_s=ctx.cfg["timeouts"]["server_stall_s"])
     took = time.monotonic() - start
@@ -52,7 +43,7 @@ def test_a_hung_server_fails_after_the_stall_time(ctx, server_pid, tmp_path):
     assert "Init torch distributed ends" in message  # its last log lines
 
 
-def test_a_server_whose_log_grows_is_not_hung(ctx, server_pid, tmp_path):
+def test_a_server_whose_log_grows_is_not_hung(ctx, live_pid, tmp_path):
     log = tmp_path / "node0.log"
     log.write_text("")
     stop = threading.Event()
@@ -68,7 +59,7 @@ def test_a_server_whose_log_grows_is_not_hung(ctx, server_pid, tmp_path):
     deadline = time.monotonic() + 4
     try:
         waited = _wait_ready("decode at http://x", ready=lambda: time.monotonic() > deadline,
-                             pid=server_pid, log=log, timeout_s=60, on_dead=lambda: "dead",
+                             pid=live_pid, log=log, timeout_s=60, on_dead=lambda: "dead",
                              ctx=ctx, stall_s=1.5)
     finally:
         stop.set()

@@ -16,14 +16,6 @@ from pdbench import runstate
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def sleeper():
-    proc = subprocess.Popen(["sleep", "120"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
-
-
 def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -48,11 +40,11 @@ def test_a_run_takes_the_lock_and_gives_it_back(tmp_path):
 
 
 @pytest.mark.parametrize("who", ["live pid here", "another host"])
-def test_a_second_live_run_is_refused(tmp_path, sleeper, who):
+def test_a_second_live_run_is_refused(tmp_path, live_pid, who):
     host = socket.gethostname() if who == "live pid here" else "login-other"
-    path = write_lock(tmp_path, host, sleeper)
+    path = write_lock(tmp_path, host, live_pid)
     before = path.read_text()
-    with pytest.raises(runstate.RunLocked, match=f"pid {sleeper} on {host}") as err:
+    with pytest.raises(runstate.RunLocked, match=f"pid {live_pid} on {host}") as err:
         runstate.acquire(tmp_path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert path.read_text() == before
@@ -66,13 +58,13 @@ def test_a_lock_of_a_gone_or_garbled_run_is_taken_over(tmp_path, content):
     assert runstate.acquire(tmp_path, pid=77)["pid"] == 77
 
 
-def test_a_refused_run_changes_nothing_and_stops_nothing(tmp_path, sleeper):
+def test_a_refused_run_changes_nothing_and_stops_nothing(tmp_path, live_pid):
     """A real run on a tree another live run owns fails in onstart, before any job,
     without touching the tree (no config rewritten, no stop-all)."""
     for name in ("Snakefile", "workflow", "config", "slurm", "profiles"):
         (tmp_path / name).symlink_to(REPO / name)
     results = tmp_path / "results"
-    lock = write_lock(results, socket.gethostname(), sleeper)
+    lock = write_lock(results, socket.gethostname(), live_pid)
     config = results / ".pdbench" / "config.json"
     config.write_text("{}\n")  # what the live run's stages read
     exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
@@ -80,10 +72,10 @@ def test_a_refused_run_changes_nothing_and_stops_nothing(tmp_path, sleeper):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "in use by another Snakemake run" in out and f"pid {sleeper}" in out, out[-3000:]
+    assert "in use by another Snakemake run" in out and f"pid {live_pid}" in out, out[-3000:]
     assert "stop-all" not in out
     assert config.read_text() == "{}\n"
-    assert json.loads(lock.read_text())["pid"] == sleeper
+    assert json.loads(lock.read_text())["pid"] == live_pid
     assert sorted(p.name for p in results.rglob("*")) == [".pdbench", "config.json",
                                                           "run.lock"]
 
@@ -96,8 +88,8 @@ def test_a_stage_of_a_killed_snakemake_stops(tmp_path):
         runstate.check(tmp_path)
 
 
-def test_a_stage_of_a_live_run_goes_on(tmp_path, sleeper):
-    write_lock(tmp_path, socket.gethostname(), sleeper)
+def test_a_stage_of_a_live_run_goes_on(tmp_path, live_pid):
+    write_lock(tmp_path, socket.gethostname(), live_pid)
     runstate.check(tmp_path)  # no failure, owner alive
     write_lock(tmp_path, "login-other", 1)  # another host's run: not checkable, not stopped
     runstate.check(tmp_path)

@@ -344,6 +344,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
 
 
+def read_json_if(path: str | os.PathLike, default: Any = None) -> Any:
+    """A record a stage may not have written (yet): ``default`` when the file is absent."""
+    return read_json(path) if Path(path).is_file() else default
+
+
 def write_json(path: str | os.PathLike, data: Any, *, compact: bool = False) -> None:
     """Write atomically: a crash never leaves a half-written marker or result. Compact
     for data files (long number series); indented for records people read."""

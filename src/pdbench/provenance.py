@@ -23,7 +23,7 @@ from . import config as pdconfig
 from .context import PointContext, now
 from .errors import InputError
 from .filltrack import iso_epoch
-from .layout import read_json
+from .layout import read_json, read_json_if
 from .throughput import emulated
 
 MANIFEST_SCHEMA = 1
@@ -90,7 +90,7 @@ def server_reports(ctx: PointContext) -> dict[str, dict]:
     for name, role in roles.items():
         versions = ctx.paths.node_versions(role)
         entry = reports.setdefault(name, {})
-        entry["packages"] = read_json(versions) if versions.is_file() else None
+        entry["packages"] = read_json_if(versions, None)
     return reports
 
 
@@ -132,18 +132,16 @@ def allocated_gpus(ctx: PointContext) -> int:
     return len(ctx.allocation["nodes"]) * int(ctx.cfg["site"]["gpus_per_node"])
 
 
-def timeline(ctx: PointContext) -> list[dict]:
-    """The point's stages as consecutive intervals of its stage records (ISO times)."""
+def timeline(ctx: PointContext, ready: list[dict], client: dict) -> list[dict]:
+    """The point's stages as consecutive intervals of its stage records (ISO times);
+    ``ready``: its servers' ready markers, ``client``: the client's record."""
     paths = ctx.paths
-    ready = [read_json(p) for p in paths.ready_markers()]
     infos = [read_json(p) for p in paths.server_infos()]
-    client = read_json(paths.client) if paths.client.is_file() else {}
-    filled = read_json(paths.filled) if paths.filled.is_file() else {}
-    released = read_json(paths.released) if paths.released.is_file() else {}
-    snaps = [read_json(paths.snapshot(k))
-             for k in range(1, ctx.cfg["profile"]["snapshots"] + 1)
-             if paths.snapshot(k).is_file()]
-    teardown = read_json(paths.teardown) if paths.teardown.is_file() else {}
+    filled = read_json_if(paths.filled, {})
+    released = read_json_if(paths.released, {})
+    snaps = [read_json_if(paths.snapshot(k), {})
+             for k in range(1, ctx.cfg["profile"]["snapshots"] + 1)]
+    teardown = read_json_if(paths.teardown, {})
     alloc = ctx.allocation
     starts = [r.get("started_at") for r in ready] + [client.get("started_at")]
     starts = [s for s in starts if s]
@@ -239,12 +237,12 @@ def point_config(cfg: dict, point) -> dict:
 def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
                    sacct: dict | None = None) -> dict:
     point, paths, alloc = ctx.point, ctx.paths, ctx.allocation
-    stages = timeline(ctx)
+    ready = {p.stem: read_json(p) for p in paths.ready_markers()}
+    client = read_json_if(paths.client, {})
+    stages = timeline(ctx, list(ready.values()), client)
     usage = sacct if sacct is not None else sacct_usage(alloc["job_id"])
     shared = bool(alloc.get("adopted") or alloc.get("reused_from")
                   or ctx.cfg["site"]["reuse_allocation"])
-    ready = {p.stem: read_json(p) for p in paths.ready_markers()}
-    client = read_json(paths.client) if paths.client.is_file() else {}
     container = dict(ctx.cfg["site"]["container"])
     image = str(container.get("image") or "")
     return {
@@ -255,7 +253,7 @@ def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
         "emulated": emulated(ctx.cfg),
         "built_at": now("seconds"),
         "config": point_config(ctx.cfg, point),
-        "plan": read_json(paths.plan) if paths.plan.is_file() else None,
+        "plan": read_json_if(paths.plan, None),
         "commands": launched_commands(ctx),
         "container": {
             "runtime": container.get("runtime"),

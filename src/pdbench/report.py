@@ -20,21 +20,31 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
-import pandas as pd
-
-from . import plots
 from .errors import InputError
-from .layout import ExperimentPaths, PointPaths, read_json, write_text
+from .layout import ExperimentPaths, PointPaths, read_json, read_json_if, write_text
 from .throughput import merge_csvs
 
-EMULATED_LABEL = plots.EMULATED_LABEL
+if TYPE_CHECKING:
+    import jinja2
+    import pandas as pd
+
 TEMPLATES = Path(__file__).with_name("templates")
 TEMPLATE = "page.html.j2"
 # What the report is made from besides the data: the rule lists these as inputs, so a
 # change to the report's code or template reruns the report (and only the report).
-CODE_FILES = (Path(__file__), Path(plots.__file__), TEMPLATES / TEMPLATE)
+# pandas, Jinja2 and matplotlib (pdbench.plots) are imported where they are used: the
+# workflow imports this module for CODE_FILES at every parse, which must stay quick.
+CODE_FILES = (Path(__file__), Path(__file__).with_name("plots.py"), TEMPLATES / TEMPLATE)
+
+
+def __getattr__(name: str):
+    if name == "EMULATED_LABEL":  # one wording, kept with the plots that draw it
+        from .plots import EMULATED_LABEL
+
+        return EMULATED_LABEL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 NUMERIC = ["ep", "prefill_groups", "snapshot", "global_batch", "target_global_batch",
            "rank_batch_min", "rank_batch_max", "ranks", "step_ms", "step_ms_p10",
@@ -48,6 +58,8 @@ def _truth(value) -> bool:
 
 def snapshot_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """Every snapshot, typed: numbers as floats (NaN where empty), flags as booleans."""
+    import pandas as pd
+
     df = pd.DataFrame(list(rows))
     if df.empty:
         return df
@@ -69,6 +81,8 @@ def snapshot_frame(rows: Sequence[dict]) -> pd.DataFrame:
 def point_summary(rows: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
     """Per point: median tokens/s per decode GPU over its valid snapshots, min, max and
     count, with the medians of what the figure is made of (global batch, step time)."""
+    import pandas as pd
+
     df = rows if isinstance(rows, pd.DataFrame) else snapshot_frame(rows)
     if df.empty:
         return pd.DataFrame()
@@ -132,8 +146,7 @@ def load_experiment(csv_path: str | os.PathLike, *, page_dir: Path) -> Experimen
     for point in dict.fromkeys(df["point"]):
         paths = PointPaths(exp_dir.root / point)
         exp.measurements[point] = read_json(paths.measurement)
-        exp.manifests[point] = (read_json(paths.manifest) if paths.manifest.exists()
-                                else {})
+        exp.manifests[point] = read_json_if(paths.manifest, {})
     return exp
 
 
@@ -168,6 +181,8 @@ def _point_label(exp: Experiment, point: str, many: bool) -> str:
 def figures(experiments: Sequence[Experiment], references: Sequence[dict], *,
             emulated: bool, detail: bool = True) -> dict[str, str]:
     """The page's plots as inline SVG, by name."""
+    from . import plots
+
     many = len(experiments) > 1
     figs = {"throughput": plots.throughput_vs_prefill(
         _series(experiments), references, emulated=emulated)}
@@ -224,6 +239,8 @@ def _provenance(exp: Experiment, point: str) -> dict:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
@@ -236,10 +253,20 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render(experiments: Sequence[Experiment], *, title: str, references: Sequence[dict],
-           config_path: str | None = None, detail: bool = True) -> str:
+def is_emulated(experiments: Sequence[Experiment]) -> bool:
+    return any(bool(e.snapshots["emulated"].any()) for e in experiments)
+
+
+def render(experiments: Sequence[Experiment], *, title: str, figs: dict[str, str],
+           references: Sequence[dict], config_path: str | None = None,
+           detail: bool = True) -> str:
+    """The page; ``figs`` from :func:`figures` (drawn once, also written as files)."""
+    import pandas as pd
+
+    from .plots import EMULATED_LABEL
+
     snapshots = pd.concat([e.snapshots for e in experiments], ignore_index=True)
-    emulated = bool(snapshots["emulated"].any())
+    emulated = is_emulated(experiments)
     summary = pd.concat([e.summary for e in experiments], ignore_index=True)
     prov = {(e.name, p): _provenance(e, p) for e in experiments for p in e.measurements}
     points = []
@@ -255,7 +282,7 @@ def render(experiments: Sequence[Experiment], *, title: str, references: Sequenc
         experiments=[e.name for e in experiments],
         points=points,
         snapshots=snapshots.to_dict("records"),
-        figures=figures(experiments, references, emulated=emulated, detail=detail),
+        figures=figs,
         references=references,
         generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         config_path=config_path,
@@ -290,11 +317,11 @@ def write(out: str | os.PathLike, csvs: Sequence[str | os.PathLike], *,
     for csv in csvs:
         experiments.append(load_experiment(csv, page_dir=out.parent))
     names = ", ".join(e.name for e in experiments)
-    page = render(experiments, title=f"Decode throughput: {names}", references=references,
-                  config_path=config_path, detail=not grid)
+    figs = figures(experiments, references, emulated=is_emulated(experiments),
+                   detail=not grid)
+    page = render(experiments, title=f"Decode throughput: {names}", figs=figs,
+                  references=references, config_path=config_path, detail=not grid)
     if figures_dir is not None:
-        emulated = any(bool(e.snapshots["emulated"].any()) for e in experiments)
-        write_figures(figures_dir, figures(experiments, references, emulated=emulated,
-                                           detail=not grid))
+        write_figures(figures_dir, figs)
     write_text(out, page)
     return {"out": str(out), "bytes": len(page.encode()), "experiments": len(experiments)}

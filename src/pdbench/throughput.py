@@ -13,7 +13,7 @@ from pathlib import Path
 from .context import PointContext
 from .errors import InputError, PdbenchError
 from . import layout
-from .layout import read_json
+from .layout import read_json, read_json_if
 from .measure import measure
 
 COLUMNS = [
@@ -71,7 +71,7 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
     came from (``measurement.json``: per-rank batches, step periods, the fill curve)."""
     cfg, point, paths = ctx.cfg, ctx.point, ctx.paths
     bench = _last_jsonl(paths.bench)
-    filled = read_json(paths.filled) if paths.filled.exists() else {}
+    filled = read_json_if(paths.filled, {})
     logs = ctx.decode_logs()
     if not logs:
         raise InputError(f"no decode logs in {paths.logs}")
@@ -138,8 +138,7 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
         "experiment": point.experiment,
         "target_per_rank": point.target_global_batch / max(1, point.decode_dp),
         "snapshots": snapshots,
-        "fill_curve": fill_curve(logs, filled, read_json(paths.released)
-                                 if paths.released.exists() else {}),
+        "fill_curve": fill_curve(logs, filled, read_json_if(paths.released, {})),
         "emulated": emulated(cfg),
     }
     return rows, details

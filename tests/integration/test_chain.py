@@ -823,26 +823,29 @@ def test_sigterm_stops_a_long_fill_within_seconds_then_rerun_completes(make_chai
     assert_clean(chain)
 
 
+def kill_snakemake_during_the_fill(chain: Chain) -> None:
+    """Start the chain, SIGKILL the Snakemake process alone while it fills (its jobs are
+    orphaned, no onerror runs), and wait until the orphaned fill has noticed and stopped."""
+    chain.start(f"results/{EXPERIMENT}/report.html")
+    chain.wait_for_fill_running()
+    time.sleep(2)
+    sent_at = time.monotonic()
+    chain.proc.kill()
+    chain.proc.wait(timeout=30)
+    chain.proc = None
+    deadline = time.monotonic() + 60
+    while "is gone" not in chain.fill_log():
+        assert time.monotonic() < deadline, chain.fill_log()[-2000:]
+        time.sleep(1)
+    print(f"SIGKILL: the orphaned fill stopped {time.monotonic() - sent_at:.1f} s after")
+
+
 def test_sigkill_during_the_fill_then_unlock_and_rerun(make_chain):
     """Snakemake killed with SIGKILL runs no onerror: its fill notices within seconds that
     the run is gone and stops; after `--unlock` and `pdbench stop-all` (the README's
     advice) the rerun measures the ground truth and leaves nothing behind."""
     chain = make_chain("sigkill", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
-    chain.start(f"results/{EXPERIMENT}/report.html")
-    chain.wait_for_fill_running()
-    time.sleep(2)
-    sent_at = time.monotonic()
-    os.killpg(chain.proc.pid, 0)  # the process group exists
-    chain.proc.kill()  # the Snakemake process only: its jobs are orphaned
-    chain.proc.wait(timeout=30)
-    chain.proc = None
-    deadline = time.monotonic() + 60
-    while any(" fill " in p or p.endswith(" fill") for p in
-              (" ".join(x.split()[1:]) for x in chain.processes()) if "pdbench" in p):
-        assert time.monotonic() < deadline, chain.processes()
-        time.sleep(1)
-    print(f"SIGKILL: the orphaned fill stopped {time.monotonic() - sent_at:.1f} s after")
-    assert "is gone" in chain.fill_log(), chain.fill_log()[-2000:]
+    kill_snakemake_during_the_fill(chain)
     rc, text, _ = chain.run("--unlock")
     assert rc == 0, text[-3000:]
     subprocess.run([str(VENV_BIN / "pdbench"), "stop-all", "--results", "results"],
@@ -861,16 +864,7 @@ def test_sigkill_then_unlock_and_rerun_on_the_live_servers(make_chain):
     The rerun reuses the live servers, starts a new client (the old one was let go), and
     measures the ground truth; nothing is left."""
     chain = make_chain("sigkill-reuse", overlays=("chain-small.yaml", "chain-slow-fill.yaml"))
-    chain.start(f"results/{EXPERIMENT}/report.html")
-    chain.wait_for_fill_running()
-    time.sleep(2)
-    chain.proc.kill()
-    chain.proc.wait(timeout=30)
-    chain.proc = None
-    deadline = time.monotonic() + 60
-    while "is gone" not in chain.fill_log():
-        assert time.monotonic() < deadline, chain.fill_log()[-2000:]
-        time.sleep(1)
+    kill_snakemake_during_the_fill(chain)
     decode_step = json.loads((chain.point / "ready" / "decode.json").read_text())["step_id"]
     rc, text, _ = chain.run("--unlock")
     assert rc == 0, text[-3000:]
