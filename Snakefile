@@ -1,5 +1,8 @@
 # pdbench: SGLang prefill/decode disaggregation with wide expert parallelism on Slurm.
 #
+# Before any allocation, per experiment: results/{experiment}/preflight.json, every
+# check of the launch passed (one small job; pdbench.preflight).
+#
 # Outputs, per grid point (results/{experiment}/{point}/, e.g. results/ep48/p2/):
 #   allocation.json        the Slurm allocation (ephemeral: checked for liveness)
 #   node_list_env.sh       node and port plan, source-able; plan.json the same as JSON
@@ -29,6 +32,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/allocation.smk"
 include: "workflow/rules/nodes.smk"
 include: "workflow/rules/servers.smk"

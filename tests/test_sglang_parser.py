@@ -136,9 +136,9 @@ def test_parsed_values_mean_what_was_meant(checked):
     prefill = positive["p3/-/prefill-2/1"]["explicit"]
     assert prefill["disaggregation_bootstrap_port"] == 8991  # the runbook's; SGLang's is 8998
     shared = positive["shared-host/prefill-1/1"]["explicit"]
-    assert shared["disaggregation_bootstrap_port"] == 40091
-    assert shared["port"] == 40001
-    assert shared["dist_init_addr"] == "127.0.0.1:40090"
+    assert shared["disaggregation_bootstrap_port"] == 31091
+    assert shared["port"] == 31001
+    assert shared["dist_init_addr"] == "127.0.0.1:31090"
     assert prefill["disable_cuda_graph"] is True
     static = positive["p3-eplb_static/-/decode/0"]["explicit"]
     assert static["init_expert_location"] == "/shared/eplb/expert_distribution.pt"

@@ -153,6 +153,17 @@ def cmd_allocate(args) -> None:
                    queue_timeout_s=args.queue_timeout))
 
 
+def cmd_preflight(args) -> None:
+    from . import config
+    from .allocation import adopt_from_environment
+    from .preflight import run_preflight
+
+    cfg = config.load(args.config)
+    _dump(run_preflight(cfg, args.experiment, args.results,
+                        adopt_job_id=args.adopt or adopt_from_environment(),
+                        queue_timeout_s=args.queue_timeout))
+
+
 def cmd_node_list(args) -> None:
     from .nodes import node_list
 
@@ -370,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--point-dir", required=True, help="results/{experiment}/{point}")
         p.set_defaults(func=func)
         return p
+
+    p = sub.add_parser("preflight", help="check an experiment's launch on one node before "
+                       "any allocation; every failing check in one message")
+    p.add_argument("--config", required=True)
+    p.add_argument("--results", default="results", help="the results directory")
+    p.add_argument("--experiment", required=True, help="e.g. ep48")
+    p.add_argument("--adopt", type=COUNT, metavar="JOBID", help="probe in this allocation")
+    p.add_argument("--queue-timeout", type=SECONDS, default=3600.0, metavar="S")
+    p.set_defaults(func=cmd_preflight)
 
     p = point_cmd("allocate", cmd_allocate, "obtain or adopt the Slurm allocation of a point")
     p.add_argument("--adopt", type=COUNT, metavar="JOBID", help="adopt this running allocation")

@@ -279,6 +279,16 @@ class ExperimentPaths:
         """The report's plots as SVG files (for the Snakemake report bundle)."""
         return self.root / "figures"
 
+    @property
+    def preflight(self) -> Path:
+        """Every preflight check passed for this config (pdbench.preflight)."""
+        return self.root / "preflight.json"
+
+    @property
+    def preflight_dir(self) -> Path:
+        """The last preflight's probe, its spec, tokens, log and full result."""
+        return self.root / "preflight"
+
     def stage_log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
 

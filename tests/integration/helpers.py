@@ -27,8 +27,8 @@ TINY_MODEL = REPO / ".cache" / "tiny-model"
 
 # Port ranges the tests never pick a block from: the local cluster's daemons (default
 # base 16800, the lifecycle test's second cluster from 26800), the rehearsal's default
-# shared_host_base block (40000-41000) and its fixed Prometheus port (40998).
-_RESERVED = ((16800, 17300), (26800, 27300), (40000, 41100))
+# shared_host_base block (31000-32101).
+_RESERVED = ((16800, 17300), (26800, 27300), (31000, 32110))
 
 
 def skip_or_fail(reason: str) -> None:

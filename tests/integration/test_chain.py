@@ -72,8 +72,8 @@ _TAKEN_BASES: set[int] = set()
 
 
 # Never a block here: the local cluster's daemons (16800), a second test cluster (26800)
-# and the rehearsal's default shared_host_base block (40000).
-_RESERVED = ((16800, 17300), (26800, 27300), (40000, 41100))
+# and the rehearsal's default shared_host_base block (31000).
+_RESERVED = ((16800, 17300), (26800, 27300), (31000, 32110))
 
 
 def free_port_base() -> int:

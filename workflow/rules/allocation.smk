@@ -3,6 +3,7 @@
 
 rule allocation:
     input:
+        preflight=ancient(str(EXP.preflight)),
         previous=get_allocation_predecessor,
     output:
         allocation=str(PT.allocation),

@@ -11,6 +11,7 @@ from pdbench.allocation import adopt_from_environment
 from pdbench.errors import ConfigError
 from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
 from pdbench.layout import ResultsPaths
+from pdbench.preflight import fingerprint as preflight_fingerprint
 from pdbench.report import CODE_FILES
 from pdbench.sweep import apply_sweep, describe, plan_sweep, stale_paths
 
@@ -216,6 +217,10 @@ def get_allocation_predecessor(wildcards):
     if previous is None:
         return []
     return str(RES.point(previous.experiment, previous.name).teardown)
+
+
+def get_preflight_fingerprint(wildcards):
+    return preflight_fingerprint(CFG, wildcards.experiment)
 
 
 def get_adopt_option(wildcards):

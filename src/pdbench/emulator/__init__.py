@@ -15,3 +15,22 @@ Modules: ``args`` (command line and knobs), ``dialect`` (version-dependent spell
 (expert-distribution recorder), ``scheduler`` (the batch and step model), ``server``
 (HTTP handlers and the entry point).
 """
+
+
+# What pdbench's preflight probe asks a server module that is not SGLang's own: the
+# SGLang release it stands for, and whether a command line would start.
+def preflight_version() -> str:
+    import os
+
+    from .args import Knobs
+
+    return Knobs.from_env(dict(os.environ)).sglang_version
+
+
+def preflight_validate(args: list[str]) -> None:
+    """Raise what the emulator's start-up would raise for ``args`` (SGLang's refusals)."""
+    import os
+
+    from .args import parse_args
+
+    parse_args(list(args), dict(os.environ))
