@@ -89,10 +89,12 @@ def check_allocations(cfg: Mapping, points: list[Point], log_dir: Path,
     if adopted:
         info = slurm.job_info(adopted)
         nodes = topology.expand_nodelist(info.nodelist) if info.nodelist else []
-        ok = info.state in slurm.RUNNING_STATES and len(nodes) >= sizes[-1]
+        # Points larger than the adopted allocation fail at their own allocation stage;
+        # here it must hold at least one point.
+        ok = info.state in slurm.RUNNING_STATES and len(nodes) >= sizes[0]
         return [_result("allocation", "ok" if ok else "failed",
                         f"adopted allocation {adopted} is {info.state} with {len(nodes)} "
-                        f"node(s); the largest point needs {sizes[-1]}",
+                        f"node(s); the points need {', '.join(map(str, sizes))}",
                         "" if ok else "adopt a running allocation with enough nodes")]
     results = []
     for size in sizes:
@@ -181,6 +183,7 @@ def probe_spec(cfg: Mapping, points: list[Point], results: Path, node: str, addr
         "gpus_per_node": cfg["site"]["gpus_per_node"],
         "ib_devices": ib_devices(cfg),
         "ports": sorted(ports),
+        "secret_env": list(cfg["site"]["secret_env"]),
     }
     return spec, failed
 
@@ -282,8 +285,9 @@ def _run_probe(cfg: dict, job_id: int, node: str, work: Path, spec: dict) -> lis
     python = cfg["site"]["python"]
     write_text(script, commands.node_launcher_script(
         [[python, str(probe.resolve()), str(spec_path.resolve()), str(out_path.resolve())]],
-        commands.server_env(cfg, "decode"), role_name="preflight", node_names=[node],
-        required_env=cfg["site"]["secret_env"]))
+        # Secrets are not required here (the launcher would stop before the probe): the
+        # probe reports which of them reach the node, with every other check.
+        commands.server_env(cfg, "decode"), role_name="preflight", node_names=[node]))
     name = f"pdbench-{Path(work).parent.name}-preflight"
     srun = commands.srun_argv(cfg, job_id=job_id, nodes=[node], script_path=script.resolve(),
                               step_name=name)

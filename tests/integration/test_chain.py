@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -678,6 +679,72 @@ def test_dry_run_and_lint_on_a_live_tree_change_nothing(make_chain):
     assert f"stale marker results/{EXPERIMENT}/{POINT}/ready/decode.json" in dry
     # The DAG sees what a real run will: the servers start again.
     assert "decode_server:" in dry and "router:" in dry, dry[-4000:]
+
+
+def test_preflight_names_every_problem_before_any_allocation(make_chain):
+    """Eight problems at once: one run of the preflight names each, with what to change,
+    and no allocation is ever requested. Fixed, it passes; unchanged, it is reused; a
+    launch setting changed, only the preflight reruns."""
+    held = socket.socket()
+    chain = make_chain("preflight", extra={
+        "site": {"secret_env": ["PDBENCH_TEST_ABSENT_SECRET"],
+                 # Slurm cannot place 3 nodes outside node01-17; the 1-node job can.
+                 "sbatch_extra": ["--exclude=node[01-17]"],
+                 "preflight": {"gpu_list_command": ["printf", "GPU 0: emulated\\n"],
+                               "ib_devices": ["mlx5_missing"]}},
+        "model": {"architecture": "Qwen3MoeForCausalLM"},
+        "env": {"common": {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.8"}},
+    })
+    try:
+        held.bind(("0.0.0.0", chain.base + 900))  # decode node 0's HTTP port
+        held.listen()
+        rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    finally:
+        held.close()
+    assert rc != 0
+    log = (chain.results / EXPERIMENT / "logs" / "preflight.log").read_text()
+    for check, words in [
+        ("secrets", "PDBENCH_TEST_ABSENT_SECRET"),
+        ("secrets_on_node", "PDBENCH_TEST_ABSENT_SECRET"),
+        ("sbatch_test_only:3_nodes", "3 nodes"),
+        ("sglang_version", "SGLang here is 0.5.8, the config says 0.5.5.post2"),
+        ("model", "the config says Qwen3MoeForCausalLM"),
+        ("gpus", "lists 1 GPU(s)"),
+        ("ib_devices", "mlx5_missing"),
+        ("ports", str(chain.base + 900)),
+    ]:
+        line = next((ln for ln in log.splitlines() if ln.strip().startswith(check + ":")), "")
+        assert words in line and " -> " in line, f"{check}: {line!r}\n{log}"
+    assert "Traceback" not in log
+    assert not (chain.results / EXPERIMENT / "preflight.json").exists()
+    assert not (chain.point / "allocation.json").exists()
+    names = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-1days", "-o",
+                            "JobID,JobName%200,WorkDir%400"], capture_output=True, text=True,
+                           timeout=60, env=chain.env()).stdout
+    mine = [ln.split("|")[1] for ln in names.splitlines() if str(chain.dir) in ln]
+    assert mine == [f"pdbench-{EXPERIMENT}-preflight"], mine
+    assert_clean(chain)
+
+    (chain.dir / "test-config.yaml").write_text(yaml.safe_dump({
+        "site": {"python": str(SGLANG_PYTHON)},
+        "model": {"path": str(TINY_MODEL), "tokenizer": str(TINY_MODEL),
+                  "architecture": "DeepseekV3ForCausalLM"},
+        "ports": {"shared_host_base": chain.base}}))
+    target = f"results/{EXPERIMENT}/preflight.json"
+    rc, text, _ = chain.run(target)
+    assert rc == 0, text[-4000:]
+    record = json.loads((chain.results / EXPERIMENT / "preflight.json").read_text())
+    assert not [c for c in record["checks"] if c["status"] == "failed"]
+    rc, text, _ = chain.run(target)
+    assert rc == 0 and "Nothing to be done" in text, text[-3000:]
+    more = chain.dir / "more.yaml"
+    more.write_text(yaml.safe_dump({"env": {"decode": {"PDBENCH_TEST_KNOB": 1}}}))
+    configs = yaml.safe_load((chain.dir / "profile" / "config.yaml").read_text())["configfile"]
+    proc = subprocess.run(chain.argv("-n", target, "--configfile", *configs, str(more)),
+                          cwd=chain.dir, env=chain.env(), capture_output=True, text=True,
+                          timeout=300)
+    assert jobs_run(proc.stdout + proc.stderr) == {"preflight": 1}, proc.stdout[-3000:]
+    assert "Params have changed" in proc.stdout + proc.stderr
 
 
 def test_dead_decode_node_fails_fast_then_rerun_completes(make_chain):

@@ -131,17 +131,17 @@ def check_server_args(spec: dict, server: dict) -> str:
                 _stand_in(module).preflight_validate(args)
     except SystemExit:
         lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        raise Failed(f"{server['name']}: the server's argument parser refused the command: "
+        raise Failed("the server's argument parser refused the command: "
                      + (lines[-1] if lines else "(no message)"),
                      "fix server_args for this SGLang release (pdbench render shows the "
                      "command)") from None
     except Failed:
         raise
     except Exception as exc:  # noqa: BLE001 - SGLang's checks raise many kinds
-        raise Failed(f"{server['name']}: the server's own checks refused the command: "
+        raise Failed("the server's own checks refused the command: "
                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                      "fix server_args for this SGLang release") from None
-    return f"{server['name']}: accepted ({len(args)} arguments)"
+    return f"accepted ({len(args)} arguments)"
 
 
 def check_model(spec: dict) -> str:
@@ -221,6 +221,18 @@ def check_ports(spec: dict) -> str:
     return f"{len(spec['ports'])} port(s) free"
 
 
+def check_secrets_on_node(spec: dict) -> str:
+    names = spec.get("secret_env") or []
+    if not names:
+        raise Skipped("site.secret_env is empty")
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        raise Failed(f"{', '.join(missing)} unset inside the job on {socket.gethostname()}",
+                     "export them where Snakemake starts (srun passes the environment "
+                     "with --export=ALL); values are never written to files")
+    return f"{len(names)} set (values not shown)"
+
+
 def run(name: str, func, *args) -> dict:
     try:
         return {"check": name, "status": "ok", "detail": func(*args), "fix": ""}
@@ -247,6 +259,7 @@ def main(argv: list[str]) -> int:
         run("gpus", check_gpus, spec),
         run("ib_devices", check_ib_devices, spec),
         run("ports", check_ports, spec),
+        run("secrets_on_node", check_secrets_on_node, spec),
     ]
     doc = {"host": socket.gethostname(), "python": sys.executable, "checks": results}
     tmp = result_path + ".tmp"
