@@ -747,3 +747,28 @@ def test_trace_rank_from_name(name: str, want: dict) -> None:
 def test_trace_rank_from_bad_name(name: str) -> None:
     with pytest.raises(InputError, match="not a profiler trace file name"):
         trace_rank_from_name(name)
+
+
+@pytest.mark.parametrize(
+    "names, want",
+    [
+        # whole-capture files (start_step or immediate), with and without DP/EP parts
+        (["7.5-TP-0.trace.json.gz", "7.5-TP-1.trace.json.gz"], {0: "7.5-TP-0", 1: "7.5-TP-1"}),
+        # by stage on PD decode: the -DECODE file of each rank
+        (["7.5-TP-0-DP-0-EP-0-DECODE.trace.json.gz", "7.5-TP-1-DP-1-EP-1-DECODE.trace.json.gz"],
+         {0: "7.5-TP-0-DP-0-EP-0-DECODE", 1: "7.5-TP-1-DP-1-EP-1-DECODE"}),
+        # a prefill-stage capture, the merged file and another profile are not rank traces
+        (["merged-7.5.trace.json.gz", "7.5-TP-0-DP-0-EXTEND.trace.json.gz",
+          "8.5-TP-0-DP-0.trace.json.gz", "7.5-TP-1-DP-1.trace.json.gz"],
+         {1: "7.5-TP-1-DP-1"}),
+        # with a profile_prefix
+        (["snap-7.5-TP-3-DP-3-EP-3-DECODE.trace.json.gz"], {3: "snap-7.5-TP-3-DP-3-EP-3-DECODE"}),
+    ],
+)
+def test_traces_for(tmp_path: Path, names: list[str], want: dict) -> None:
+    from pdbench.trace import traces_for
+
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    got = traces_for(tmp_path, "7.5")
+    assert {r: p.name.removesuffix(".trace.json.gz") for r, p in got.items()} == want
