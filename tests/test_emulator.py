@@ -899,3 +899,37 @@ def test_by_stage_on_pd_decode_crashes_before_0_5_14(launch, tmp_path, version, 
         wait_for(lambda: sum(1 for r in server.records() if r["kind"] == "profile_done") == 2,
                  20, "profiling done")
         assert crashed not in server.text()
+
+
+@pytest.mark.parametrize("version, merges", [("0.5.2", False), ("0.5.5", True), ("0.5.23", True)])
+def test_merge_profiles_per_release(launch, tmp_path, version, merges):
+    from pdbench.errors import InputError
+    from pdbench.trace import traces_for
+
+    required = ["--prefill-round-robin-balance"] if dialect_for_version(
+        version).decode_requires else []
+    server = launch(
+        f"m{version}",
+        decode_args(2, ["--max-running-requests", "32", "--disaggregation-transfer-backend",
+                        "fake", *required]),
+        env={"PDBENCH_EMULATOR_SGLANG_VERSION": version},
+    )
+    fire(server.url, [{"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 500}}
+                      for _ in range(4)])
+    wait_for(lambda: len(decode_by_rank(server.records())) == 2, 20, "decoding")
+    traces = tmp_path / "t"
+    requests.post(server.url + "/start_profile", timeout=20, json={
+        "output_dir": str(traces), "num_steps": 4, "merge_profiles": True}).raise_for_status()
+    wait_for(lambda: sum(1 for r in server.records() if r["kind"] == "profile_done") == 2,
+             20, "profiling done")
+    pid = next(r["profile_id"] for r in server.records() if r["kind"] == "profile_start")
+    merged = traces / f"merged-{pid}.trace.json.gz"
+    assert merged.exists() is merges
+    done = [r for r in server.records() if r["kind"] == "profile_done"]
+    assert [bool(r.get("merge_message")) for r in done] == [merges, False]
+    assert sorted(traces_for(traces, pid)) == [0, 1]  # the rank files, never the merged one
+    if merges:
+        assert f"Merged trace: {merged} (Events: " in done[0]["merge_message"]
+        assert done[0]["merge_message"].endswith("Files: 2)")
+        with pytest.raises(InputError, match="several ranks"):
+            step_time(merged)

@@ -772,3 +772,19 @@ def test_traces_for(tmp_path: Path, names: list[str], want: dict) -> None:
         (tmp_path / name).write_bytes(b"")
     got = traces_for(tmp_path, "7.5")
     assert {r: p.name.removesuffix(".trace.json.gz") for r, p in got.items()} == want
+
+
+def test_merged_trace_of_several_ranks_is_refused(tmp_path: Path) -> None:
+    """merge_profiles' file: every rank's events in one compact-JSON list, pids relabelled."""
+    events = []
+    for rank, offset in ((0, 0.0), (1, 400.0)):
+        label = f"[TP{rank:02d}-DP{rank:02d}-EP{rank:02d}] 1234"
+        events += [dict(span("step[DECODE bs=8]", offset + 1000.0 * i), pid=label)
+                   for i in range(4)]
+    path = tmp_path / "merged-7.5.trace.json.gz"
+    write_gz(path, json.dumps({"traceEvents": events}))
+    with pytest.raises(InputError, match=r"merged-7\.5.*2 processes.*several ranks"):
+        step_time(path)
+    one_rank = [e for e in events if e["pid"].startswith("[TP00")]
+    write_gz(path, json.dumps({"traceEvents": one_rank}))
+    assert step_time(path)["step_ms"] == [1.0, 1.0, 1.0]

@@ -502,6 +502,20 @@ def _check_times(fname: str, markers: list[dict]) -> None:
                                  "trace); no step time is computed from it")
 
 
+def _check_one_process(fname: str, found: dict[str, list[dict]]) -> None:
+    """One rank's scheduler records every CPU-side marker in its own process. Markers of
+    several processes mean several ranks in one file (``merge_profiles`` writes
+    ``merged-{id}`` with each rank's pids relabelled ``[TP00-DP00-EP00] …``): their
+    interleaved steps would give meaningless periods."""
+    pids = {str(m["pid"]) for kind, ms in found.items() if kind != "gpu_step_spans" for m in ms}
+    if len(pids) > 1:
+        shown = ", ".join(sorted(pids)[:3]) + (", …" if len(pids) > 3 else "")
+        raise InputError(
+            f"{fname}: step markers come from {len(pids)} processes ({shown}): a trace of "
+            "several ranks (e.g. merge_profiles' merged file); time each rank's own trace"
+        )
+
+
 def _outermost(markers: list[dict]) -> list[dict]:
     """Drop every marker whose interval lies inside another marker of the same thread."""
     kept: list[dict] = []
@@ -566,6 +580,7 @@ def step_time(
     """
     found, used = _read(path, chunk_size, layout)  # times checked there
     fname = str(path)
+    _check_one_process(fname, found)
 
     steps = _outermost(found["step_spans"])
     if steps:

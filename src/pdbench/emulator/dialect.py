@@ -203,8 +203,8 @@ class Dialect:
         return f"Stop profiling-{stage}..." if stage else "Stop profiling..."
 
     @staticmethod
-    def profile_done_line(output_dir: str) -> str:
-        return f"Profiling done. Traces are saved to: {output_dir}"
+    def profile_done_line(output_dir: str, merge_message: str = "") -> str:
+        return f"Profiling done. Traces are saved to: {output_dir}{merge_message}"
 
     # ------------------------------------------------------------------ profiles and traces
 

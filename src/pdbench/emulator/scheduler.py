@@ -38,7 +38,7 @@ from typing import Any
 
 from .args import ServerConfig
 from .experts import ExpertRecorder, RecorderError
-from .tracefmt import TraceRank, write_trace
+from .tracefmt import TraceRank, write_merged, write_trace
 
 _rid_counter = itertools.count(1)
 
@@ -548,8 +548,21 @@ class Engine:
         if remote is not None:
             await remote
         local_dir = default_profile_dir(prof.output_dir)
+        merge_message = ""
+        if prof.merge:
+            # Rank TP0 (DP0, EP0) merges after the barrier that follows every rank's export.
+            path, events, files = await loop.run_in_executor(
+                None, write_merged, local_dir, prof.profile_id
+            )
+            merge_message = (
+                f" Merged trace: {path} (Events: {events}, Files: {files})" if files
+                else f" Merge failed: No trace files found for profile_id: {prof.profile_id}"
+            )
         self.emit(
-            [(t, self.dialect.profile_done_line(local_dir)) for t in self.cfg.local_tp_ranks(0)]
+            [
+                (t, self.dialect.profile_done_line(local_dir, merge_message if t == 0 else ""))
+                for t in self.cfg.local_tp_ranks(0)
+            ]
         )
         truth = {
             "profile_id": prof.profile_id,
