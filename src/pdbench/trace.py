@@ -502,12 +502,12 @@ def _check_times(fname: str, markers: list[dict]) -> None:
                                  "trace); no step time is computed from it")
 
 
-def _check_one_process(fname: str, found: dict[str, list[dict]]) -> None:
-    """One rank's scheduler records every CPU-side marker in its own process. Markers of
-    several processes mean several ranks in one file (``merge_profiles`` writes
-    ``merged-{id}`` with each rank's pids relabelled ``[TP00-DP00-EP00] …``): their
-    interleaved steps would give meaningless periods."""
-    pids = {str(m["pid"]) for kind, ms in found.items() if kind != "gpu_step_spans" for m in ms}
+def _check_one_process(fname: str, markers: list[dict]) -> None:
+    """One rank's scheduler records its step markers in its own process. Markers of several
+    processes mean several ranks in one file (``merge_profiles`` writes ``merged-{id}``
+    with each rank's pids relabelled ``[TP00-DP00-EP00] …``): their interleaved steps would
+    give meaningless periods."""
+    pids = {str(m["pid"]) for m in markers}
     if len(pids) > 1:
         shown = ", ".join(sorted(pids)[:3]) + (", …" if len(pids) > 3 else "")
         raise InputError(
@@ -580,10 +580,10 @@ def step_time(
     """
     found, used = _read(path, chunk_size, layout)  # times checked there
     fname = str(path)
-    _check_one_process(fname, found)
 
     steps = _outermost(found["step_spans"])
     if steps:
+        _check_one_process(fname, steps)
         parsed = []
         for m in steps:
             g = _STEP_NAME_RE.fullmatch(m["name"])
@@ -609,6 +609,7 @@ def step_time(
         for kind, method, markers, nested in _FALLBACKS:
             chosen = _outermost(found[kind]) if nested else found[kind]
             if len(chosen) >= 2:
+                _check_one_process(fname, chosen)
                 break
         else:
             raise InputError(
