@@ -52,6 +52,20 @@ def test_step_time_on_a_real_torch_trace():
     assert data["batch_sizes"] == expected["batch_sizes"]
 
 
+def test_dialects_table():
+    result = pdbench("dialects", "0.4.9", "0.5.5.post2", "0.5.14")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["version"], r["decode_snapshot"], r["profile_by_stage_on_pd_decode"])
+            for r in rows] == [("0.4.9", "immediate", False), ("0.5.5.post2", "start_step", False),
+                               ("0.5.14", "by_stage", True)]
+    every = json.loads(pdbench("dialects").stdout)
+    assert every[0]["version"] == "0.4.6.post3" and len(every) > 10
+    bad = pdbench("dialects", "0.4")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("pdbench: error: ") and len(bad.stderr.splitlines()) == 1
+
+
 def test_errors_are_one_line_and_leave_stdout_empty(tmp_path):
     good = tmp_path / "good.log"
     good.write_text(RUNBOOK_LINES)

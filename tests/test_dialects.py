@@ -232,3 +232,39 @@ def test_check_config_names_the_key():
         check_config(cfg("0.5.23", **{"attention-backend": "cutlass_mla"}))
     with pytest.raises(ConfigError, match=r"server_args\.common\.cuda-graph-bs\b"):
         check_config(cfg("0.5.23", **{"cuda-graph-bs": [8]}))
+
+
+# Each boundary of the checked releases (.cache/sglang-releases: io_struct.py ProfileReqInput /
+# ProfileReq, the profiler's by-stage check, disaggregation/decode.py) and the releases
+# around it: (how a decode snapshot asks, its extra /start_profile keys, num_steps sent for 4).
+SNAPSHOTS = {
+    "0.4.6.post3": ("immediate", {}, 5),
+    "0.4.9": ("immediate", {}, 5),
+    "0.4.10": ("start_step", {"start_step": 1}, 4),
+    "0.5.5.post2": ("start_step", {"start_step": 1}, 4),
+    "0.5.9": ("start_step", {"start_step": 1}, 4),
+    "0.5.13": ("start_step", {"start_step": 1}, 4),
+    "0.5.14": ("by_stage", {"profile_by_stage": True}, 4),
+    "0.5.15": ("by_stage", {"profile_by_stage": True}, 4),
+    "0.5.23": ("by_stage", {"profile_by_stage": True}, 4),
+}
+
+
+@pytest.mark.parametrize("version", sorted(SNAPSHOTS, key=Version))
+def test_decode_snapshot_per_release(version):
+    from pdbench.commands import control_request
+
+    mode, options, sent = SNAPSHOTS[version]
+    d = dialect_for_version(version)
+    assert (d.decode_snapshot, d.decode_snapshot_options()) == (mode, options)
+    assert d.profile_by_stage_on_pd_decode is (mode == "by_stage")
+    assert dialect_table([version])[0]["decode_snapshot"] == mode
+    body = control_request("start_profile", "http://d:1", dialect=d, output_dir="/o",
+                           num_steps=4, **options).body
+    assert body == {"output_dir": "/o", **options, "num_steps": sent}
+
+
+def test_by_stage_row_cites_the_release_code():
+    row = next(c for c in CHANGES if "profile_by_stage_on_pd_decode" in c.fields
+               and c.fields["profile_by_stage_on_pd_decode"])
+    assert row.since == "0.5.14" and "0.5.9" in row.source and "0.5.14" in row.source

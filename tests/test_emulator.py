@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from packaging.version import Version
+
 from pdbench.dialects import dialect_for_version
 from pdbench.emulator.args import Knobs, StartupError, parse_args
 from pdbench.emulator.dialect import dialect_for
@@ -823,3 +825,111 @@ def test_requests_reaching_the_context_length_are_refused_like_sglang(launch):
     fits = requests.post(f"{server.url}/generate", json={
         "input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 33}}, timeout=30)
     assert fits.status_code == 200
+
+
+# ------------------------------------------------------------------------------ snapshots
+
+
+# version: (how the snapshot asks, trace name, the reader's method). num_steps is 4 in every
+# row: each trace must hold exactly 4 batches, so 3 step periods.
+SNAPSHOT_MODES = {
+    "0.4.9": ("immediate", "{id}-TP-{t}.trace.json.gz", "run_batch_frames"),
+    "0.5.5": ("start_step", "{id}-TP-{t}-DP-{t}-EP-{t}.trace.json.gz", "run_batch_frames"),
+    "0.5.9": ("start_step", "{id}-TP-{t}-DP-{t}-EP-{t}.trace.json.gz", "run_batch_frames"),
+    "0.5.14": ("by_stage", "{id}-TP-{t}-DP-{t}-EP-{t}-DECODE.trace.json.gz", "step_spans"),
+    "0.5.23": ("by_stage", "{id}-TP-{t}-DP-{t}-EP-{t}-DECODE.trace.json.gz", "step_spans"),
+}
+
+
+@pytest.mark.parametrize("version", sorted(SNAPSHOT_MODES, key=Version))
+def test_snapshot_request_per_release(launch, tmp_path, version):
+    """pdbench's own /start_profile body for the release: the files have the release's
+    names, and each rank's trace holds exactly num_steps batches."""
+    from pdbench.commands import control_request
+
+    mode, names, method = SNAPSHOT_MODES[version]
+    dialect = dialect_for_version(version)
+    assert dialect.decode_snapshot == mode
+    required = ["--prefill-round-robin-balance"] if dialect.decode_requires else []
+    server = launch(
+        f"s{version}",
+        decode_args(2, ["--max-running-requests", "32", "--disaggregation-transfer-backend",
+                        "fake", *required]),
+        env={"PDBENCH_EMULATOR_SGLANG_VERSION": version},
+    )
+    fire(server.url, [{"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 500}}
+                      for _ in range(4)])
+    wait_for(lambda: (lambda ranks: len(ranks) == 2 and all(
+        v[-1]["running_req"] == 2 for v in ranks.values()))(decode_by_rank(server.records())),
+        20, "batch 2 on every rank")
+    traces = tmp_path / f"traces-{version}"
+    req = control_request("start_profile", server.url, dialect=dialect, output_dir=traces,
+                          num_steps=4, with_stack=True, **dialect.decode_snapshot_options())
+    assert ("profile_by_stage" in req.body, "start_step" in req.body) == (
+        mode == "by_stage", mode == "start_step")
+    requests.post(req.url, json=req.body, timeout=20).raise_for_status()
+    wait_for(lambda: sum(1 for r in server.records() if r["kind"] == "profile_done") == 2,
+             20, "profiling done")
+    pid = next(r["profile_id"] for r in server.records() if r["kind"] == "profile_start")
+    assert sorted(p.name for p in traces.iterdir()) == [names.format(id=pid, t=t)
+                                                        for t in range(2)]
+    for t in range(2):
+        st = step_time(traces / names.format(id=pid, t=t))
+        assert (st["method"], st["steps"]) == (method, 3)
+        assert st["median_ms"] == pytest.approx(step_ms(2), rel=0.01)
+
+
+@pytest.mark.parametrize("version, crashes", [("0.5.9", True), ("0.5.14", False)])
+def test_by_stage_on_pd_decode_crashes_before_0_5_14(launch, tmp_path, version, crashes):
+    server = launch(
+        f"c{version}",
+        decode_args(2, ["--max-running-requests", "32", "--disaggregation-transfer-backend",
+                        "fake"]),
+        env={"PDBENCH_EMULATOR_SGLANG_VERSION": version},
+    )
+    fire(server.url, [{"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 200}}
+                      for _ in range(2)])
+    wait_for(lambda: decode_by_rank(server.records()), 20, "decoding")
+    requests.post(server.url + "/start_profile", timeout=20, json={
+        "output_dir": str(tmp_path / "t"), "num_steps": 3, "profile_by_stage": True})
+    crashed = "unsupported profile stage: ForwardMode.PREBUILT"
+    if crashes:
+        wait_for(lambda: crashed in server.text(), 20, "the by-stage crash")
+    else:
+        wait_for(lambda: sum(1 for r in server.records() if r["kind"] == "profile_done") == 2,
+                 20, "profiling done")
+        assert crashed not in server.text()
+
+
+@pytest.mark.parametrize("version, merges", [("0.5.2", False), ("0.5.5", True), ("0.5.23", True)])
+def test_merge_profiles_per_release(launch, tmp_path, version, merges):
+    from pdbench.errors import InputError
+    from pdbench.trace import traces_for
+
+    required = ["--prefill-round-robin-balance"] if dialect_for_version(
+        version).decode_requires else []
+    server = launch(
+        f"m{version}",
+        decode_args(2, ["--max-running-requests", "32", "--disaggregation-transfer-backend",
+                        "fake", *required]),
+        env={"PDBENCH_EMULATOR_SGLANG_VERSION": version},
+    )
+    fire(server.url, [{"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 500}}
+                      for _ in range(4)])
+    wait_for(lambda: len(decode_by_rank(server.records())) == 2, 20, "decoding")
+    traces = tmp_path / "t"
+    requests.post(server.url + "/start_profile", timeout=20, json={
+        "output_dir": str(traces), "num_steps": 4, "merge_profiles": True}).raise_for_status()
+    wait_for(lambda: sum(1 for r in server.records() if r["kind"] == "profile_done") == 2,
+             20, "profiling done")
+    pid = next(r["profile_id"] for r in server.records() if r["kind"] == "profile_start")
+    merged = traces / f"merged-{pid}.trace.json.gz"
+    assert merged.exists() is merges
+    done = [r for r in server.records() if r["kind"] == "profile_done"]
+    assert [bool(r.get("merge_message")) for r in done] == [merges, False]
+    assert sorted(traces_for(traces, pid)) == [0, 1]  # the rank files, never the merged one
+    if merges:
+        assert f"Merged trace: {merged} (Events: " in done[0]["merge_message"]
+        assert done[0]["merge_message"].endswith("Files: 2)")
+        with pytest.raises(InputError, match="several ranks"):
+            step_time(merged)

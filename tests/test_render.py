@@ -48,7 +48,13 @@ def test_render_shows_the_whole_launch_and_writes_nothing(cfg, tmp_path, monkeyp
     assert f"export SGL_DG_CACHE_DIR={tmp_path}/.cache/sglang/decode/deep_gemm" in script
     calls = [s["text"] for s in sections if s["kind"] == "http"]
     assert '"forward_sleep_time": null' in calls[1]
-    assert len([c for c in calls if "/start_profile" in c]) == cfg["profile"]["snapshots"]
+    snapshots = [c for c in calls if "/start_profile" in c]
+    assert len(snapshots) == cfg["profile"]["snapshots"]
+    # v0.5.5.post2: profile_by_stage would crash its PD decode, so the capture starts at
+    # the next forward (start_step) and num_steps is exact; traces are never merged.
+    for call in snapshots:
+        assert '"start_step": 1' in call and f'"num_steps": {cfg["profile"]["num_steps"]}' in call
+        assert "profile_by_stage" not in call and "merge_profiles" not in call
 
 
 def test_render_cli_text_and_json(tmp_path):

@@ -108,6 +108,125 @@ def steps_trace(names_and_ts: list[tuple[str, float]], cat: str = "user_annotati
     return events
 
 
+
+# --------------------------------------------------------------------------------------------
+# Every marker family on real traces: a real trace is rewritten so that only the family under
+# test is left (e.g. the step spans renamed away, cudaGraphLaunch renamed to hipGraphLaunch),
+# and the fallback must find the step time the preferred markers give.
+
+# Renames that hide a family from the reader (the names no longer match any marker).
+NO_STEP_SPANS = (b'"name": "step[', b'"name": "hidden-step[')
+NO_SCHEDULER_SPANS = (b'"scheduler.run_batch"', b'"scheduler.run_batch_hidden"')
+NO_RUN_BATCH_FRAMES = (b'): run_batch"', b'): run_batch_hidden"')
+AS_RUN_BATCH_INNER = (b'): run_batch"', b'): _run_batch_inner"')
+AS_PP_RUN_BATCH_SPANS = (b'"scheduler.run_batch"', b'"run_batch"')
+AS_HIP_GRAPH_LAUNCH = (b'"cudaGraphLaunch"', b'"hipGraphLaunch"')
+
+# (fixture, renames, method, markers); the known step time is the fixture's untouched one:
+# 83.1 ms (GB200 v0.5.5.post2 run_batch frames, about 1024 / 12,100 tok/s in its log) and
+# 2.76 ms (H200 0.5.17 step spans).
+FAMILIES = [
+    (GB200_TP0, (), "run_batch_frames", "run_batch frames"),
+    (GB200_TP0, (AS_RUN_BATCH_INNER,), "run_batch_frames", "_run_batch_inner frames"),
+    (GB200_TP0, (NO_RUN_BATCH_FRAMES,), "cuda_graph_launch", "cudaGraphLaunch"),
+    (
+        GB200_TP0,
+        (NO_RUN_BATCH_FRAMES, AS_HIP_GRAPH_LAUNCH),
+        "hip_graph_launch",
+        "hipGraphLaunch",
+    ),
+    (FILLED, (), "step_spans", "step spans"),
+    (FILLED, (NO_STEP_SPANS,), "run_batch_frames", "run_batch spans"),
+    (FILLED, (NO_STEP_SPANS, AS_PP_RUN_BATCH_SPANS), "run_batch_frames", "run_batch spans"),
+    (FILLED, (NO_STEP_SPANS, NO_SCHEDULER_SPANS), "cuda_graph_launch", "cudaGraphLaunch"),
+    (
+        FILLED,
+        (NO_STEP_SPANS, NO_SCHEDULER_SPANS, AS_HIP_GRAPH_LAUNCH),
+        "hip_graph_launch",
+        "hipGraphLaunch",
+    ),
+]
+
+
+def rewritten(src: Path, renames: tuple, dst: Path) -> Path:
+    data = gzip.decompress(src.read_bytes())
+    for old, new in renames:
+        assert old in data, f"{src.name} has no {old!r} to rename"
+        data = data.replace(old, new)
+    with gzip.open(dst, "wb", compresslevel=1) as f:
+        f.write(data)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "fixture, renames, method, markers",
+    FAMILIES,
+    ids=[f"{f.split('-')[0]}-{m.replace(' ', '-')}" for f, _, _, m in FAMILIES],
+)
+def test_every_marker_family_gives_the_step_time(
+    shared_fixtures: Path, tmp_path: Path, fixture: str, renames: tuple, method: str, markers: str
+) -> None:
+    known = step_time(shared_fixtures / fixture)["median_ms"]
+    r = step_time(rewritten(shared_fixtures / fixture, renames, tmp_path / "t.trace.json.gz"))
+    assert (r["method"], r["markers"]) == (method, markers)
+    assert r["median_ms"] == pytest.approx(known, rel=0.02)
+    assert r["steps"] >= 3
+
+
+def test_hip_graph_launch_same_periods_as_cuda(shared_fixtures: Path, tmp_path: Path) -> None:
+    cuda = step_time(rewritten(shared_fixtures / GB200_TP0, (NO_RUN_BATCH_FRAMES,),
+                               tmp_path / "cuda.trace.json.gz"))
+    hip = step_time(rewritten(shared_fixtures / GB200_TP0,
+                              (NO_RUN_BATCH_FRAMES, AS_HIP_GRAPH_LAUNCH),
+                              tmp_path / "hip.trace.json.gz"))
+    assert hip["step_ms"] == cuda["step_ms"] and len(hip["step_ms"]) == 3
+
+
+@pytest.mark.parametrize(
+    "name, cat, kind",
+    [
+        ("hipGraphLaunch", "cuda_runtime", "hip_graph_launch"),
+        ("hipGraphLaunch", "hip_runtime", "hip_graph_launch"),
+        ("hipGraphLaunch", "kernel", None),
+        ("hipLaunchKernel", "cuda_runtime", None),
+        ("hipModuleLaunchKernel", "cuda_runtime", None),
+        ("hipExtModuleLaunchKernel", "cuda_runtime", None),
+        ("cudaLaunchKernel", "cuda_runtime", None),
+        ("cudaGraphLaunch", "hip_runtime", "cuda_graph_launch"),
+        ("/sgl/srt/managers/scheduler.py(2001): _run_batch_inner", "python_function",
+         "run_batch_inner_frames"),
+        ("/x/tp_worker.py(10): _run_batch_inner", "python_function", None),
+        ("run_batch", "user_annotation", "run_batch_spans"),
+        ("run_batch", "cpu_op", None),
+    ],
+)
+def test_marker_classes(tmp_path: Path, name: str, cat: str, kind: str | None) -> None:
+    events = [span(name, 1000.0 * i, cat) for i in range(3)]
+    m = read_markers(write_gz(tmp_path / "t.trace.json.gz", kineto_text(events)))
+    assert {k for k, v in m.items() if v} == ({kind} if kind else set())
+
+
+def test_fallback_order(tmp_path: Path) -> None:
+    """Each family is used only when every family before it has fewer than two markers."""
+    frame = "/sgl/srt/managers/scheduler.py(1985): "
+    families = [
+        ("run_batch_frames", "run_batch frames", frame + "run_batch", "python_function", 1.0),
+        ("run_batch_frames", "_run_batch_inner frames", frame + "_run_batch_inner",
+         "python_function", 2.0),
+        ("run_batch_frames", "run_batch spans", "scheduler.run_batch", "user_annotation", 3.0),
+        ("cuda_graph_launch", "cudaGraphLaunch", "cudaGraphLaunch", "cuda_runtime", 4.0),
+        ("hip_graph_launch", "hipGraphLaunch", "hipGraphLaunch", "cuda_runtime", 5.0),
+    ]
+    for first in range(len(families)):
+        events = []
+        for method, markers, name, cat, period_ms in families[first:]:
+            events += [span(name, 100_000.0 + 1000.0 * period_ms * i, cat, dur=10.0, tid=i)
+                       for i in range(4)]
+        r = step_time(write_gz(tmp_path / f"t{first}.trace.json.gz", kineto_text(events)))
+        method, markers, _, _, period_ms = families[first]
+        assert (r["method"], r["markers"], r["median_ms"]) == (method, markers, period_ms)
+
+
 # --------------------------------------------------------------------------------------------
 # Real SGLang traces
 
@@ -628,3 +747,44 @@ def test_trace_rank_from_name(name: str, want: dict) -> None:
 def test_trace_rank_from_bad_name(name: str) -> None:
     with pytest.raises(InputError, match="not a profiler trace file name"):
         trace_rank_from_name(name)
+
+
+@pytest.mark.parametrize(
+    "names, want",
+    [
+        # whole-capture files (start_step or immediate), with and without DP/EP parts
+        (["7.5-TP-0.trace.json.gz", "7.5-TP-1.trace.json.gz"], {0: "7.5-TP-0", 1: "7.5-TP-1"}),
+        # by stage on PD decode: the -DECODE file of each rank
+        (["7.5-TP-0-DP-0-EP-0-DECODE.trace.json.gz", "7.5-TP-1-DP-1-EP-1-DECODE.trace.json.gz"],
+         {0: "7.5-TP-0-DP-0-EP-0-DECODE", 1: "7.5-TP-1-DP-1-EP-1-DECODE"}),
+        # a prefill-stage capture, the merged file and another profile are not rank traces
+        (["merged-7.5.trace.json.gz", "7.5-TP-0-DP-0-EXTEND.trace.json.gz",
+          "8.5-TP-0-DP-0.trace.json.gz", "7.5-TP-1-DP-1.trace.json.gz"],
+         {1: "7.5-TP-1-DP-1"}),
+        # with a profile_prefix
+        (["snap-7.5-TP-3-DP-3-EP-3-DECODE.trace.json.gz"], {3: "snap-7.5-TP-3-DP-3-EP-3-DECODE"}),
+    ],
+)
+def test_traces_for(tmp_path: Path, names: list[str], want: dict) -> None:
+    from pdbench.trace import traces_for
+
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    got = traces_for(tmp_path, "7.5")
+    assert {r: p.name.removesuffix(".trace.json.gz") for r, p in got.items()} == want
+
+
+def test_merged_trace_of_several_ranks_is_refused(tmp_path: Path) -> None:
+    """merge_profiles' file: every rank's events in one compact-JSON list, pids relabelled."""
+    events = []
+    for rank, offset in ((0, 0.0), (1, 400.0)):
+        label = f"[TP{rank:02d}-DP{rank:02d}-EP{rank:02d}] 1234"
+        events += [dict(span("step[DECODE bs=8]", offset + 1000.0 * i), pid=label)
+                   for i in range(4)]
+    path = tmp_path / "merged-7.5.trace.json.gz"
+    write_gz(path, json.dumps({"traceEvents": events}))
+    with pytest.raises(InputError, match=r"merged-7\.5.*2 processes.*several ranks"):
+        step_time(path)
+    one_rank = [e for e in events if e["pid"].startswith("[TP00")]
+    write_gz(path, json.dumps({"traceEvents": one_rank}))
+    assert step_time(path)["step_ms"] == [1.0, 1.0, 1.0]

@@ -51,6 +51,14 @@ def cmd_step_time(args) -> None:
     _dump(step_time(args.trace))
 
 
+def cmd_dialects(args) -> None:
+    from .dialects import dialect_for_version, dialect_table
+
+    for version in args.versions:
+        dialect_for_version(version, key="VERSION")  # one-line error for a bad version
+    _dump(dialect_table(args.versions or None))
+
+
 def cmd_throughput(args) -> None:
     from .measure import measure
 
@@ -348,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("step-time", help="per-step decode durations of one trace")
     p.add_argument("trace", metavar="TRACE", help="*.trace.json.gz written by SGLang")
     p.set_defaults(func=cmd_step_time)
+
+    p = sub.add_parser("dialects", help="how each SGLang release is spoken to (the table of "
+                       "release changes), one row per release")
+    p.add_argument("versions", nargs="*", metavar="VERSION",
+                   help="releases to show (default: every release that changed something)")
+    p.set_defaults(func=cmd_dialects)
 
     p = sub.add_parser("throughput", help="decode tokens/s per GPU of one profile snapshot")
     p.add_argument("--logs", nargs="+", required=True, metavar="PATH",

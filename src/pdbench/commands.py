@@ -632,7 +632,8 @@ def control_request(
       the keys the release reads are sent and None values are left out; check
       ``body`` to see whether e.g. ``profile_id`` went out (from 0.5.15). ``num_steps``
       is the number of batches to capture: releases before 0.5.16 capture N-1 batches
-      for ``num_steps=N`` when no ``start_step`` is given, so N+1 is sent to them.
+      for ``num_steps=N`` when neither ``start_step`` nor ``profile_by_stage`` goes out,
+      so N+1 is sent to them.
     - ``server_info`` (path per release): GET.
 
     Only the calls a stage makes are here; the others of SGLang's control API are in
@@ -658,13 +659,17 @@ def control_request(
         if unknown:
             raise ValueError(f"start_profile: unknown key(s) {', '.join(sorted(unknown))}")
         values = dict(kw)
-        if values.get("num_steps") is not None and values.get("start_step") is None:
-            values["num_steps"] = dialect.start_profile_num_steps(int(values["num_steps"]))
         body = {
             k: values[k]
             for k in _START_PROFILE_ORDER
             if values.get(k) is not None and k in dialect.start_profile_keys
         }
+        # Only an immediate capture counts from the request's forward (and captures one
+        # batch less before 0.5.16); with start_step or by stage, num_steps is exact.
+        if "num_steps" in body and not body.get("start_step") and not body.get(
+            "profile_by_stage"
+        ):
+            body["num_steps"] = dialect.start_profile_num_steps(int(body["num_steps"]))
         if "activities" in body:
             body["activities"] = list(body["activities"])
         if "profile_stages" in body:

@@ -94,6 +94,10 @@ class Dialect:
     """``/start_profile`` with ``num_steps=N`` and no ``start_step`` captures N-1 batches."""
     start_profile_keys: frozenset[str] = frozenset()
     """Keys of the ``/start_profile`` body this release reads."""
+    profile_by_stage_on_pd_decode: bool = False
+    """``profile_by_stage`` works on a PD decode server: its PREBUILT batches no longer go
+    through ``run_batch``, whose by-stage check refused them (``RuntimeError: unsupported
+    profile stage: ForwardMode.PREBUILT``)."""
     server_info_path: str = "/get_server_info"
     bench_serving_module: str = "sglang.bench_serving"
     bench_one_batch_server_module: str = "sglang.bench_one_batch_server"
@@ -178,6 +182,29 @@ class Dialect:
         """The ``num_steps`` to send (without ``start_step``) so ``batches`` are captured."""
         return batches + 1 if self.profile_captures_one_less else batches
 
+    @property
+    def decode_snapshot(self) -> str:
+        """How a decode snapshot asks for exactly the batches it wants, starting at a step
+        boundary: ``"by_stage"`` (``profile_by_stage``: a ``-DECODE`` trace of ``num_steps``
+        decode batches from the next decode batch on; idle batches do not count),
+        ``"start_step"`` (``start_step`` 1, which the server raises to its next forward:
+        ``num_steps`` batches from there) or ``"immediate"`` (capture from the request on;
+        ``num_steps`` is compensated where the release captures one batch less)."""
+        if self.profile_by_stage_on_pd_decode and "profile_by_stage" in self.start_profile_keys:
+            return "by_stage"
+        if "start_step" in self.start_profile_keys:
+            return "start_step"
+        return "immediate"
+
+    def decode_snapshot_options(self) -> dict[str, Any]:
+        """The ``/start_profile`` keys that select :attr:`decode_snapshot`. ``start_step`` is
+        1, not 0: the server tests it for truth, so 0 would mean "no start step"."""
+        return {
+            "by_stage": {"profile_by_stage": True},
+            "start_step": {"start_step": 1},
+            "immediate": {},
+        }[self.decode_snapshot]
+
     def as_dict(self) -> dict:
         """Plain values, for manifests and the dialect table in the docs."""
         return {
@@ -192,6 +219,8 @@ class Dialect:
             else "--dp-size N --enable-dp-attention",
             "profile_captures_one_less": self.profile_captures_one_less,
             "start_profile_keys": sorted(self.start_profile_keys),
+            "profile_by_stage_on_pd_decode": self.profile_by_stage_on_pd_decode,
+            "decode_snapshot": self.decode_snapshot,
             "server_info_path": self.server_info_path,
             "bench_serving_module": self.bench_serving_module,
             "bench_one_batch_server_module": self.bench_one_batch_server_module,
@@ -264,6 +293,10 @@ CHANGES: tuple[Change, ...] = (
             },
             # The keys of wheel 0.4.6.post3's ProfileReqInput.
             "start_profile_keys": frozenset({"output_dir", "num_steps", "activities"}),
+            # A PD decode server's PREBUILT batches (KV arrived from prefill) go through
+            # run_batch, whose by-stage check raises on them (0.5.5.post2 ... 0.5.9); before
+            # the PREBUILT mode (0.5.5 and older) they are counted as a prefill stage.
+            "profile_by_stage_on_pd_decode": False,
             # /get_server_info (merged endpoint since 2024-11-24, #2152).
             "server_info_path": "/get_server_info",
             # The benchmark clients' modules (python -m ...).
@@ -441,8 +474,14 @@ CHANGES: tuple[Change, ...] = (
             # --cuda-graph-bs-decode and still accepts --cuda-graph-bs; wheel 0.5.12 has
             # no -decode form (0.5.13 not checked).
             "renames": _CUDA_GRAPH_NEW,
+            # wheel 0.5.14 disaggregation/decode.py: get_next_disagg_decode_batch_to_run
+            # merges a PREBUILT batch into the running batch itself and never returns it,
+            # so run_batch (and the by-stage check in it) only sees DECODE and IDLE
+            # batches; wheel 0.5.9 still returns it to run_batch (0.5.10 - 0.5.13 not
+            # checked). Wheel 0.5.22 also skips PREBUILT in the check.
+            "profile_by_stage_on_pd_decode": True,
         },
-        "sglang #23906; wheels 0.5.12, 0.5.14",
+        "sglang #23906; wheels 0.5.9, 0.5.12, 0.5.14 (decode.py), 0.5.22",
     ),
     Change(
         "0.5.15",

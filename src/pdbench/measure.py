@@ -272,5 +272,6 @@ def measure(
         "tokens_per_s_per_gpu": tokens_per_s_per_gpu(global_batch, step_ms, decode_gpus),
         "formula": f"{global_batch} / {step_ms / 1000.0:.6f} s / {decode_gpus} GPUs",
         "method": reference["method"],
+        "markers": reference["markers"],
         "flags": flags,
     }

@@ -28,13 +28,18 @@ SNAPSHOT_TIMEOUT_S = 1800.0
 
 
 def start_profile_request(ctx: PointContext, k: int) -> commands.ControlRequest:
-    """``/start_profile`` of snapshot ``k`` to decode node 0."""
+    """``/start_profile`` of snapshot ``k`` to decode node 0: ``profile.num_steps`` decode
+    batches from a step boundary on, the way the release can ask for them
+    (``Dialect.decode_snapshot``: by stage, from ``start_step``, or from the request).
+    ``merge_profiles`` is never asked for: rank 0 would read every rank's trace into memory
+    inside the serving process, and the step times come from the per-rank files anyway."""
     prof = ctx.cfg["profile"]
     return commands.control_request(
         "start_profile", ctx.plan.decode.url, dialect=ctx.dialect,
         output_dir=str(ctx.paths.snapshot_traces(k).resolve()),
         num_steps=prof["num_steps"], activities=prof["activities"],
         with_stack=prof["with_stack"], record_shapes=prof["record_shapes"],
+        **ctx.dialect.decode_snapshot_options(),
     )
 
 

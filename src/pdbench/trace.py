@@ -20,16 +20,31 @@ consecutive steps, measured on the CPU timeline of the scheduler process:
    ``batch_sizes`` are the ``bs`` of every DECODE step, the last one included (it has no
    period), and ``modes`` lists the mode of every step in order. A span nested in another
    step span of the same thread is not a step of its own.
-2. ``method="run_batch_frames"`` (older SGLang, no step spans): the scheduler's ``run_batch``
-   Python frames (``python_function`` events whose name ends with ``): run_batch`` and
-   contains ``scheduler``, recorded with ``with_stack``). Python frames nest, so only the
-   outermost matches count: a frame whose interval lies inside another match is dropped.
-   Without such frames, the ``scheduler.run_batch`` ``user_annotation`` spans are used
-   instead under the same method name. Every captured batch counts (the trace cannot tell
-   decode from prefill here); ``batch_sizes`` and ``modes`` are ``None``.
-3. ``method="cuda_graph_launch"``: ``cudaGraphLaunch`` events of category ``cuda_runtime``,
-   one per decode step when decode runs in CUDA graphs. ``batch_sizes`` and ``modes`` are
-   ``None``.
+2. ``method="run_batch_frames"`` (older SGLang, no step spans), three families tried in
+   this order, the first with at least two markers winning:
+
+   a. the scheduler's ``run_batch`` Python frames (``python_function`` events whose name
+      ends with ``): run_batch`` and contains ``scheduler``, recorded with ``with_stack``);
+   b. the same for a scheduler frame named ``_run_batch_inner`` (a name no SGLang release
+      checked so far uses; accepted so a build that splits ``run_batch`` is still timed);
+   c. the ``scheduler.run_batch`` ``user_annotation`` spans (SGLang since 2026-06-14) or
+      the plain ``run_batch`` spans of the pipeline-parallel event loop.
+
+   Frames and spans nest, so only the outermost matches count: a marker whose interval
+   lies inside another of the same family and thread is dropped. Every captured batch
+   counts (the trace cannot tell decode from prefill here); ``batch_sizes`` and ``modes``
+   are ``None``.
+3. ``method="cuda_graph_launch"``: ``cudaGraphLaunch`` events of a runtime category
+   (``cuda_runtime``), one per decode step when decode runs in CUDA graphs.
+4. ``method="hip_graph_launch"``: the same on ROCm, ``hipGraphLaunch`` (Kineto files HIP
+   runtime calls under the same ``cuda_runtime`` activity type; ``hip_runtime`` is
+   accepted too). Kernel launches (``hipLaunchKernel``, ``hipModuleLaunchKernel``,
+   ``hipExtModuleLaunchKernel``, ``cudaLaunchKernel``) are never markers: a step launches
+   many.
+
+The result's ``markers`` names the family that gave the steps (``step spans``,
+``run_batch frames``, ``_run_batch_inner frames``, ``run_batch spans``,
+``cudaGraphLaunch``, ``hipGraphLaunch``).
 
 Step spans are used whenever the trace has any (a trace with step spans but no DECODE step
 followed by another step is an error, not a case for the fallbacks); otherwise the first
@@ -82,8 +97,10 @@ MARKER_KINDS = (
     "step_spans",
     "gpu_step_spans",
     "run_batch_frames",
+    "run_batch_inner_frames",
     "run_batch_spans",
     "cuda_graph_launch",
+    "hip_graph_launch",
 )
 """Kinds of marker events that :func:`read_markers` returns."""
 
@@ -95,7 +112,27 @@ _STEP_NAME_RE = re.compile(r"step\[(?P<mode>[A-Za-z_]+) bs=(?P<bs>\d+)(?P<rest>[
 # contains one of them; the decoded event is then classified exactly by _classify(). Longer
 # needles are found faster; Kineto always writes a name as ``"name": "..."``.
 _NAME_KEY = b'"name": "'
-_NEEDLES = (_NAME_KEY + b"step[", b'run_batch"', b'"cudaGraphLaunch"')
+_NEEDLES = (
+    _NAME_KEY + b"step[",
+    b'run_batch"',
+    b'_run_batch_inner"',
+    b'"cudaGraphLaunch"',
+    b'"hipGraphLaunch"',
+)
+
+# The fallbacks after step spans, in the order they are tried: (marker kind, method
+# reported, family named in the result, whether nested markers are dropped).
+_FALLBACKS = (
+    ("run_batch_frames", "run_batch_frames", "run_batch frames", True),
+    ("run_batch_inner_frames", "run_batch_frames", "_run_batch_inner frames", True),
+    ("run_batch_spans", "run_batch_frames", "run_batch spans", True),
+    ("cuda_graph_launch", "cuda_graph_launch", "cudaGraphLaunch", False),
+    ("hip_graph_launch", "hip_graph_launch", "hipGraphLaunch", False),
+)
+
+# Kineto's category of runtime API calls: CUDA's, and on ROCm the same activity type
+# (roctracer and rocprofiler-sdk report HIP calls as runtime activities).
+_RUNTIME_CATEGORIES = frozenset({"cuda_runtime", "hip_runtime"})
 
 _EVENT_START = b"\n  {"
 _EVENT_END = b"\n  }"
@@ -262,11 +299,18 @@ def _classify(ev: Any) -> str | None:
     if name.endswith("run_batch"):
         if cat == "python_function" and name.endswith("): run_batch") and "scheduler" in name:
             return "run_batch_frames"
-        if cat == "user_annotation" and name == "scheduler.run_batch":
+        if cat == "user_annotation" and name in ("scheduler.run_batch", "run_batch"):
             return "run_batch_spans"
         return None
-    if name == "cudaGraphLaunch" and cat == "cuda_runtime":
-        return "cuda_graph_launch"
+    if name.endswith("): _run_batch_inner"):
+        if cat == "python_function" and "scheduler" in name:
+            return "run_batch_inner_frames"
+        return None
+    if cat in _RUNTIME_CATEGORIES:
+        if name == "cudaGraphLaunch":
+            return "cuda_graph_launch"
+        if name == "hipGraphLaunch":
+            return "hip_graph_launch"
     return None
 
 
@@ -428,8 +472,10 @@ def read_markers(
 
     Keys are :data:`MARKER_KINDS`: ``step_spans`` (CPU ``user_annotation`` ``step[...]``),
     ``gpu_step_spans`` (their ``gpu_user_annotation`` mirrors), ``run_batch_frames`` (every
-    matching ``python_function`` frame, nested ones included), ``run_batch_spans``
-    (``scheduler.run_batch`` annotations) and ``cuda_graph_launch``. Each event is a dict with
+    matching ``python_function`` frame, nested ones included), ``run_batch_inner_frames``
+    (the same for ``_run_batch_inner``), ``run_batch_spans`` (``scheduler.run_batch`` and
+    ``run_batch`` annotations), ``cuda_graph_launch`` and ``hip_graph_launch``. Each event is a
+    dict with
     ``name``, ``cat``, ``ts`` and ``dur`` (microseconds, as in the trace), ``pid`` and ``tid``.
 
     ``layout`` forces a reader: ``"kineto"`` (fast path only) or ``"generic"`` (ijson);
@@ -454,6 +500,20 @@ def _check_times(fname: str, markers: list[dict]) -> None:
                 raise InputError(f"{fname}: event {m.get('name', '?')!r} has {what} "
                                  f"{value!r}: not a finite, non-negative time (a damaged "
                                  "trace); no step time is computed from it")
+
+
+def _check_one_process(fname: str, markers: list[dict]) -> None:
+    """One rank's scheduler records its step markers in its own process. Markers of several
+    processes mean several ranks in one file (``merge_profiles`` writes ``merged-{id}``
+    with each rank's pids relabelled ``[TP00-DP00-EP00] …``): their interleaved steps would
+    give meaningless periods."""
+    pids = {str(m["pid"]) for m in markers}
+    if len(pids) > 1:
+        shown = ", ".join(sorted(pids)[:3]) + (", …" if len(pids) > 3 else "")
+        raise InputError(
+            f"{fname}: step markers come from {len(pids)} processes ({shown}): a trace of "
+            "several ranks (e.g. merge_profiles' merged file); time each rank's own trace"
+        )
 
 
 def _outermost(markers: list[dict]) -> list[dict]:
@@ -513,7 +573,7 @@ def step_time(
 ) -> dict[str, Any]:
     """Measure the decode step time of one trace (see the module docstring for the method).
 
-    Returns ``{"file", "method", "layout", "steps", "step_ms", "median_ms",
+    Returns ``{"file", "method", "markers", "layout", "steps", "step_ms", "median_ms",
     "first_period_ms", "window_ms", "spread", "batch_sizes", "modes"}``: ``steps`` is the
     number of periods in ``step_ms``; ``batch_sizes`` and ``modes`` are None unless the
     method is ``step_spans``. Raises InputError when the trace holds too few steps.
@@ -523,6 +583,7 @@ def step_time(
 
     steps = _outermost(found["step_spans"])
     if steps:
+        _check_one_process(fname, steps)
         parsed = []
         for m in steps:
             g = _STEP_NAME_RE.fullmatch(m["name"])
@@ -541,23 +602,20 @@ def step_time(
                 f"{fname}: the trace holds too few decode steps to time: need a DECODE step "
                 f"span followed by another step, found {len(steps)} step span(s) ({counts})"
             )
-        method = "step_spans"
+        method, markers = "step_spans", "step spans"
         starts = [p[0] for p in parsed]
         modes_out: list[str] | None = modes
     else:
-        frames = _outermost(found["run_batch_frames"])
-        spans = _outermost(found["run_batch_spans"])
-        launches = found["cuda_graph_launch"]
-        if len(frames) >= 2:
-            method, chosen = "run_batch_frames", frames
-        elif len(spans) >= 2:
-            method, chosen = "run_batch_frames", spans
-        elif len(launches) >= 2:
-            method, chosen = "cuda_graph_launch", launches
+        for kind, method, markers, nested in _FALLBACKS:
+            chosen = _outermost(found[kind]) if nested else found[kind]
+            if len(chosen) >= 2:
+                _check_one_process(fname, chosen)
+                break
         else:
             raise InputError(
                 f"{fname}: the trace holds too few steps to time (need at least 2 step spans, "
-                f"run_batch frames or cudaGraphLaunch events; found {_describe(found)})"
+                "run_batch frames or spans, cudaGraphLaunch or hipGraphLaunch events; found "
+                f"{_describe(found)})"
             )
         starts = [m["ts"] for m in chosen]
         periods = [(starts[i + 1] - starts[i]) / 1000.0 for i in range(len(starts) - 1)]
@@ -567,6 +625,7 @@ def step_time(
     return {
         "file": fname,
         "method": method,
+        "markers": markers,
         "layout": used,
         "steps": len(periods),
         "step_ms": [_r(p) for p in periods],
@@ -650,8 +709,10 @@ def trace_rank_from_name(filename: str | os.PathLike) -> dict[str, Any]:
 
 
 def traces_for(trace_dir: str | os.PathLike, profile_id: str) -> dict[int, Path]:
-    """The decode trace file of each rank for one profile id (other names, such as a
-    writer's temporary file, are not traces)."""
+    """The decode trace file of each rank for one profile id: the whole-capture file
+    (no stage) or the by-stage ``-DECODE`` one. Other names are not rank traces: a
+    writer's temporary file, an ``-EXTEND`` capture, and the ``merged-{id}`` file that
+    ``merge_profiles`` makes of all ranks (its events carry every rank at once)."""
     directory = Path(trace_dir)
     if not directory.is_dir():
         raise InputError(f"trace directory {directory} does not exist or is not a directory")
@@ -660,6 +721,8 @@ def traces_for(trace_dir: str | os.PathLike, profile_id: str) -> dict[int, Path]
         try:
             rank = trace_rank_from_name(path.name)
         except (InputError, ValueError):
+            continue
+        if rank["merged"]:
             continue
         if rank.get("profile_id") != profile_id or rank.get("stage") not in (
             None,

@@ -6,7 +6,8 @@ checked against the releases' wheels), so the emulator and the workflow cannot d
 about them: the decode-line head (``Decode batch.`` / ``Decode batch [iter],`` /
 ``Decode batch,``) and its trailing ``, ``; ``-DP-``/``-EP-`` in trace names; ``num_steps``
 capturing N-1 batches before 0.5.16; the ``/start_profile`` keys a release reads (others are
-ignored, so a client ``profile_id`` before 0.5.15 is not used); ``/server_info`` (before
+ignored, so a client ``profile_id`` before 0.5.15 is not used); ``profile_by_stage`` on a PD
+decode server (it crashes the server before 0.5.14); ``/server_info`` (before
 0.5.6 only ``/get_server_info``); which flags a release rejects (option renames,
 ``--cuda-graph-bs`` from 0.5.20, removed values such as ``cutlass_mla``); and the
 ``--attn-dp-size`` deprecation of ``--enable-dp-attention`` (0.5.22).
@@ -31,7 +32,7 @@ is placed at the first release after that date (marked "dated"):
 | ``step[MODE bs=N]`` spans; PD prefill ``#bootstrap-req`` (dated 2026-04-22 / 05-04) | 0.5.11 |
 | ``scheduler.*`` spans while profiling (dated 2026-06-14)        | 0.5.15        |
 | ``#optimistic-req`` on PD prefill lines (dated 2026-07-12)      | 0.5.16        |
-| ``profile_by_stage`` works on PD decode; ``/ready``; no ``/get_load`` | 0.5.23  |
+| ``/ready``; no ``/get_load``                                     | 0.5.23        |
 
 0.5.17 was compared with real SGLang 0.5.17 output recorded on an H200 (a toy model: plain,
 fill/release and PD runs), 0.5.5 with a v0.5.5.post2 GB200 EP48 decode log and its traces
@@ -202,8 +203,8 @@ class Dialect:
         return f"Stop profiling-{stage}..." if stage else "Stop profiling..."
 
     @staticmethod
-    def profile_done_line(output_dir: str) -> str:
-        return f"Profiling done. Traces are saved to: {output_dir}"
+    def profile_done_line(output_dir: str, merge_message: str = "") -> str:
+        return f"Profiling done. Traces are saved to: {output_dir}{merge_message}"
 
     # ------------------------------------------------------------------ profiles and traces
 
@@ -229,7 +230,8 @@ class Dialect:
 
     @property
     def by_stage_crashes_on_pd_decode(self) -> bool:
-        return not self.at_least("0.5.23")
+        """A by-stage profile meets a PREBUILT batch on a PD decode server and raises."""
+        return not self.base.profile_by_stage_on_pd_decode
 
     def trace_name(
         self,

@@ -38,7 +38,7 @@ from typing import Any
 
 from .args import ServerConfig
 from .experts import ExpertRecorder, RecorderError
-from .tracefmt import TraceRank, write_trace
+from .tracefmt import TraceRank, write_merged, write_trace
 
 _rid_counter = itertools.count(1)
 
@@ -443,7 +443,8 @@ class Engine:
         num_steps = body.get("num_steps")
         start_step = body.get("start_step")
         num_steps = int(num_steps) if num_steps is not None else None
-        start_step = int(start_step) if start_step is not None else None
+        # SGLang tests both for truth: 0 means "not given".
+        start_step = int(start_step) if start_step else None
         env = os.environ
         with_stack = body.get("with_stack")
         if with_stack is None:
@@ -464,7 +465,11 @@ class Engine:
             if self.mode == "decode" and self.dialect.by_stage_crashes_on_pd_decode:
                 self.pending_crash = "RuntimeError: unsupported profile stage: ForwardMode.PREBUILT"
         f = self.forward_ct
-        if start_step is not None:
+        if by_stage:
+            # By stage, start_step is not used: the capture starts at the stage's next batch
+            # (_profile_hook) and stops after num_steps batches of it.
+            start_ct, stop_ct = f + 1, None
+        elif start_step is not None:
             start_ct = max(start_step, f + 1)
             stop_ct = start_ct + num_steps if num_steps else None
         else:
@@ -488,9 +493,7 @@ class Engine:
             prefix=body.get("profile_prefix"),
             merge=bool(body.get("merge_profiles")),
         )
-        if by_stage and num_steps:
-            self.profile.stop_ct = None
-        if start_step is None:
+        if start_step is None and not by_stage:
             self._activate_profile()
         return profile_id
 
@@ -545,8 +548,21 @@ class Engine:
         if remote is not None:
             await remote
         local_dir = default_profile_dir(prof.output_dir)
+        merge_message = ""
+        if prof.merge:
+            # Rank TP0 (DP0, EP0) merges after the barrier that follows every rank's export.
+            path, events, files = await loop.run_in_executor(
+                None, write_merged, local_dir, prof.profile_id
+            )
+            merge_message = (
+                f" Merged trace: {path} (Events: {events}, Files: {files})" if files
+                else f" Merge failed: No trace files found for profile_id: {prof.profile_id}"
+            )
         self.emit(
-            [(t, self.dialect.profile_done_line(local_dir)) for t in self.cfg.local_tp_ranks(0)]
+            [
+                (t, self.dialect.profile_done_line(local_dir, merge_message if t == 0 else ""))
+                for t in self.cfg.local_tp_ranks(0)
+            ]
         )
         truth = {
             "profile_id": prof.profile_id,
@@ -640,7 +656,9 @@ class Engine:
         prof = self.profile
         if prof is None:
             return
-        if not prof.active and self.forward_ct >= prof.start_ct:
+        if not prof.active and self.forward_ct >= prof.start_ct and (
+            not prof.by_stage or plan.kind == prof.stage
+        ):
             self._activate_profile()
         if prof.active and prof.stop_ct is not None and self.forward_ct >= prof.stop_ct:
             await self._finish_profile()

@@ -25,9 +25,11 @@ the emulator's own log.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -352,3 +354,51 @@ def write_trace(
         f.write(text.encode("utf-8"))
     os.replace(tmp, path)
     return len(blocks)
+
+
+_RANK_PARTS = ("tp", "dp", "pp", "ep")
+
+
+def _rank_parts(name: str) -> dict[str, int]:
+    found = {}
+    for part in _RANK_PARTS:
+        m = re.search(rf"{part.upper()}-(\d+)", name)
+        if m:
+            found[part] = int(m.group(1))
+    return found
+
+
+def write_merged(directory: str, profile_id: str) -> tuple[str, int, int]:
+    """What ``merge_profiles`` leaves (SGLang >= 0.5.4, ``utils/profile_merger.py``): every
+    ``{profile_id}*.trace.json.gz`` rank file of ``directory`` in one compact-JSON
+    ``merged-{profile_id}.trace.json.gz``, ordered by DP, EP, PP, TP rank, each event's
+    ``pid`` prefixed with its rank (``[TP00-DP00-EP00] 100000``), the other header keys taken
+    from the first file and ``deviceProperties`` concatenated. A prefixed file
+    (``profile_prefix``) does not match the pattern and is left out, as in SGLang. Returns
+    (path, events, files)."""
+    merged_name = f"merged-{profile_id}.trace.json.gz"
+    files = [
+        f for f in glob.glob(os.path.join(glob.escape(directory), f"{profile_id}*.trace.json.gz"))
+        if not f.endswith(merged_name) and "TP-" in f
+    ]
+    files.sort(key=lambda f: tuple(_rank_parts(os.path.basename(f)).get(k, 0)
+                                   for k in ("dp", "ep", "pp", "tp")))
+    merged: dict[str, Any] = {"traceEvents": []}
+    devices: list = []
+    for path in files:
+        parts = _rank_parts(os.path.basename(path))
+        label = "[" + "-".join(f"{k.upper()}{v:02d}" for k, v in parts.items()) + "]"
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            trace = json.load(f)
+        for ev in trace.get("traceEvents", []):
+            ev["pid"] = f"{label} {ev.get('pid')}"
+            merged["traceEvents"].append(ev)
+        devices += trace.pop("deviceProperties", [])
+        for key, value in trace.items():
+            merged.setdefault(key, value)
+    if devices:
+        merged["deviceProperties"] = devices
+    out = os.path.join(directory, merged_name)
+    with gzip.open(out, "wb") as f:
+        f.write(json.dumps(merged).encode("utf-8"))
+    return out, len(merged["traceEvents"]), len(files)
