@@ -80,6 +80,17 @@ def cmd_fill_status(args) -> None:
     )
 
 
+def cmd_balance(args) -> None:
+    from .balance import as_text, balance_of_file
+
+    result = balance_of_file(args.dump, ep=args.ep, placement=args.placement,
+                             redundant=args.redundant_experts)
+    if args.json:
+        _dump(result)
+    else:
+        sys.stdout.write(as_text(result) + "\n")
+
+
 def cmd_validate_config(args) -> None:
     from . import config
 
@@ -361,6 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau-forwards", type=COUNT, default=10, metavar="K",
                    help="stuck after K decode lines without growth while requests queue")
     p.set_defaults(func=cmd_fill_status)
+
+    p = sub.add_parser(
+        "balance", help="expert-load balance of an expert-distribution dump (read-only)",
+        description="Per-layer and overall GPU load balance of a SGLang expert-distribution "
+        "dump (.pt, any recorder mode) or the emulator's JSON dump: SGLang's balancedness "
+        "(mean/max GPU load) and max/mean. Text by default; --json for every number, "
+        "per-rank loads included.")
+    p.add_argument("dump", metavar="DUMP", help="expert_distribution_recorder_*.pt or .json")
+    p.add_argument("--ep", type=COUNT, metavar="N",
+                   help="EP size, the GPUs the experts are spread over (default: the dump's)")
+    p.add_argument("--redundant-experts", type=_number(int, low=0), metavar="R",
+                   help="--ep-num-redundant-experts of the server, for the trivial placement")
+    p.add_argument("--placement", metavar="FILE",
+                   help="a physical_to_logical_map (JSON or .pt, as --init-expert-location "
+                   "takes, or a per_pass dump) to place the counts with")
+    p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.set_defaults(func=cmd_balance)
 
     # The stages of one point: each writes its outputs where pdbench.layout puts them
     # under --point-dir (the rules' outputs come from the same layout).
