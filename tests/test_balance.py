@@ -160,6 +160,19 @@ def test_per_pass_and_per_token_dumps_match_torch_and_sglang(name):
         assert r["per_pass_balancedness"] == pytest.approx(sglang["per_pass"], abs=1e-6)
 
 
+def test_views_and_other_dtypes():
+    """Offsets and strides into a shared storage, bfloat16, uint16 (_rebuild_tensor_v3)."""
+    from pdbench.balance import load_pt
+
+    expected = EXPECTED["views.pt"]
+    doc, reader = load_pt(DUMPS / "views.pt")
+    assert reader == "built-in"
+    assert doc["logical_count"].tolist() == expected["logical_count"]
+    assert doc["extra"]["bf16"].tolist() == expected["bf16"]
+    assert doc["extra"]["u16"].tolist() == expected["u16"]
+    assert read_dump(DUMPS / "views.pt").logical_count.tolist() == expected["logical_count"]
+
+
 def test_legacy_torch_file_needs_torch():
     path = DUMPS / "legacy.pt"
     if HAS_TORCH:
@@ -341,6 +354,7 @@ BAD_FILES = [
     ("not JSON", b"{not json", "invalid JSON"),
     ("binary", b"\xff\xfe\x00\x81garbage", "neither a torch .pt archive nor JSON"),
     ("zip without a pickle", "zip", "no single data.pkl inside"),
+    ("truncated dump", "truncated", "damaged zip archive"),
 ]
 
 
@@ -350,6 +364,8 @@ def test_bad_files(tmp_path, content, message):
     path = tmp_path / "dump.bin"
     if content == "dir":
         path.mkdir()
+    elif content == "truncated":
+        path.write_bytes((DUMPS / "stat-v0.4.7.pt").read_bytes()[:300])
     elif content == "zip":
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("x/readme.txt", "hello")

@@ -65,6 +65,7 @@ import json
 import math
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,8 @@ def _rebuild_tensor(storage, offset, size, stride, *_rest) -> np.ndarray:
     last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
     if (0 not in size) and last >= len(data):
         raise _Unreadable("a tensor larger than its storage")
+    if math.prod(size) > max(len(data), 1):  # a broadcast view; leave it to torch
+        raise _Unreadable("a tensor with more elements than its storage")
     if 0 in size:
         return np.zeros(size, dtype=data.dtype)
     view = np.lib.stride_tricks.as_strided(
@@ -195,13 +198,15 @@ def _load_torch_archive(path: Path) -> object:
             try:
                 return _SafeUnpickler(archive.read(pickles[0]), archive, prefix,
                                       order == "big").load()
-            except _Unreadable:
+            except (_Unreadable, OSError):
                 raise
-            except (pickle.UnpicklingError, EOFError, TypeError, ValueError, IndexError,
-                    AttributeError) as exc:
+            except Exception as exc:  # a damaged pickle fails in many ways; torch may know
                 raise _Unreadable(f"data.pkl does not unpickle ({exc})") from None
-    except zipfile.BadZipFile:
-        raise _Unreadable("not a zip archive") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, zlib.error) as exc:
+        with open(path, "rb") as f:
+            if f.read(2) == b"PK":  # a damaged archive, which torch cannot read either
+                raise InputError(f"{path}: damaged zip archive ({exc})") from None
+        raise _Unreadable("not a zip archive: torch's legacy format?") from None
 
 
 def _load_with_torch(path: Path, why: str) -> object:
@@ -246,7 +251,7 @@ def load_pt(path: str | Path) -> tuple[object, str]:
 
 @dataclass(frozen=True)
 class ExpertDump:
-    """What one or more dumps say, whatever their format.
+    """What a dump says, whatever its format.
 
     ``logical_count`` is ``[passes, layers, logical experts]`` (float64, non-negative);
     ``physical_count`` is ``[passes, layers, physical experts]`` where the dump recorded it

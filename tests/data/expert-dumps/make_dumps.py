@@ -13,7 +13,10 @@ The layouts (read from the recorder of each release, ``srt/eplb/expert_distribut
 * ``per-token-v0.4.7.pt``: ``per_token`` before records carried ``global_physical_count``:
   ``topk_ids_of_layer`` ``[layers, tokens, top-k]`` physical ids (``-1`` unused) with the
   forward batch's metadata and ``misc_objects``;
-* ``legacy.pt``: a stat dump in torch's pre-1.6 (non-zip) format, which only torch reads.
+* ``legacy.pt``: a stat dump in torch's pre-1.6 (non-zip) format, which only torch reads;
+* ``views.pt``: what the reader must also get right though the recorder does not write it:
+  a ``logical_count`` that is a strided view with an offset into a larger storage, a
+  bfloat16 and a uint16 tensor (``_rebuild_tensor_v3``), and an ``OrderedDict``.
 
 ``expected.json`` holds, per file, what ``torch.load`` returns (shapes and sums) and, where
 SGLang is importable, the balancedness that SGLang's own ``compute_gpu_physical_count`` and
@@ -25,6 +28,7 @@ SGLang is importable, the balancedness that SGLang's own ``compute_gpu_physical_
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -134,6 +138,17 @@ def main() -> None:
     expected["per-token-v0.4.7.pt"] = {
         "physical_sum": physical.tolist(),
         "sglang": sglang_balancedness(physical.unsqueeze(0)),
+    }
+    base = torch.arange(2 * 3 * 8, dtype=torch.int32).reshape(2, 3, 8)
+    views = dict(logical_count=base[1:, :, 1::2], rank=0,
+                 extra=OrderedDict(bf16=torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+                                   u16=torch.tensor([7, 65535], dtype=torch.uint16)))
+    torch.save(views, HERE / "views.pt")
+    loaded = torch.load(HERE / "views.pt", weights_only=True)
+    expected["views.pt"] = {
+        "logical_count": loaded["logical_count"].tolist(),
+        "bf16": loaded["extra"]["bf16"].float().tolist(),
+        "u16": loaded["extra"]["u16"].tolist(),
     }
     (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 
