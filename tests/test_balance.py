@@ -117,6 +117,11 @@ def test_a_given_placement_replaces_the_trivial_one(tmp_path):
     assert r["gpu_load"] == [40, 20, 60]
     assert r["placement"].startswith("the given placement's physical_to_logical_map")
     assert read_placement(DUMPS / "per-pass.pt").shape == (3, 6)
+    with pytest.raises(InputError, match=r"holds no physical_to_logical_map"):
+        read_placement(dump)
+    result = pdbench("balance", dump, "--ep", "3", "--placement", dump)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"pdbench: error: {dump}: holds no physical_to_logical_map\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,6 +337,9 @@ BAD_JSON = [
     ("record ids beyond the map",
      {"records": [{"topk_ids_of_layer": [[[0, 5]]]}], "last_physical_to_logical_map": [[0, 1]]},
      {"ep": 1}, "topk_ids_of_layer does not fit the map"),
+    ("record with a bad pass id",
+     {"records": [{"forward_pass_id": "x", "global_physical_count": [[1]]}],
+      "last_physical_to_logical_map": [[0]]}, {"ep": 1}, "forward_pass_id is not an integer"),
     ("records without a map", {"records": [{"global_physical_count": [[1]]}]}, {"ep": 1},
      "last_physical_to_logical_map is not an array of numbers"),
 ]

@@ -370,6 +370,8 @@ def _records_layout(path: Path, doc: dict, reader: str) -> ExpertDump:
             raise InputError(f"{path}: {key} has shape {list(count.shape)}, the map "
                              f"{[layers, physical]}")
         pass_id = rec.get("forward_pass_id", i)
+        if isinstance(pass_id, bool) or not isinstance(pass_id, int):
+            raise InputError(f"{path}: {key}.forward_pass_id is not an integer")
         by_pass[pass_id] = by_pass.get(pass_id, 0) + count
     physical_count = np.stack([by_pass[k] for k in sorted(by_pass)])
     logical = _to_logical(physical_count, mapping)

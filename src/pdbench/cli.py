@@ -1,4 +1,5 @@
-"""The ``pdbench`` command line: every subcommand prints JSON on stdout.
+"""The ``pdbench`` command line: every subcommand prints JSON on stdout (``render`` and
+``balance`` print text unless given ``--json``).
 
 Used by the workflow's rules and, standalone, by anyone who ran the runbook by hand and
 wants the number from their own logs and traces::
@@ -7,6 +8,7 @@ wants the number from their own logs and traces::
     pdbench step-time torch_profiler/1760576844.4826152-TP-0.trace.json.gz
     pdbench throughput --logs logs/launch_server_decode_node_rank_*.log \\
         --traces torch_profiler --decode-gpus 48
+    pdbench balance expert_distribution_recorder_1763864000.0.pt --ep 48 --redundant-experts 32
 
 Errors print one line ``pdbench: error: ...`` on stderr (naming the file or key) and exit
 with status 2; nothing is printed on stdout then.
