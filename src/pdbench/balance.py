@@ -277,11 +277,11 @@ class ExpertDump:
         return self.logical_count.shape[2]
 
 
-def _counts(path: Path, value, key: str, dims: tuple[int, ...]) -> np.ndarray:
-    """``value`` as a finite, non-negative float array of one of ``dims`` dimensions."""
+def _numbers(path: Path, value, key: str, dims: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a finite, non-empty float array of one of ``dims`` dimensions."""
     try:
         arr = np.asarray(value)
-        if arr.dtype == object or arr.dtype.kind not in "biuf":
+        if arr.dtype == object or arr.dtype.kind not in "iuf":
             raise ValueError
         arr = arr.astype(np.float64)
     except (ValueError, TypeError):
@@ -292,16 +292,21 @@ def _counts(path: Path, value, key: str, dims: tuple[int, ...]) -> np.ndarray:
     if arr.size == 0:
         raise InputError(f"{path}: {key} is empty (shape {list(arr.shape)})")
     if not np.isfinite(arr).all():
-        raise InputError(f"{path}: {key} holds NaN or infinite counts")
+        raise InputError(f"{path}: {key} holds NaN or infinite values")
+    return arr
+
+
+def _counts(path: Path, value, key: str, dims: tuple[int, ...]) -> np.ndarray:
+    arr = _numbers(path, value, key, dims)
     if (arr < 0).any():
         raise InputError(f"{path}: {key} holds negative counts")
     return arr
 
 
 def _mapping(path: Path, value, key: str) -> np.ndarray:
-    arr = _counts(path, value, key, (2,))
-    if (arr != np.round(arr)).any():
-        raise InputError(f"{path}: {key} holds non-integer expert ids")
+    arr = _numbers(path, value, key, (2,))
+    if (arr != np.round(arr)).any() or (arr < 0).any():
+        raise InputError(f"{path}: {key} holds values that are not expert ids (integers >= 0)")
     return arr.astype(np.int64)
 
 
