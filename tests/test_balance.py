@@ -391,6 +391,29 @@ def test_bad_files(tmp_path, content, message):
     assert message in text
 
 
+def test_damaged_pickles_are_input_errors(tmp_path):
+    """Every byte of a real dump's data.pkl changed in turn: a result or an InputError."""
+    with zipfile.ZipFile(DUMPS / "stat-v0.5.2.pt") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in members if n.endswith("/data.pkl"))
+    original = members[name]
+    outcomes = set()
+    for i in range(len(original)):
+        damaged = bytearray(original)
+        damaged[i] ^= 0x5A
+        path = tmp_path / f"damaged-{i}.pt"
+        with zipfile.ZipFile(path, "w") as z:
+            for n, data in members.items():
+                z.writestr(n, bytes(damaged) if n == name else data)
+        try:
+            balance(read_dump(path), ep=3)
+            outcomes.add("read")
+        except InputError as exc:
+            assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+            outcomes.add("error")
+    assert "error" in outcomes
+
+
 # --------------------------------------------------------------------------------------------
 # The command line
 
@@ -419,6 +442,8 @@ def test_cli_text_and_json(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--ep", "0"], "argument --ep: 0 must be >= 1"),
     (["--ep", "two"], "argument --ep: 'two' is not an integer"),
+    (["--ep", "1.5"], "argument --ep: '1.5' is not an integer"),
+    (["--ep", "-4"], "argument --ep: -4 must be >= 1"),
     (["--ep", "2", "--redundant-experts", "-1"], "argument --redundant-experts: -1 must be >= 0"),
     (["--ep", "3"], "do not divide over 3 GPUs"),
     ([], "does not say the EP size"),
