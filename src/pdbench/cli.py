@@ -1,4 +1,5 @@
-"""The ``pdbench`` command line: every subcommand prints JSON on stdout.
+"""The ``pdbench`` command line: every subcommand prints JSON on stdout (``render`` and
+``balance`` print text unless given ``--json``).
 
 Used by the workflow's rules and, standalone, by anyone who ran the runbook by hand and
 wants the number from their own logs and traces::
@@ -7,6 +8,7 @@ wants the number from their own logs and traces::
     pdbench step-time torch_profiler/1760576844.4826152-TP-0.trace.json.gz
     pdbench throughput --logs logs/launch_server_decode_node_rank_*.log \\
         --traces torch_profiler --decode-gpus 48
+    pdbench balance expert_distribution_recorder_1763864000.0.pt --ep 48 --redundant-experts 32
 
 Errors print one line ``pdbench: error: ...`` on stderr (naming the file or key) and exit
 with status 2; nothing is printed on stdout then.
@@ -86,6 +88,17 @@ def cmd_fill_status(args) -> None:
             plateau_forwards=args.plateau_forwards,
         )
     )
+
+
+def cmd_balance(args) -> None:
+    from .balance import as_text, balance_of_file
+
+    result = balance_of_file(args.dump, ep=args.ep, placement=args.placement,
+                             redundant=args.redundant_experts)
+    if args.json:
+        _dump(result)
+    else:
+        sys.stdout.write(as_text(result) + "\n")
 
 
 def cmd_validate_config(args) -> None:
@@ -386,6 +399,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau-forwards", type=COUNT, default=10, metavar="K",
                    help="stuck after K decode lines without growth while requests queue")
     p.set_defaults(func=cmd_fill_status)
+
+    p = sub.add_parser(
+        "balance", help="expert-load balance of an expert-distribution dump (read-only)",
+        description="Per-layer and overall GPU load balance of a SGLang expert-distribution "
+        "dump (.pt, any recorder mode) or the emulator's JSON dump: SGLang's balancedness "
+        "(mean/max GPU load) and max/mean. Text by default; --json for every number, "
+        "per-rank loads included.")
+    p.add_argument("dump", metavar="DUMP", help="expert_distribution_recorder_*.pt or .json")
+    p.add_argument("--ep", type=COUNT, metavar="N",
+                   help="EP size, the GPUs the experts are spread over (default: the dump's)")
+    p.add_argument("--redundant-experts", type=_number(int, low=0), metavar="R",
+                   help="--ep-num-redundant-experts of the server, for the trivial placement")
+    p.add_argument("--placement", metavar="FILE",
+                   help="a physical_to_logical_map (JSON or .pt, as --init-expert-location "
+                   "takes, or a per_pass dump) to place the counts with")
+    p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.set_defaults(func=cmd_balance)
 
     # The stages of one point: each writes its outputs where pdbench.layout puts them
     # under --point-dir (the rules' outputs come from the same layout).
