@@ -239,6 +239,7 @@ _INT_LABELS = {
     "#gpu token": "gpu_token",
     "#cpu token": "cpu_token",
     "waiting-image-req": "waiting_image_req",
+    "largest-len": "largest_len",  # speculative decoding, 2025-03-03 (#3988) to 03-16 (#4363)
 }
 _FLOAT_LABELS = {
     "token usage": "token_usage",
