@@ -6,12 +6,22 @@ recognises.  Everything else in pdbench reads SGLang logs through these two func
 
 Lines
 -----
-A recognised line is ``[<date> <time>[.mmm][ <RANK>…]] <message>``, optionally preceded
-by ``<epoch seconds> `` (the arrival time that a timestamping pipe such as
-``server_ts.log`` adds).  Text before the bracket (a progress bar ending in ``\\r`` that
-the log record was glued to) is skipped.  Lines without the bracket prefix (Python
-warnings, tracebacks, NCCL/Gloo output) and bracketed lines whose message is not one of
-the kinds below give ``None``.
+A line is read in three layers (docs/sglang-formats.md §2, "Prefix"):
+
+1. ANSI colour codes are removed, then any number of launcher wrappers (``WRAPPERS``):
+   an arrival epoch (``server_ts.log``), ``srun --label``'s ``12: ``, Ray's ``(Actor
+   pid=…, ip=…) ``, a tee/ts timestamp (ISO ``2026-01-01T12:00:00.1Z `` or ``[2026-01-01
+   12:00:00] `` before another timestamp, or ``ts``'s ``Jan 01 12:00:00 ``);
+2. one prefix of the table ``PREFIXES``: SGLang's ``[<date> <time>[.mmm][ <RANK>…]] ``,
+   ``[<date> <time>][file.py:line][LEVEL]: ``, the logging-config example
+   ``<date> <time> LEVEL PID [file.py:line] ``, or none at all; then uvicorn's level column
+   ``INFO:     `` if present;
+3. the message, one of the kinds below.
+
+A record glued after other output (a progress bar ending in ``\\r``) is found by its
+standard prefix.  Everything else (Python warnings, tracebacks, NCCL output, messages of
+other kinds) gives ``None``.  The standard prefix takes a compiled layout per batch line
+layout (``_Plan``): the common path costs one regex match per line.
 
 Kinds (``KINDS``)
 -----------------
@@ -29,13 +39,14 @@ Record keys
 Every record has:
 
 ``kind``      one of ``KINDS``
-``time``      the bracket timestamp exactly as printed (``"2025-11-22 18:24:26"`` or, with
-              ``SGLANG_LOG_MS=1``, ``"2025-11-22 18:24:26.123"``)
+``time``      the prefix's timestamp exactly as printed (``"2025-11-22 18:24:26"`` or, with
+              ``SGLANG_LOG_MS=1``, ``"2025-11-22 18:24:26.123"``); ``None`` without prefix
 ``epoch``     that timestamp as POSIX seconds.  SGLang prints the server's local wall
               clock without a zone; the value here reads it as if it were UTC so that it
               is the same on every machine.  It is the log's wall clock, not true UTC:
               compare epochs of logs written in the same time zone only.
-``arrival``   float from a leading ``<epoch> `` prefix, else ``None``
+``arrival``   the outermost wrapper's time as POSIX seconds (an epoch as is, a zone-less
+              time read as UTC), else ``None``
 ``dp``, ``tp``, ``ep``, ``pp``, ``attn_cp``, ``moe_dp``
               the rank tokens of the prefix (``DP3`` → ``dp=3``), ``None`` when absent;
               the tokens may come in any order.  An unknown token ``FOO7`` adds ``foo=7``.
@@ -45,14 +56,20 @@ counting ``\\n`` only, as ``grep -n`` does).
 
 Batch lines (``decode``, ``prefill``) add ``iter`` (int from ``[iter]`` or ``None``) and
 one key per ``label: value`` pair of the body, by name, never by position.  Known
-labels map as in ``FIELD_NAMES``; an unknown label is slugified to snake_case (``#foo
-bar-baz`` → ``foo_bar_baz``).  Values are ``int``, ``float``, ``bool`` or, for
-``timestamp`` and values that are none of these, ``str``; ``fwd occupancy: 87.5%`` gives
-``87.5`` (``nan%`` gives ``nan``).  ``cuda graph`` / ``cpu graph`` / ``npu graph`` /
+labels map as in ``FIELD_NAMES``.  A label SGLang never prints, printed twice, or cut
+before its value (an interleaved write garbled the line: ``#running-rq: 5``, ``#runn``
+followed by another process's record, whose text is dropped) never becomes a field: it
+goes to ``unknown_fields`` ({label as printed: value as printed, ``""`` if none});
+``field_problems`` counts them.  A value that is no count or finite rate goes to
+``invalid_fields`` ({key: value as printed}).  Values are ``int``, ``float``, ``bool`` or
+``str`` (``timestamp``); ``fwd occupancy: 87.5%`` gives ``87.5``.  ``cuda graph`` / ``cpu graph`` / ``npu graph`` /
 ``musa graph`` all give ``cuda_graph`` (bool) plus ``graph_backend`` (``"cuda"``, ``"cpu"``,
-…).  A field appears only when the line prints it: there is ``#token`` on a plain pool
-but ``#full token``/``#swa token`` on hybrid pools, ``#prealloc-req`` only on PD decode,
-and so on.
+…).  A field appears only when the line prints it, with one exception: hybrid KV pools
+log ``#full token``/``full token usage`` with ``#swa token``/``swa token usage``,
+``mamba num``/``mamba usage`` or HiSparse's ``#gpu token``/``#cpu token`` instead of
+``#token``/``token usage``; every pool is kept by name, and ``token``/``token_usage``
+are filled from the full-attention pool (else HiSparse's device pool) so that every
+consumer finds them on every model.
 
 ``profile_start``: ``stage`` (``None`` or as printed, e.g. ``"DECODE"``), ``output_dir``,
 ``profile_id`` (string exactly as printed).  ``profile_stop``: ``stage``.
@@ -60,7 +77,7 @@ and so on.
 directory, stripped, or ``None``), ``merged_trace`` (path of the merged trace or
 ``None``).  ``slow_down``: ``sleep_s`` (float).
 
-Not covered: logs written with ``SGLANG_LOGGING_CONFIG_PATH`` (a custom format).
+Not covered: other ``SGLANG_LOGGING_CONFIG_PATH`` formats than the two in ``PREFIXES``.
 """
 
 from __future__ import annotations
