@@ -1089,6 +1089,15 @@ PREFIX_CASES = [
     pytest.param(f"[{T3}.123 DP0 TP0 EP0] {BODY}",
                  rec("decode", T3 + ".123", E3 + 0.123, ranks=R000, **BODY_FIELDS),
                  id="SGLANG_LOG_MS"),
+    pytest.param(f"{T3} INFO 31223 [DP3 TP3 EP3 scheduler_metrics_mixin.py:222] {BODY}",
+                 rec("decode", T3, E3, ranks={"dp": 3, "tp": 3, "ep": 3}, **BODY_FIELDS),
+                 id="logging-config-with-ranks"),
+    pytest.param(f"{T3} INFO 8900 [ DP15 TP15 EP15 scheduler_metrics_mixin.py:222] {BODY}",
+                 rec("decode", T3, E3, ranks={"dp": 15, "tp": 15, "ep": 15}, **BODY_FIELDS),
+                 id="logging-config-with-padded-ranks"),
+    pytest.param(f"[04:40:55 TP0] {BODY}",
+                 rec("decode", "04:40:55", None, ranks={"tp": 0}, **BODY_FIELDS),
+                 id="time-only-2024"),
     pytest.param(f"0: [{T3} DP0 TP0 EP0] {BODY}",
                  rec("decode", T3, E3, ranks=R000, **BODY_FIELDS), id="srun-label"),
     pytest.param(f" 12: [{T3} DP0 TP0 EP0] {BODY}",
@@ -1136,7 +1145,7 @@ def test_a_wrapped_log_takes_the_compiled_layout():
 
 def test_prefix_table_names():
     assert [name for name, _p, _why in loglines.PREFIXES] == [
-        "sglang", "sglang-file-level", "logging-config-example", "none",
+        "sglang", "sglang-file-level", "logging-config-example", "sglang-time-only", "none",
     ]
     assert [name for name, _p, _ex in loglines.WRAPPERS] == [
         "arrival-epoch", "srun-label", "ray-actor", "iso-time", "bracket-time", "ts-default",

@@ -138,8 +138,11 @@ PREFIXES: tuple[tuple[str, str, str], ...] = (
      "configure_logger: [%(asctime)s{.%(msecs)03d with SGLANG_LOG_MS}{ DPx TPy EPz}]"),
     ("sglang-file-level", rf"\[{_DATE_TIME}{_RANK_TOKENS}\]\[[^\]\s]+:\d+\]\[{_LEVEL}\]:? ?",
      "[%(asctime)s][%(filename)s:%(lineno)d][%(levelname)s]: (a logging config file)"),
-    ("logging-config-example", rf"{_DATE_TIME} {_LEVEL} \d+ \[[^\]\s]+:\d+\] ",
-     "%(asctime)s %(levelname)s %(process)d [%(filename)s:%(lineno)d] (the example of #4592)"),
+    ("logging-config-example",
+     rf"{_DATE_TIME} {_LEVEL} \d+ \[ ?(?P<p>(?:[A-Z][A-Z_]*\d+ )*)[^\]\s]+:\d+\] ",
+     "%(asctime)s %(levelname)s %(process)d [{ranks }%(filename)s:%(lineno)d] (#4592's example)"),
+    ("sglang-time-only", r"\[(?P<t>\d\d:\d\d:\d\d)(?P<f>[.,]\d+)?(?P<p>(?: [A-Z][A-Z_]*\d+)*)\] ",
+     "configure_logger before 2024-10-16 (2782132be, #1679): datefmt %H:%M:%S, no date"),
     ("none", "", "no formatter: the message alone"),
 )
 _LEVEL_COLUMN = re.compile(rf"{_LEVEL}: +")
@@ -693,6 +696,8 @@ def _parse_prefixed(line: str) -> dict | None:
     if msg.endswith("\n"):
         msg = msg.rstrip("\r\n")
     rec = _record(fields.get("s"), fields.get("f"), fields.get("p"), arrival)
+    if "t" in fields:  # a time of day without date: no epoch
+        rec["time"] = fields["t"] + (fields["f"] or "")
     # Only the standard prefix, or none, starts a compiled layout (_Plan).
     learn_from = text if name in ("sglang", "none") and level is None else None
     result = _parse_message(msg, rec, learn_from)
