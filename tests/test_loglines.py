@@ -1143,6 +1143,11 @@ def test_a_wrapped_log_takes_the_compiled_layout():
     assert again["running_req"] == 9 and again["dp"] == 5 and len(loglines._plans) == 1
 
 
+def test_a_wrapper_time_that_is_no_date_gives_no_arrival():
+    for wrapper in ("2026-13-01T12:00:00Z ", "[2026-02-30 12:00:00] "):
+        assert parse_line(f"{wrapper}[{T3}] {READY}") == rec("ready", T3, E3)
+
+
 def test_prefix_table_names():
     assert [name for name, _p, _why in loglines.PREFIXES] == [
         "sglang", "sglang-file-level", "logging-config-example", "sglang-time-only", "none",
@@ -1303,6 +1308,8 @@ def test_field_problems_counts_lines_per_label():
         f"[{T1}] The server is fired up and ready to roll! (not really)",
         f"[{T1}] End of warmup, resp: [{{'text': 'The server is fired up and ready to roll!'}}]",
         "[2025-11-22] Decode batch, #running-req: 1",
+        "[2025-13-45 99:99:99] The server is fired up and ready to roll!",
+        "[2026-02-30 12:00:00 DP0] Decode batch, #running-req: 1, #queue-req: 0",
     ],
 )
 def test_unrecognised_lines(line):

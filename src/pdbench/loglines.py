@@ -669,6 +669,13 @@ def parse_line(line: str) -> dict | None:
 
 def _parse_prefixed(line: str) -> dict | None:
     """The general path: remove the wrappers, read the prefix, parse the message."""
+    try:
+        return _parse_layers(line)
+    except ValueError:  # a date that does not exist (month 13): not SGLang's prefix
+        return None
+
+
+def _parse_layers(line: str) -> dict | None:
     text = _ANSI.sub("", line) if "\x1b" in line else line
     arrival = None
     while True:
@@ -732,7 +739,10 @@ def _wrapper_time(m: re.Match) -> float | None:
     stamp = m.group("iso") or m.group("bt")
     if stamp is None:
         return None
-    moment = _dt.datetime.fromisoformat(stamp.replace(",", ".").replace("Z", "+00:00"))
+    try:
+        moment = _dt.datetime.fromisoformat(stamp.replace(",", ".").replace("Z", "+00:00"))
+    except ValueError:  # not a real date: no arrival time
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_UTC)
     return moment.timestamp()
