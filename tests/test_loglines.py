@@ -1139,7 +1139,8 @@ def test_a_wrapped_log_takes_the_compiled_layout():
     loglines._plans.clear()
     parse_line(f"0: [{T3} DP0 TP0 EP0] {BODY}")
     assert len(loglines._plans) == 1
-    again = parse_line(f"5: [{T3} DP5 TP5 EP5] {BODY.replace('#running-req: 7', '#running-req: 9')}")
+    body = BODY.replace("#running-req: 7", "#running-req: 9")
+    again = parse_line(f"5: [{T3} DP5 TP5 EP5] {body}")
     assert again["running_req"] == 9 and again["dp"] == 5 and len(loglines._plans) == 1
 
 

@@ -62,14 +62,14 @@ followed by another process's record, whose text is dropped) never becomes a fie
 goes to ``unknown_fields`` ({label as printed: value as printed, ``""`` if none});
 ``field_problems`` counts them.  A value that is no count or finite rate goes to
 ``invalid_fields`` ({key: value as printed}).  Values are ``int``, ``float``, ``bool`` or
-``str`` (``timestamp``); ``fwd occupancy: 87.5%`` gives ``87.5``.  ``cuda graph`` / ``cpu graph`` / ``npu graph`` /
-``musa graph`` all give ``cuda_graph`` (bool) plus ``graph_backend`` (``"cuda"``, ``"cpu"``,
-…).  A field appears only when the line prints it, with one exception: hybrid KV pools
-log ``#full token``/``full token usage`` with ``#swa token``/``swa token usage``,
-``mamba num``/``mamba usage`` or HiSparse's ``#gpu token``/``#cpu token`` instead of
-``#token``/``token usage``; every pool is kept by name, and ``token``/``token_usage``
-are filled from the full-attention pool (else HiSparse's device pool) so that every
-consumer finds them on every model.
+``str`` (``timestamp``); ``fwd occupancy: 87.5%`` gives ``87.5``.  ``cuda graph`` /
+``cpu graph`` / ``npu graph`` / ``musa graph`` all give ``cuda_graph`` (bool) plus
+``graph_backend`` (``"cuda"``, ``"cpu"``, …).  A field appears only when the line prints
+it, with one exception: hybrid KV pools log ``#full token``/``full token usage`` with
+``#swa token``/``swa token usage``, ``mamba num``/``mamba usage`` or HiSparse's
+``#gpu token``/``#cpu token`` instead of ``#token``/``token usage``; every pool is kept
+by name, and ``token``/``token_usage`` are filled from the full-attention pool (else
+HiSparse's device pool) so that every consumer finds them on every model.
 
 ``profile_start``: ``stage`` (``None`` or as printed, e.g. ``"DECODE"``), ``output_dir``,
 ``profile_id`` (string exactly as printed).  ``profile_stop``: ``stage``.
@@ -155,7 +155,8 @@ _PREFIX_REGEXES = tuple((name, re.compile(pattern)) for name, pattern, _why in P
 WRAPPERS: tuple[tuple[str, str, str], ...] = (
     ("arrival-epoch", r"(?P<a>\d+(?:\.\d*)?) ", "1763835866.123456 "),
     ("srun-label", r" *\d+: ", "srun --label: '0: ', ' 12: '"),
-    ("ray-actor", r"\([\w.-]+ pid=\d+(?:, ip=[\d.]+)?\) +", "(SGLangEngine pid=1234, ip=10.0.0.1) "),
+    ("ray-actor", r"\([\w.-]+ pid=\d+(?:, ip=[\d.]+)?\) +",
+     "(SGLangEngine pid=1234, ip=10.0.0.1) "),
     ("iso-time", r"(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?) +",
      "2026-01-01T12:00:00.123456Z "),
     ("bracket-time",
