@@ -259,6 +259,8 @@ _INT_LABELS = {
     "mamba num": "mamba_num",
     "#gpu token": "gpu_token",
     "#cpu token": "cpu_token",
+    "#gpu-token": "gpu_token",  # the spelling of #22331's own description (2026-04-08)
+    "#cpu-token": "cpu_token",
     "waiting-image-req": "waiting_image_req",
     "largest-len": "largest_len",  # speculative decoding, 2025-03-03 (#3988) to 03-16 (#4363)
 }
@@ -414,7 +416,8 @@ _VALUE_PATTERN = {
 
 # Hybrid KV pools (models with sliding-window or Mamba layers, HiSparse) log one usage per
 # pool instead of "#token"/"token usage".  "token"/"token_usage" are then taken from the
-# pool that bounds the batch: the full-attention pool, else HiSparse's device pool.
+# pool that bounds the batch: the full-attention pool, else HiSparse's device pool (what
+# HiSparse logged as "#token" before #22331).
 _POOL_TOTALS = (
     ("token", ("full_token", "gpu_token")),
     ("token_usage", ("full_token_usage", "gpu_token_usage")),
