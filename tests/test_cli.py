@@ -102,3 +102,26 @@ def test_validate_config_and_plan(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["decode"]["url"] == "http://gb-003:30000"
     assert "export DECODE_HEAD_NODE=gb-003" in env_sh.read_text()
+
+
+def test_parse_log_reports_garbled_and_insane_fields(tmp_path):
+    log = tmp_path / "decode.log"
+    log.write_text(
+        "[2026-05-28 02:59:59 TP0] Decode batch, #running-req: 45, #token: 44672, "
+        "token usaccept rate: 0.32, npu graph: False, gen throughput (token/s): 863.65, "
+        "#queue-req\n"
+        "[2026-05-28 03:00:00 TP0] Decode batch, #running-req: nan, #token: 44672, "
+        "token usage: 0.10, npu graph: True, gen throughput (token/s): 863.65, #queue-req: 0\n"
+    )
+    result = pdbench("parse-log", log)
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["unknown_fields"] == {"token usaccept rate": "0.32", "#queue-req": ""}
+    assert "token_usage" not in first and second["invalid_fields"] == {"running_req": "nan"}
+    lines = result.stderr.splitlines()
+    assert lines == [
+        f"pdbench: {log}: 2 fields with labels SGLang does not print (garbled lines?), kept "
+        "under unknown_fields: 'token usaccept rate' x1, '#queue-req' x1",
+        f"pdbench: {log}: 1 fields with values that are no count or rate, kept under "
+        "invalid_fields: 'running_req' x1",
+    ]

@@ -369,6 +369,8 @@ DECODE_CASES = [
             full_token_usage=0.01,
             swa_token=500,
             swa_token_usage=0.02,
+            token=1000,
+            token_usage=0.01,
             cuda_graph=True,
             graph_backend="cuda",
             gen_throughput=99.99,
@@ -391,13 +393,15 @@ DECODE_CASES = [
             full_token_usage=0.01,
             mamba_num=3,
             mamba_usage=0.25,
+            token=1000,
+            token_usage=0.01,
             waiting_image_req=2,
             cuda_graph=True,
             graph_backend="cuda",
             gen_throughput=99.99,
             queue_req=1,
         ),
-        id="unknown-labels-slugified",
+        id="hybrid-mamba-pool-and-image-queue",
     ),
     pytest.param(
         f"[{T1}] Decode batch, #running-req: 2, #token: 20, token usage: 0.00, "
@@ -1056,6 +1060,231 @@ def test_epoch_ignores_local_time_zone(monkeypatch):
     assert r["time"] == "2031-03-04 05:06:07.5"
 
 
+# ---------------------------------------------------------------------------------------
+# Prefixes and launcher wrappers (loglines.PREFIXES, loglines.WRAPPERS)
+
+T3 = "2026-01-01 12:00:00"
+E3 = 1767268800.0
+BODY = (
+    "Decode batch, #running-req: 7, #token: 70, token usage: 0.01, cuda graph: True, "
+    "gen throughput (token/s): 7.00, #queue-req: 0"
+)
+BODY_FIELDS = dict(
+    iter=None, running_req=7, token=70, token_usage=0.01, cuda_graph=True,
+    graph_backend="cuda", gen_throughput=7.0, queue_req=0,
+)  # fmt: skip
+R000 = {"dp": 0, "tp": 0, "ep": 0}
+READY = "The server is fired up and ready to roll!"
+
+PREFIX_CASES = [
+    pytest.param(BODY, rec("decode", None, None, **BODY_FIELDS), id="none"),
+    pytest.param(f"[{T3}][scheduler_metrics_mixin.py:245][INFO]: {BODY}",
+                 rec("decode", T3, E3, **BODY_FIELDS), id="file-line-level"),
+    pytest.param(f"[{T3}.123 DP0 TP0 EP0][scheduler.py:1][INFO] {BODY}",
+                 rec("decode", T3 + ".123", E3 + 0.123, ranks=R000, **BODY_FIELDS),
+                 id="file-line-level-ms-ranks"),
+    pytest.param(f"{T3},250 INFO 4242 [scheduler.py:1500] {BODY}",
+                 rec("decode", T3 + ",250", E3 + 0.25, **BODY_FIELDS),
+                 id="logging-config-example"),
+    pytest.param(f"[{T3}.123 DP0 TP0 EP0] {BODY}",
+                 rec("decode", T3 + ".123", E3 + 0.123, ranks=R000, **BODY_FIELDS),
+                 id="SGLANG_LOG_MS"),
+    pytest.param(f"{T3} INFO 31223 [DP3 TP3 EP3 scheduler_metrics_mixin.py:222] {BODY}",
+                 rec("decode", T3, E3, ranks={"dp": 3, "tp": 3, "ep": 3}, **BODY_FIELDS),
+                 id="logging-config-with-ranks"),
+    pytest.param(f"{T3} INFO 8900 [ DP15 TP15 EP15 scheduler_metrics_mixin.py:222] {BODY}",
+                 rec("decode", T3, E3, ranks={"dp": 15, "tp": 15, "ep": 15}, **BODY_FIELDS),
+                 id="logging-config-with-padded-ranks"),
+    pytest.param(f"[04:40:55 TP0] {BODY}",
+                 rec("decode", "04:40:55", None, ranks={"tp": 0}, **BODY_FIELDS),
+                 id="time-only-2024"),
+    pytest.param(f"0: [{T3} DP0 TP0 EP0] {BODY}",
+                 rec("decode", T3, E3, ranks=R000, **BODY_FIELDS), id="srun-label"),
+    pytest.param(f" 12: [{T3} DP0 TP0 EP0] {BODY}",
+                 rec("decode", T3, E3, ranks=R000, **BODY_FIELDS), id="srun-label-padded"),
+    pytest.param(f"\x1b[36m(SGLangEngine pid=1234)\x1b[0m [{T3} DP0 TP0 EP0] {BODY}",
+                 rec("decode", T3, E3, ranks=R000, **BODY_FIELDS), id="ray-actor-ansi"),
+    pytest.param(f"(Actor pid=77, ip=10.1.2.3) [{T3}] {READY}",
+                 rec("ready", T3, E3), id="ray-actor-ip-ready"),
+    pytest.param(f"2026-01-01T12:00:01.500000Z [{T3} DP0 TP0 EP0] {BODY}",
+                 rec("decode", T3, E3, arrival=E3 + 1.5, ranks=R000, **BODY_FIELDS),
+                 id="iso-time"),
+    pytest.param(f"[2026-01-01 12:00:02] [{T3} DP0 TP0 EP0] {BODY}",
+                 rec("decode", T3, E3, arrival=E3 + 2, ranks=R000, **BODY_FIELDS),
+                 id="bracket-time"),
+    pytest.param(f"Jan 01 12:00:03 [{T3}] {READY}", rec("ready", T3, E3), id="ts-default"),
+    pytest.param(f"2026-01-01T13:00:00+01:00 \x1b[1m 3: \x1b[0m(SGLangEngine pid=9) "
+                 f"[{T3} DP0 TP0 EP0] {BODY}\n",
+                 rec("decode", T3, E3, arrival=E3, ranks=R000, **BODY_FIELDS),
+                 id="stacked-iso-srun-ray"),
+    pytest.param(f"INFO:     {READY}", rec("ready", None, None), id="uvicorn-ready"),
+    pytest.param(f"[{T3}] INFO:     {READY}", rec("ready", T3, E3), id="uvicorn-ready-prefixed"),
+    pytest.param(f"\x1b[32mINFO\x1b[0m:     {READY}", rec("ready", None, None),
+                 id="uvicorn-ready-coloured"),
+    pytest.param("Scheduler.run_batch sleep 2.5s", rec("slow_down", None, None, sleep_s=2.5),
+                 id="none-sleep"),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), PREFIX_CASES)
+def test_prefixes_and_wrappers(line, expected):
+    loglines._plans.clear()
+    assert parse_line(line) == expected
+    # A wrapped batch line in the standard prefix teaches its layout too; the second
+    # read (through that layout) gives the same record.
+    assert parse_line(line) == expected
+
+
+def test_a_wrapped_log_takes_the_compiled_layout():
+    loglines._plans.clear()
+    parse_line(f"0: [{T3} DP0 TP0 EP0] {BODY}")
+    assert len(loglines._plans) == 1
+    body = BODY.replace("#running-req: 7", "#running-req: 9")
+    again = parse_line(f"5: [{T3} DP5 TP5 EP5] {body}")
+    assert again["running_req"] == 9 and again["dp"] == 5 and len(loglines._plans) == 1
+
+
+def test_a_wrapper_time_that_is_no_date_gives_no_arrival():
+    for wrapper in ("2026-13-01T12:00:00Z ", "[2026-02-30 12:00:00] "):
+        assert parse_line(f"{wrapper}[{T3}] {READY}") == rec("ready", T3, E3)
+
+
+def test_prefix_table_names():
+    assert [name for name, _p, _why in loglines.PREFIXES] == [
+        "sglang", "sglang-file-level", "logging-config-example", "sglang-time-only", "none",
+    ]
+    assert [name for name, _p, _ex in loglines.WRAPPERS] == [
+        "arrival-epoch", "srun-label", "ray-actor", "iso-time", "bracket-time", "ts-default",
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Hybrid KV pools: every pool by name, token/token_usage from the full-attention pool
+
+HYBRID_CASES = [
+    pytest.param(
+        f"[{T2} TP0] Prefill batch, #new-seq: 12, #new-token: 43008, #cached-token: 0, "
+        "full token usage: 0.14, mamba usage: 0.20, #running-req: 1, #queue-req: 97, "
+        "#pending-token: 109585, npu graph: False, input throughput (token/s): 15734.14",
+        rec("prefill", T2, E2, ranks={"tp": 0}, iter=None, new_seq=12, new_token=43008,
+            cached_token=0, full_token_usage=0.14, mamba_usage=0.2, token_usage=0.14,
+            running_req=1, queue_req=97, pending_token=109585, cuda_graph=False,
+            graph_backend="npu", input_throughput=15734.14),
+        id="prefill-mamba",
+    ),
+    pytest.param(
+        f"[{T2}] Prefill batch. #new-seq: 1, #new-token: 8, #cached-token: 0, "
+        "full token usage: 0.01, swa token usage: 0.02, #running-req: 0, #queue-req: 0, ",
+        rec("prefill", T2, E2, iter=None, new_seq=1, new_token=8, cached_token=0,
+            full_token_usage=0.01, swa_token_usage=0.02, token_usage=0.01, running_req=0,
+            queue_req=0),
+        id="prefill-swa",
+    ),
+    pytest.param(
+        f"[{T2}] Decode batch, #running-req: 4, #full token: 1000, full token usage: 0.01, "
+        "#swa token: 500, swa token usage: 0.02, mamba num: 3, mamba usage: 0.25, "
+        "cuda graph: True, gen throughput (token/s): 9.00, #queue-req: 0",
+        rec("decode", T2, E2, iter=None, running_req=4, full_token=1000,
+            full_token_usage=0.01, swa_token=500, swa_token_usage=0.02, mamba_num=3,
+            mamba_usage=0.25, token=1000, token_usage=0.01, cuda_graph=True,
+            graph_backend="cuda", gen_throughput=9.0, queue_req=0),
+        id="decode-swa-and-mamba",
+    ),
+    pytest.param(
+        f"[{T2}] Decode batch, #running-req: 5, #gpu token: 20800, gpu token usage: 0.29, "
+        "#cpu token: 90000, cpu token usage: 0.10, cuda graph: True, "
+        "gen throughput (token/s): 144.95, #queue-req: 0",
+        rec("decode", T2, E2, iter=None, running_req=5, gpu_token=20800,
+            gpu_token_usage=0.29, cpu_token=90000, cpu_token_usage=0.1, token=20800,
+            token_usage=0.29, cuda_graph=True, graph_backend="cuda", gen_throughput=144.95,
+            queue_req=0),
+        id="decode-hisparse",
+    ),
+    pytest.param(
+        f"[{T2}] Decode batch, #running-req: 5, #full token: 100, full token usage: 0.05, "
+        "mamba num: 5, mamba usage: 0.50, #gpu token: 80, gpu token usage: 0.40, "
+        "#cpu token: 9, cpu token usage: 0.01, cuda graph: True, "
+        "gen throughput (token/s): 5.00, #queue-req: 0",
+        rec("decode", T2, E2, iter=None, running_req=5, full_token=100,
+            full_token_usage=0.05, mamba_num=5, mamba_usage=0.5, gpu_token=80,
+            gpu_token_usage=0.4, cpu_token=9, cpu_token_usage=0.01, token=100,
+            token_usage=0.05, cuda_graph=True, graph_backend="cuda", gen_throughput=5.0,
+            queue_req=0),
+        id="decode-mamba-and-hisparse-full-pool-wins",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), HYBRID_CASES)
+def test_hybrid_pools(line, expected):
+    loglines._plans.clear()
+    assert parse_line(line) == expected
+    assert len(loglines._plans) == 1
+    assert parse_line(line) == expected  # through the compiled layout
+
+
+def test_a_bad_full_pool_value_leaves_no_total():
+    line = HYBRID_CASES[2].values[0].replace("#full token: 1000", "#full token: -1")
+    r = parse_line(line)
+    assert r["invalid_fields"] == {"full_token": "-1"}
+    assert "token" not in r and "full_token" not in r and r["token_usage"] == 0.01
+
+
+# ---------------------------------------------------------------------------------------
+# Garbled lines: unknown labels are kept apart, never made into fields
+
+GARBLED_CASES = [
+    pytest.param(
+        f"[{T2} TP0] Decode batch, #running-req: 45, #token: 44672, token usaccept rate: 0.32, "
+        "npu graph: False, gen throughput (token/s): 863.65, #queue-req",
+        rec("decode", T2, E2, ranks={"tp": 0}, iter=None, running_req=45, token=44672,
+            cuda_graph=False, graph_backend="npu", gen_throughput=863.65,
+            unknown_fields={"token usaccept rate": "0.32", "#queue-req": ""}),
+        id="cut-and-joined-labels",
+    ),
+    pytest.param(
+        f"[{T2} DP0] Decode batch, #running-rq: 5, #token: 50, token usage: 0.01, "
+        "cuda graph: True, gen throughput (token/s): 1.00, #queue-req: 0",
+        rec("decode", T2, E2, ranks={"dp": 0}, iter=None, token=50, token_usage=0.01,
+            cuda_graph=True, graph_backend="cuda", gen_throughput=1.0, queue_req=0,
+            unknown_fields={"#running-rq": "5"}),
+        id="misspelt-label",
+    ),
+    pytest.param(
+        f"[{T2} DP0] Decode batch, #running-req: 5, #runn[{T2} DP1] Decode batch, "
+        "#running-req: 7, #token: 70, token usage: 0.01, #queue-req: 0",
+        rec("decode", T2, E2, ranks={"dp": 0}, iter=None, running_req=5,
+            unknown_fields={"#runn": ""}),
+        id="another-record-written-into-it",
+    ),
+    pytest.param(
+        f"[{T2}] Decode batch, #running-req: 5, #token: 50, #running-req: 6, #queue-req: 0",
+        rec("decode", T2, E2, iter=None, running_req=5, token=50, queue_req=0,
+            unknown_fields={"#running-req": "6"}),
+        id="label-printed-twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), GARBLED_CASES)
+def test_garbled_lines(line, expected):
+    loglines._plans.clear()
+    assert parse_line(line) == expected
+    assert loglines._plans == []  # a garbled layout is never compiled
+
+
+def test_field_problems_counts_lines_per_label():
+    records = [parse_line(p.values[0]) for p in GARBLED_CASES + GARBLED_CASES[:1]]
+    records.append(parse_line(f"[{T2}] Decode batch, #running-req: nan, #queue-req: 0"))
+    records.append(None)  # parse_line's answer for other lines is skipped
+    assert loglines.field_problems(records) == {
+        "unknown_fields": {"token usaccept rate": 2, "#queue-req": 2, "#running-rq": 1,
+                           "#runn": 1, "#running-req": 1},
+        "invalid_fields": {"running_req": 1},
+    }
+    assert loglines.field_problems([]) == {"unknown_fields": {}, "invalid_fields": {}}
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -1064,7 +1293,6 @@ def test_epoch_ignores_local_time_zone(monkeypatch):
         "/sgl-workspace/sglang/python/sglang/srt/environ.py:337: UserWarning: Decode batch",
         "  warnings.warn(",
         "[Gloo] Rank 0 is connected to 47 peer ranks. Expected number of connected peer ranks",
-        "Decode batch, #running-req: 1, #token: 64, token usage: 0.00, #queue-req: 0",
         "Traceback (most recent call last): Profiling starts",
         f"[{T1} DP1 TP1 EP1] Init torch distributed begin.",
         f"[{T1} DP0 TP0 EP0] Capture cuda graph bs [1024]",
@@ -1081,6 +1309,8 @@ def test_epoch_ignores_local_time_zone(monkeypatch):
         f"[{T1}] The server is fired up and ready to roll! (not really)",
         f"[{T1}] End of warmup, resp: [{{'text': 'The server is fired up and ready to roll!'}}]",
         "[2025-11-22] Decode batch, #running-req: 1",
+        "[2025-13-45 99:99:99] The server is fired up and ready to roll!",
+        "[2026-02-30 12:00:00 DP0] Decode batch, #running-req: 1, #queue-req: 0",
     ],
 )
 def test_unrecognised_lines(line):

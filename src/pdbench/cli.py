@@ -31,7 +31,7 @@ def _dump(obj) -> None:
 
 
 def cmd_parse_log(args) -> None:
-    from .loglines import iter_log
+    from .loglines import field_problems, iter_log
 
     # Records are collected first so that a bad file later in the list leaves no partial
     # output on stdout.
@@ -41,10 +41,24 @@ def cmd_parse_log(args) -> None:
         if not any(r.get("kind") for r in found):
             # Exit 0 (nothing is wrong with reading it), but never silently.
             print(f"pdbench: {path}: no SGLang log line recognised", file=sys.stderr)
+        _warn_field_problems(path, field_problems(found))
         records += found
     if args.kind:
         records = [r for r in records if r["kind"] in args.kind]
     sys.stdout.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def _warn_field_problems(path, problems: dict[str, dict[str, int]]) -> None:
+    """One stderr line per kind of problem: how many records kept which labels apart."""
+    for what, why in (("unknown_fields", "labels SGLang does not print (garbled lines?)"),
+                      ("invalid_fields", "values that are no count or rate")):
+        counts = problems[what]
+        if counts:
+            top = ", ".join(f"{label!r} x{n}" for label, n in
+                            sorted(counts.items(), key=lambda item: -item[1])[:5])
+            more = f" and {len(counts) - 5} more" if len(counts) > 5 else ""
+            print(f"pdbench: {path}: {sum(counts.values())} fields with {why}, kept under "
+                  f"{what}: {top}{more}", file=sys.stderr)
 
 
 def cmd_step_time(args) -> None:

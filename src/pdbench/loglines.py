@@ -6,12 +6,22 @@ recognises.  Everything else in pdbench reads SGLang logs through these two func
 
 Lines
 -----
-A recognised line is ``[<date> <time>[.mmm][ <RANK>…]] <message>``, optionally preceded
-by ``<epoch seconds> `` (the arrival time that a timestamping pipe such as
-``server_ts.log`` adds).  Text before the bracket (a progress bar ending in ``\\r`` that
-the log record was glued to) is skipped.  Lines without the bracket prefix (Python
-warnings, tracebacks, NCCL/Gloo output) and bracketed lines whose message is not one of
-the kinds below give ``None``.
+A line is read in three layers (docs/sglang-formats.md §2, "Prefix"):
+
+1. ANSI colour codes are removed, then any number of launcher wrappers (``WRAPPERS``):
+   an arrival epoch (``server_ts.log``), ``srun --label``'s ``12: ``, Ray's ``(Actor
+   pid=…, ip=…) ``, a tee/ts timestamp (ISO ``2026-01-01T12:00:00.1Z `` or ``[2026-01-01
+   12:00:00] `` before another timestamp, or ``ts``'s ``Jan 01 12:00:00 ``);
+2. one prefix of the table ``PREFIXES``: SGLang's ``[<date> <time>[.mmm][ <RANK>…]] ``,
+   ``[<date> <time>][file.py:line][LEVEL]: ``, the logging-config example
+   ``<date> <time> LEVEL PID [file.py:line] ``, or none at all; then uvicorn's level column
+   ``INFO:     `` if present;
+3. the message, one of the kinds below.
+
+A record glued after other output (a progress bar ending in ``\\r``) is found by its
+standard prefix.  Everything else (Python warnings, tracebacks, NCCL output, messages of
+other kinds) gives ``None``.  The standard prefix takes a compiled layout per batch line
+layout (``_Plan``): the common path costs one regex match per line.
 
 Kinds (``KINDS``)
 -----------------
@@ -29,13 +39,14 @@ Record keys
 Every record has:
 
 ``kind``      one of ``KINDS``
-``time``      the bracket timestamp exactly as printed (``"2025-11-22 18:24:26"`` or, with
-              ``SGLANG_LOG_MS=1``, ``"2025-11-22 18:24:26.123"``)
+``time``      the prefix's timestamp exactly as printed (``"2025-11-22 18:24:26"`` or, with
+              ``SGLANG_LOG_MS=1``, ``"2025-11-22 18:24:26.123"``); ``None`` without prefix
 ``epoch``     that timestamp as POSIX seconds.  SGLang prints the server's local wall
               clock without a zone; the value here reads it as if it were UTC so that it
               is the same on every machine.  It is the log's wall clock, not true UTC:
               compare epochs of logs written in the same time zone only.
-``arrival``   float from a leading ``<epoch> `` prefix, else ``None``
+``arrival``   the outermost wrapper's time as POSIX seconds (an epoch as is, a zone-less
+              time read as UTC), else ``None``
 ``dp``, ``tp``, ``ep``, ``pp``, ``attn_cp``, ``moe_dp``
               the rank tokens of the prefix (``DP3`` → ``dp=3``), ``None`` when absent;
               the tokens may come in any order.  An unknown token ``FOO7`` adds ``foo=7``.
@@ -45,14 +56,20 @@ counting ``\\n`` only, as ``grep -n`` does).
 
 Batch lines (``decode``, ``prefill``) add ``iter`` (int from ``[iter]`` or ``None``) and
 one key per ``label: value`` pair of the body, by name, never by position.  Known
-labels map as in ``FIELD_NAMES``; an unknown label is slugified to snake_case (``#foo
-bar-baz`` → ``foo_bar_baz``).  Values are ``int``, ``float``, ``bool`` or, for
-``timestamp`` and values that are none of these, ``str``; ``fwd occupancy: 87.5%`` gives
-``87.5`` (``nan%`` gives ``nan``).  ``cuda graph`` / ``cpu graph`` / ``npu graph`` /
-``musa graph`` all give ``cuda_graph`` (bool) plus ``graph_backend`` (``"cuda"``, ``"cpu"``,
-…).  A field appears only when the line prints it: there is ``#token`` on a plain pool
-but ``#full token``/``#swa token`` on hybrid pools, ``#prealloc-req`` only on PD decode,
-and so on.
+labels map as in ``FIELD_NAMES``.  A label SGLang never prints, printed twice, or cut
+before its value (an interleaved write garbled the line: ``#running-rq: 5``, ``#runn``
+followed by another process's record, whose text is dropped) never becomes a field: it
+goes to ``unknown_fields`` ({label as printed: value as printed, ``""`` if none});
+``field_problems`` counts them.  A value that is no count or finite rate goes to
+``invalid_fields`` ({key: value as printed}).  Values are ``int``, ``float``, ``bool`` or
+``str`` (``timestamp``); ``fwd occupancy: 87.5%`` gives ``87.5``.  ``cuda graph`` /
+``cpu graph`` / ``npu graph`` / ``musa graph`` all give ``cuda_graph`` (bool) plus
+``graph_backend`` (``"cuda"``, ``"cpu"``, …).  A field appears only when the line prints
+it, with one exception: hybrid KV pools log ``#full token``/``full token usage`` with
+``#swa token``/``swa token usage``, ``mamba num``/``mamba usage`` or HiSparse's
+``#gpu token``/``#cpu token`` instead of ``#token``/``token usage``; every pool is kept
+by name, and ``token``/``token_usage`` are filled from the full-attention pool (else
+HiSparse's device pool) so that every consumer finds them on every model.
 
 ``profile_start``: ``stage`` (``None`` or as printed, e.g. ``"DECODE"``), ``output_dir``,
 ``profile_id`` (string exactly as printed).  ``profile_stop``: ``stage``.
@@ -60,7 +77,7 @@ and so on.
 directory, stripped, or ``None``), ``merged_trace`` (path of the merged trace or
 ``None``).  ``slow_down``: ``sleep_s`` (float).
 
-Not covered: logs written with ``SGLANG_LOGGING_CONFIG_PATH`` (a custom format).
+Not covered: other ``SGLANG_LOGGING_CONFIG_PATH`` formats than the two in ``PREFIXES``.
 """
 
 from __future__ import annotations
@@ -71,29 +88,84 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pdbench.errors import InputError
 
-__all__ = ["FIELD_NAMES", "KINDS", "LogFollower", "iter_log", "parse_line", "rank_key"]
+__all__ = [
+    "FIELD_NAMES",
+    "KINDS",
+    "PREFIXES",
+    "WRAPPERS",
+    "LogFollower",
+    "field_problems",
+    "iter_log",
+    "parse_line",
+    "rank_key",
+]
 
 KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready")
 
 # ---------------------------------------------------------------------------------------
 # Prefix and timestamp
 
-# Optional arrival epoch, then "[YYYY-MM-DD HH:MM:SS[.mmm][ TOKEN…]] ".
+# The standard head, "[YYYY-MM-DD HH:MM:SS[.mmm][ TOKEN…]] ", behind an optional arrival
+# epoch.  Compiled layouts of batch lines (_Plan) start with it: it is the common path.
 _HEAD_PATTERN = (
     r"(?:(\d+(?:\.\d*)?) )?"
     r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)([.,]\d+)?((?: [A-Z][A-Z_]*\d+)*)\] "
 )
-_HEAD = re.compile(_HEAD_PATTERN)
+# A line without prefix: the same groups, never matched (all None).
+_NO_HEAD_PATTERN = r"(?:()()()()(?!))?"
 _HEAD_ANYWHERE = re.compile(
     r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)([.,]\d+)?((?: [A-Z][A-Z_]*\d+)*)\] "
 )
-_ARRIVAL = re.compile(r"(\d+(?:\.\d*)?) ")
 _RANK_TOKEN = re.compile(r"([A-Z][A-Z_]*?)(\d+)")
+
+_DATE_TIME = r"(?P<s>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?P<f>[.,]\d+)?"
+_RANK_TOKENS = r"(?P<p>(?: [A-Z][A-Z_]*\d+)*)"
+_LEVEL = r"(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)"
+
+#: The line prefixes SGLang's loggers write, tried in this order on a line whose launcher
+#: wrappers (``WRAPPERS``) are already removed: (name, pattern, where it comes from).
+#: Each pattern may name the groups ``s`` (date and time), ``f`` (fraction of a second,
+#: with its separator) and ``p`` (the rank tokens, `` DP0 TP0 EP0``).  After any of them
+#: may come uvicorn's level column (``INFO:     ``), which is skipped too.
+PREFIXES: tuple[tuple[str, str, str], ...] = (
+    ("sglang", rf"\[{_DATE_TIME}{_RANK_TOKENS}\] ",
+     "configure_logger: [%(asctime)s{.%(msecs)03d with SGLANG_LOG_MS}{ DPx TPy EPz}]"),
+    ("sglang-file-level", rf"\[{_DATE_TIME}{_RANK_TOKENS}\]\[[^\]\s]+:\d+\]\[{_LEVEL}\]:? ?",
+     "[%(asctime)s][%(filename)s:%(lineno)d][%(levelname)s]: (a logging config file)"),
+    ("logging-config-example",
+     rf"{_DATE_TIME} {_LEVEL} \d+ \[ ?(?P<p>(?:[A-Z][A-Z_]*\d+ )*)[^\]\s]+:\d+\] ",
+     "%(asctime)s %(levelname)s %(process)d [{ranks }%(filename)s:%(lineno)d] (#4592's example)"),
+    ("sglang-time-only", r"\[(?P<t>\d\d:\d\d:\d\d)(?P<f>[.,]\d+)?(?P<p>(?: [A-Z][A-Z_]*\d+)*)\] ",
+     "configure_logger before 2024-10-16 (2782132be, #1679): datefmt %H:%M:%S, no date"),
+    ("none", "", "no formatter: the message alone"),
+)
+_LEVEL_COLUMN = re.compile(rf"{_LEVEL}: +")
+_PREFIX_REGEXES = tuple((name, re.compile(pattern)) for name, pattern, _why in PREFIXES)
+
+#: What launchers and capture tools put in front of SGLang's prefix, removed from the start
+#: of a line in any order and any number (ANSI colour codes are removed everywhere first):
+#: (name, pattern, example).  A group ``a`` is the arrival time of the line (epoch
+#: seconds), ``iso`` and ``bt`` a date and time it was written down.
+WRAPPERS: tuple[tuple[str, str, str], ...] = (
+    ("arrival-epoch", r"(?P<a>\d+(?:\.\d*)?) ", "1763835866.123456 "),
+    ("srun-label", r" *\d+: ", "srun --label: '0: ', ' 12: '"),
+    ("ray-actor", r"\([\w.-]+ pid=\d+(?:, ip=[\d.]+)?\) +",
+     "(SGLangEngine pid=1234, ip=10.0.0.1) "),
+    ("iso-time", r"(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?) +",
+     "2026-01-01T12:00:00.123456Z "),
+    ("bracket-time",
+     r"\[(?P<bt>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?)\] +(?=\[?\d{4}-\d\d-\d\d[ T]|\d+: |\()",
+     "[2026-01-01 12:00:00] before another timestamped prefix"),
+    ("ts-default", r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? +", "ts: 'Jan 01 12:00:00 '"),
+)
+_WRAPPER = re.compile("|".join(f"(?:{pattern})" for _name, pattern, _example in WRAPPERS))
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 _RANK_KEYS = ("dp", "tp", "ep", "pp", "attn_cp", "moe_dp")
 _NO_RANKS: dict = dict.fromkeys(_RANK_KEYS)
@@ -184,6 +256,13 @@ _INT_LABELS = {
     "#optimistic-req": "optimistic_req",
     "#unbootstrapped-req": "unbootstrapped_req",
     "#transferring-req": "transferring_req",
+    "mamba num": "mamba_num",
+    "#gpu token": "gpu_token",
+    "#cpu token": "cpu_token",
+    "#gpu-token": "gpu_token",  # the spelling of #22331's own description (2026-04-08)
+    "#cpu-token": "cpu_token",
+    "waiting-image-req": "waiting_image_req",
+    "largest-len": "largest_len",  # speculative decoding, 2025-03-03 (#3988) to 03-16 (#4363)
 }
 _FLOAT_LABELS = {
     "token usage": "token_usage",
@@ -196,6 +275,13 @@ _FLOAT_LABELS = {
     "input throughput (token/s)": "input_throughput",
     "est. decode TFLOPS/s (per GPU)": "est_decode_tflops_per_gpu",
     "est. prefill TFLOPS/s (per GPU)": "est_prefill_tflops_per_gpu",
+    "est. read BW (GB/s per GPU)": "est_read_bw_gb_s_per_gpu",
+    "est. write BW (GB/s per GPU)": "est_write_bw_gb_s_per_gpu",
+    "mamba usage": "mamba_usage",
+    "gpu token usage": "gpu_token_usage",
+    "cpu token usage": "cpu_token_usage",
+    "cap len": "cap_len",
+    "block accept len": "block_accept_len",
 }
 _GRAPH_LABELS = ("cuda graph", "cpu graph", "npu graph", "musa graph", "xpu graph", "hpu graph")
 
@@ -209,7 +295,7 @@ FIELD_NAMES: dict[str, str] = {
 }
 
 # Value kinds.
-_INT, _FLOAT, _PERCENT, _GRAPH, _STR, _ANY = range(6)
+_INT, _FLOAT, _PERCENT, _GRAPH, _STR, _UNKNOWN = range(6)
 
 _KNOWN: dict[str, tuple[str, int]] = {}
 _KNOWN.update({label: (key, _INT) for label, key in _INT_LABELS.items()})
@@ -252,41 +338,29 @@ def _real(value: str) -> float:
     return number
 
 
-def _coerce(value: str):
-    """An unknown label's value: int, float, bool, percent number, else the string."""
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    if value == "True":
-        return True
-    if value == "False":
-        return False
-    if value.endswith("%"):
-        try:
-            return float(value[:-1])
-        except ValueError:
-            pass
-    return value
+def _unknown(rec: dict, label: str, value: str) -> tuple[str, int]:
+    rec.setdefault("unknown_fields", {})[label] = value
+    return label, _UNKNOWN
 
 
-def _store(rec: dict, label: str, value: str) -> tuple[str, int]:
+def _store(rec: dict, label: str, value: str, seen: set) -> tuple[str, int]:
     """Convert and store one pair; return (key, kind) as a plan should treat the label.
 
     A known label keeps its kind even when this value does not fit it (the value is
-    stored coerced): a plan converts strictly and hands such lines back to this path.
+    kept under ``invalid_fields``): a plan converts strictly and hands such lines back
+    to this path.  A label SGLang never prints, or one printed twice in a line, is a
+    garbled line (an interleaved write cut it): it goes to ``unknown_fields`` as printed.
     """
     spec = _KNOWN.get(label)
     if spec is None:
         if label.endswith(" graph") and value in ("True", "False"):
             spec = ("cuda_graph", _GRAPH)
         else:
-            spec = (_slug(label), _ANY)
+            return _unknown(rec, label, value)
     key, kind = spec
+    if key in seen:
+        return _unknown(rec, label, value)
+    seen.add(key)
     if kind == _GRAPH:
         if value in ("True", "False"):
             rec["cuda_graph"] = value == "True"
@@ -302,30 +376,32 @@ def _store(rec: dict, label: str, value: str) -> tuple[str, int]:
             # else (nan, inf, -5, a garbled token) is kept apart, never used as one.
             rec.setdefault("invalid_fields", {})[key] = value
         return spec
-    elif kind == _STR:
-        rec[key] = value
-        return spec
-    rec[key] = _coerce(value)
+    rec[key] = value  # _STR
     return spec
 
 
 def _parse_body(body: str, rec: dict) -> list:
     """Add the body's fields to ``rec``; return [(label regex, key, kind, label), ...]."""
     items = []
+    seen: set = set()
     for seg in body.split(", "):
         if not seg or seg.isspace():
             continue
         pd = seg.startswith("PD: ")
         if pd:
             seg = seg[4:]
+        found = False
         for m in _PAIR.finditer(seg):
+            found = True
             label, value = m.groups()
-            key, kind = _store(rec, label, value)
+            key, kind = _store(rec, label, value, seen)
             pattern = re.escape(label)
             if pd:
                 pattern = "(?:PD: )?" + pattern
                 pd = False
             items.append((pattern, key, kind, label))
+        if not found:  # a label cut before its value ("#queue-req" at a torn end)
+            _unknown(rec, seg.strip(), "")
     return items
 
 
@@ -335,8 +411,34 @@ _VALUE_PATTERN = {
     _PERCENT: r"([^\s,%]+)%",
     _GRAPH: r"(True|False)",
     _STR: r"([^\s,]+)",
-    _ANY: r"([^\s,]+)",
 }
+
+
+# Hybrid KV pools (models with sliding-window or Mamba layers, HiSparse) log one usage per
+# pool instead of "#token"/"token usage".  "token"/"token_usage" are then taken from the
+# pool that bounds the batch: the full-attention pool, else HiSparse's device pool (what
+# HiSparse logged as "#token" before #22331).
+_POOL_TOTALS = (
+    ("token", ("full_token", "gpu_token")),
+    ("token_usage", ("full_token_usage", "gpu_token_usage")),
+)
+
+
+def _pool_aliases(keys) -> dict[str, str]:
+    """{source key: "token" or "token_usage"} for a line whose fields are ``keys``."""
+    aliases = {}
+    for total, sources in _POOL_TOTALS:
+        if total not in keys:
+            for source in sources:
+                if source in keys:
+                    aliases[source] = total
+                    break
+    return aliases
+
+
+def _fill_pool_totals(rec: dict) -> None:
+    for source, total in _pool_aliases(rec).items():
+        rec[total] = rec[source]
 
 
 _SEPARATOR = ",? "  # ", " since v0.5.2; a bare " " in the old prefill tail
@@ -348,29 +450,29 @@ class _Plan:
 
     __slots__ = ("regex", "build")
 
-    def __init__(self, kind: str, word: str, items: list) -> None:
+    def __init__(self, kind: str, word: str, items: list, head: str) -> None:
         parts = [f"{label}: {_VALUE_PATTERN[vkind]}" for label, _key, vkind, _l in items]
         self.regex = re.compile(
-            _HEAD_PATTERN
+            head
             + re.escape(word)
             + r"(?: \[(\d+)\])?[.,:]? *"
             + _SEPARATOR.join(parts)
             + r"[\s,]*\Z"
         )
         names = [f"v{i}" for i in range(len(items))]
+        aliases = _pool_aliases([key for _p, key, _k, _l in items])
         fields = []
         for name, (_p, key, vkind, label) in zip(names, items):
-            if vkind == _INT:
-                fields.append(f"{key!r}: _count({name})")
-            elif vkind in (_FLOAT, _PERCENT):
-                fields.append(f"{key!r}: _real({name})")
+            if vkind in (_INT, _FLOAT, _PERCENT):
+                value = f"{'_count' if vkind == _INT else '_real'}({name})"
+                fields.append(f"{key!r}: {value}")
+                if key in aliases:
+                    fields.append(f"{aliases[key]!r}: {value}")
             elif vkind == _GRAPH:
                 fields.append(f"'cuda_graph': {name} == 'True'")
                 fields.append(f"'graph_backend': {_slug(label[:-6])!r}")
-            elif vkind == _STR:
+            else:  # _STR
                 fields.append(f"{key!r}: {name}")
-            else:
-                fields.append(f"{key!r}: _coerce({name})")
         source = "\n".join(
             [
                 "def build(m):",
@@ -380,7 +482,7 @@ class _Plan:
                 "        rec = {",
                 f"            'kind': {kind!r},",
                 "            'time': s + f if f else s,",
-                "            'epoch': _epoch(s, f),",
+                "            'epoch': _epoch(s, f) if s else None,",
                 "            'arrival': float(a) if a is not None else None,",
                 "            'dp': r[0], 'tp': r[1], 'ep': r[2], 'pp': r[3],",
                 "            'attn_cp': r[4], 'moe_dp': r[5],",
@@ -400,7 +502,6 @@ class _Plan:
             "_rank_values": _rank_values,
             "_NO_RANK_VALUES": _NO_RANK_VALUES,
             "_epoch": _epoch,
-            "_coerce": _coerce,
         }
         exec(compile(source, f"<pdbench.loglines plan: {word}>", "exec"), namespace)
         self.build = namespace["build"]
@@ -413,8 +514,9 @@ _plans: list[_Plan] = []
 def _learn_plan(kind: str, word: str, items: list, line: str) -> None:
     if len(_plans) >= _MAX_PLANS:
         return
+    head = _NO_HEAD_PATTERN if line.startswith(word) else _HEAD_PATTERN
     try:
-        plan = _Plan(kind, word, items)
+        plan = _Plan(kind, word, items, head)
     except re.error:
         return
     # Keep it only if it reads this very line (it will not for a record glued to other
@@ -530,10 +632,18 @@ def _parse_batch(msg: str, kind: str, word: str, rec: dict, line: str | None) ->
         return None
     rec["kind"] = kind
     rec["iter"] = iteration
-    items = _parse_body(rest.lstrip(".,: ").rstrip("\r\n"), rec)
+    body = rest.lstrip(".,: ").rstrip("\r\n")
+    if "[" in body:
+        # Another process's record written into this one ("#runn[2026-… DP1] Decode
+        # batch, …"): what follows its prefix belongs to the other line.
+        glued = _HEAD_ANYWHERE.search(body)
+        if glued is not None:
+            body = body[: glued.start()]
+    items = _parse_body(body, rec)
     if not items:
         return None
-    if line is not None:
+    _fill_pool_totals(rec)
+    if line is not None and "unknown_fields" not in rec:
         _learn_plan(kind, word, items, line)
     return rec
 
@@ -549,36 +659,97 @@ def parse_line(line: str) -> dict | None:
     """
     # Cheap literal pre-check: every kind's message contains one of these.
     if "batch" in line:
-        rec = _by_plan(line)
+        rec = _by_plan(line)  # the common path: a layout seen before, standard prefix
         if rec is not None:
             return rec
     elif "rofiling" not in line and "fired up" not in line:
-        return None
-    m = _HEAD.match(line)
-    if m is not None:
-        arrival, second, frac, prefix = m.groups()
-        msg = line[m.end() :]
-        anchored = line
-    else:
-        # The record may follow other output on the same line (a progress bar).
-        m = _HEAD_ANYWHERE.search(line)
-        if m is None:
+        if "\x1b" not in line:
             return None
-        second, frac, prefix = m.groups()
-        a = _ARRIVAL.match(line)
-        arrival = a.group(1) if a is not None else None
-        msg = line[m.end() :]
-        anchored = None
+        line = _ANSI.sub("", line)
+        if "batch" not in line and "rofiling" not in line and "fired up" not in line:
+            return None
+    return _parse_prefixed(line)
+
+
+def _parse_prefixed(line: str) -> dict | None:
+    """The general path: remove the wrappers, read the prefix, parse the message."""
+    try:
+        return _parse_layers(line)
+    except ValueError:  # a date that does not exist (month 13): not SGLang's prefix
+        return None
+
+
+def _parse_layers(line: str) -> dict | None:
+    text = _ANSI.sub("", line) if "\x1b" in line else line
+    arrival = None
+    while True:
+        m = _WRAPPER.match(text)
+        if m is None or not m.end():
+            break
+        if arrival is None:  # the outermost timestamp is the line's arrival
+            arrival = _wrapper_time(m)
+        text = text[m.end() :]
+    if text is not line and "batch" in text:
+        rec = _by_plan(text)
+        if rec is not None:
+            if arrival is not None:
+                rec["arrival"] = arrival
+            return rec
+    for name, regex in _PREFIX_REGEXES:
+        m = regex.match(text)
+        if m is not None:
+            break
+    fields = m.groupdict()
+    msg = text[m.end() :]
+    level = _LEVEL_COLUMN.match(msg)
+    if level is not None:
+        msg = msg[level.end() :]
     if msg.endswith("\n"):
         msg = msg.rstrip("\r\n")
+    rec = _record(fields.get("s"), fields.get("f"), fields.get("p"), arrival)
+    if "t" in fields:  # a time of day without date: no epoch
+        rec["time"] = fields["t"] + (fields["f"] or "")
+    # Only the standard prefix, or none, starts a compiled layout (_Plan).
+    learn_from = text if name in ("sglang", "none") and level is None else None
+    result = _parse_message(msg, rec, learn_from)
+    if result is not None:
+        return result
+    # The record may follow other output on the same line (a progress bar).
+    m = _HEAD_ANYWHERE.search(text)
+    if m is None:
+        return None
+    msg = text[m.end() :]
+    if msg.endswith("\n"):
+        msg = msg.rstrip("\r\n")
+    return _parse_message(msg, _record(*m.groups(), arrival), None)
+
+
+def _record(second: str | None, frac: str | None, prefix: str | None,
+            arrival: float | None) -> dict:
     rec = {
         "kind": None,
-        "time": second + frac if frac else second,
-        "epoch": _epoch(second, frac),
-        "arrival": float(arrival) if arrival is not None else None,
+        "time": (second + frac if frac else second) if second else None,
+        "epoch": _epoch(second, frac) if second else None,
+        "arrival": arrival,
     }
     rec.update(_ranks(prefix) if prefix else _NO_RANKS)
-    return _parse_message(msg, rec, anchored)
+    return rec
+
+
+def _wrapper_time(m: re.Match) -> float | None:
+    """The arrival time a wrapper gives, as POSIX seconds (a zone-less time as if UTC)."""
+    if m.group("a") is not None:
+        return float(m.group("a"))
+    stamp = m.group("iso") or m.group("bt")
+    if stamp is None:
+        return None
+    try:
+        moment = _dt.datetime.fromisoformat(stamp.replace(",", ".").replace("Z", "+00:00"))
+    except ValueError:  # not a real date: no arrival time
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_UTC)
+    return moment.timestamp()
 
 
 _SNIFF_BYTES = 1 << 16
@@ -643,6 +814,18 @@ def _records(name: str, compressed: bool) -> Iterator[dict]:
     except (OSError, EOFError, zlib.error) as exc:
         what = "truncated or corrupt gzip" if compressed else "read error"
         raise InputError(f"{name}: {what} after line {n}: {exc}") from exc
+
+
+def field_problems(records: Iterable[dict | None]) -> dict[str, dict[str, int]]:
+    """How many records kept each label apart: ``{"unknown_fields": {label: records},
+    "invalid_fields": {key: records}}`` (``None`` items are skipped)."""
+    counts: dict[str, Counter] = {"unknown_fields": Counter(), "invalid_fields": Counter()}
+    for record in records:
+        if record:
+            for what, counter in counts.items():
+                if what in record:
+                    counter.update(record[what].keys())
+    return {what: dict(counter) for what, counter in counts.items()}
 
 
 def rank_key(record: dict) -> int:
