@@ -914,8 +914,13 @@ class NodeZero:
         n = len(plens)
         rids = body.get("rid")
         rids = _listify(rids, n, "rid") if rids is not None else [None] * n
-        routed = body.get("routed_dp_rank", body.get("data_parallel_rank"))
+        # The release's own key(s) and methods (pdbench.dialects.Dialect.routed_rank).
+        routed = cfg.dialect.base.routed_rank(body, cfg.ns.load_balance_method)
         routed = _listify(routed, n, "routed_dp_rank")
+        numbers = body.get("bootstrap_room")
+        if isinstance(numbers, int) and n > 1:
+            numbers = [numbers + i for i in range(n)]
+        numbers = _listify(numbers, n, "bootstrap_room")
         stream = call.stream
         if cfg.mode == "decode":
             hosts = _listify(body.get("bootstrap_host"), n, "bootstrap_host")
@@ -939,6 +944,8 @@ class NodeZero:
                 stream=stream,
                 routed_dp=routed[i] if isinstance(routed[i], int) else None,
                 rid=str(rids[i]) if rids[i] is not None else None,
+                room_number=numbers[i] if isinstance(numbers[i], int)
+                and not isinstance(numbers[i], bool) else None,
             )
             reqs.append(r)
         call.reqs = reqs
