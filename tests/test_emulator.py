@@ -795,7 +795,7 @@ def test_plain_server_and_recorded_flags(launch):
 
 
 def test_decode_without_round_robin_balance_dies_like_0_5_5_post2():
-    """SGLang 0.5.2-0.5.7 assert it for a DP-attention decode server; 0.5.8 removed it."""
+    """SGLang 0.5.2-0.5.7 assert it for a DP-attention decode server; 0.5.8 dropped the assertion."""
     argv = decode_args(4, ["--max-running-requests", "64"])
     env = {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.5.post2"}
     with pytest.raises(StartupError, match="Prefill round robin balance is required"):
