@@ -823,3 +823,34 @@ def test_requests_reaching_the_context_length_are_refused_like_sglang(launch):
     fits = requests.post(f"{server.url}/generate", json={
         "input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 33}}, timeout=30)
     assert fits.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("version", "bodies", "batch"),
+    [
+        # 0.5.5.post2 decode: bootstrap_room % dp (rooms 1, 5, 9 -> rank 1; 2 -> rank 2).
+        ("0.5.5.post2", [{"bootstrap_room": r} for r in (1, 5, 9, 2)], {1: 3, 2: 1}),
+        # 0.5.23 decode (auto): a counter whatever the room; routed_dp_rank wins.
+        ("0.5.23", [{"bootstrap_room": 1}] * 4 + [{"bootstrap_room": 1, "routed_dp_rank": 3}],
+         {0: 1, 1: 1, 2: 1, 3: 2}),
+        # 0.5.15 has no data_parallel_rank field: the counter decides.
+        ("0.5.15", [{"bootstrap_room": 1, "data_parallel_rank": 3}] * 2, {0: 1, 1: 1}),
+    ],
+)
+def test_decode_rank_choice_over_http(launch, version, bodies, batch):
+    """Through /generate: each release's rule and body key decide the DP rank."""
+    extra = ["--max-running-requests", "64", "--disaggregation-transfer-backend", "fake"]
+    if dialect_for_version(version).decode_requires:
+        extra.append("--prefill-round-robin-balance")
+    server = launch(f"route{version}", decode_args(4, extra),
+                    env={"PDBENCH_EMULATOR_SGLANG_VERSION": version})
+    warmed = len(server.records())  # the warm-up's lines come before
+    fire(server.url, [{"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 2000},
+                       "bootstrap_host": "2.2.2.2", **body} for body in bodies])
+
+    def latest():
+        ranks = decode_by_rank(server.records()[warmed:])
+        return {dp: lines[-1]["running_req"] for dp, lines in ranks.items()}
+
+    wait_for(lambda: sum(latest().values()) == len(bodies), 20, "every request running")
+    assert {dp: n for dp, n in latest().items() if n} == batch
