@@ -363,13 +363,15 @@ def test_pd_fill_release_and_multinode_profile(pd, tmp_path):
     )
     assert requests.post(decode.url + "/slow_down", json={}, timeout=10).status_code == 400
     # 48 requests for 32 slots (4 per rank); prefill supplies 20 per second (200-token prompts).
+    # Prefill (0.5.23, auto) puts room r on rank r % 2: seeded rooms split 24/24.
+    rooms = random.Random(4)
     bodies = [
         {
             "input_ids": list(range(200)),
             "sampling_params": {"max_new_tokens": 40},
             "bootstrap_host": "127.0.0.1",
             "bootstrap_port": prefill.bootstrap_port,
-            "bootstrap_room": random.getrandbits(63),
+            "bootstrap_room": rooms.getrandbits(63),
         }
         for _ in range(48)
     ]
