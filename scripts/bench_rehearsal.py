@@ -275,7 +275,10 @@ def main() -> int:
     parser.add_argument("--startup-repeats", type=int, default=3)
     parser.add_argument("--exact-target", action="store_true",
                         help="the client sends exactly the target batch (workload.num_prompts "
-                             "= max_running_requests) instead of twice that")
+                             "= max_running_requests) instead of the default (where decode "
+                             "routes by the random bootstrap room, as the rehearsal's "
+                             "0.5.5.post2 does, some rank then stays short and the fill "
+                             "ends plateaued)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the local Slurm cluster)")

@@ -126,7 +126,7 @@ def config_0_5_23():
 def test_default_recipe_on_0_5_23_names_removed_option(p3):
     # Config validation already spells every server arg for the release.
     with pytest.raises(ConfigError, match=r"server_args\.decode\.prefill-round-robin-balance: "
-                       r"SGLang 0\.5\.23 has no --prefill-round-robin-balance: removed in 0\.5\.8"):
+                       r"SGLang 0\.5\.23 has no --prefill-round-robin-balance: removed in 0\.5\.20"):
         make(sglang__version="0.5.23")
 
 

@@ -365,13 +365,15 @@ def test_pd_fill_release_and_multinode_profile(pd, tmp_path):
     )
     assert requests.post(decode.url + "/slow_down", json={}, timeout=10).status_code == 400
     # 48 requests for 32 slots (4 per rank); prefill supplies 20 per second (200-token prompts).
+    # Prefill (0.5.23, auto) puts room r on rank r % 2: seeded rooms split 24/24.
+    rooms = random.Random(4)
     bodies = [
         {
             "input_ids": list(range(200)),
             "sampling_params": {"max_new_tokens": 40},
             "bootstrap_host": "127.0.0.1",
             "bootstrap_port": prefill.bootstrap_port,
-            "bootstrap_room": random.getrandbits(63),
+            "bootstrap_room": rooms.getrandbits(63),
         }
         for _ in range(48)
     ]
@@ -797,7 +799,7 @@ def test_plain_server_and_recorded_flags(launch):
 
 
 def test_decode_without_round_robin_balance_dies_like_0_5_5_post2():
-    """SGLang 0.5.2-0.5.7 assert it for a DP-attention decode server; 0.5.8 removed it."""
+    """SGLang 0.5.2-0.5.7 assert it for a DP-attention decode server; 0.5.8 dropped the assertion."""
     argv = decode_args(4, ["--max-running-requests", "64"])
     env = {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.5.post2"}
     with pytest.raises(StartupError, match="Prefill round robin balance is required"):
@@ -933,3 +935,32 @@ def test_merge_profiles_per_release(launch, tmp_path, version, merges):
         assert done[0]["merge_message"].endswith("Files: 2)")
         with pytest.raises(InputError, match="several ranks"):
             step_time(merged)
+@pytest.mark.parametrize(
+    ("version", "bodies", "batch"),
+    [
+        # 0.5.5.post2 decode: bootstrap_room % dp (rooms 1, 5, 9 -> rank 1; 2 -> rank 2).
+        ("0.5.5.post2", [{"bootstrap_room": r} for r in (1, 5, 9, 2)], {1: 3, 2: 1}),
+        # 0.5.23 decode (auto): a counter whatever the room; routed_dp_rank wins.
+        ("0.5.23", [{"bootstrap_room": 1}] * 4 + [{"bootstrap_room": 1, "routed_dp_rank": 3}],
+         {0: 1, 1: 1, 2: 1, 3: 2}),
+        # 0.5.15 has no data_parallel_rank field: the counter decides.
+        ("0.5.15", [{"bootstrap_room": 1, "data_parallel_rank": 3}] * 2, {0: 1, 1: 1}),
+    ],
+)
+def test_decode_rank_choice_over_http(launch, version, bodies, batch):
+    """Through /generate: each release's rule and body key decide the DP rank."""
+    extra = ["--max-running-requests", "64", "--disaggregation-transfer-backend", "fake"]
+    if dialect_for_version(version).decode_requires:
+        extra.append("--prefill-round-robin-balance")
+    server = launch(f"route{version}", decode_args(4, extra),
+                    env={"PDBENCH_EMULATOR_SGLANG_VERSION": version})
+    warmed = len(server.records())  # the warm-up's lines come before
+    fire(server.url, [{"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 2000},
+                       "bootstrap_host": "2.2.2.2", **body} for body in bodies])
+
+    def latest():
+        ranks = decode_by_rank(server.records()[warmed:])
+        return {dp: lines[-1]["running_req"] for dp, lines in ranks.items()}
+
+    wait_for(lambda: sum(latest().values()) == len(bodies), 20, "every request running")
+    assert {dp: n for dp, n in latest().items() if n} == batch

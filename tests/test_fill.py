@@ -1,12 +1,16 @@
 """Fill detection on real SGLang fill logs and on built ones."""
 
 import json
+import random
 import subprocess
 import sys
 
+import pytest
 
+from pdbench.dialects import dialect_for_version
+from pdbench.fill import shortfall_reasons
 from pdbench.filltrack import FillTracker, fill_status
-from pdbench.loglines import iter_log
+from pdbench.loglines import iter_log, parse_line
 
 
 def records_until(path, last_line):
@@ -108,3 +112,136 @@ def test_cli_fill_status(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "nope.log" in bad.stderr and bad.stdout == ""
+
+
+# -- a rank that cannot fill: the fill ends by plateau and says which and why ---------------
+
+def starved_log(levels, *, arriving=(), forwards=12):
+    """Decode lines per rank: ``levels[dp]`` running, nothing queued; ranks in
+    ``arriving`` receive one more request per forward."""
+    lines = []
+    for t in range(forwards):
+        for dp, level in enumerate(levels):
+            running = level + (t if dp in arriving else 0)
+            lines += [sleep(dp, t % 60), line(dp, running, 0, t % 60)]
+    return [r for r in map(parse_line, lines) if r]
+
+
+@pytest.mark.parametrize(("levels", "arriving", "forwards", "plateaued", "starved"), [
+    # dp1 got 5 of 8 and nothing arrives anywhere: plateaued, dp1 starved.
+    ([8, 5, 9], (), 12, True, [1]),
+    # Too soon to tell: not yet plateau_forwards lines without an arrival.
+    ([8, 5, 9], (), 10, False, []),
+    # Requests still arrive at dp2: dp1 may still get more (random routing).
+    ([8, 5, 9], (2,), 12, False, []),
+    # Every rank short and nothing arrives.
+    ([3, 5, 7], (), 12, True, [0, 1, 2]),
+])
+def test_starved_ranks_end_the_fill_once_arrivals_stop(levels, arriving, forwards,
+                                                       plateaued, starved):
+    status = tracker_for(starved_log(levels, arriving=arriving, forwards=forwards),
+                         target=8, ranks=len(levels), plateau_forwards=10)
+    assert status["plateaued"] is plateaued
+    assert not status["reached"]
+    assert [s["rank"] for s in status["short_ranks"] if s["stopped"] == "starved"] == starved
+    assert [s["rank"] for s in status["short_ranks"]] == [i for i, n in enumerate(levels)
+                                                          if n < 8]
+
+
+def test_stuck_rank_with_a_queue_is_not_starved():
+    lines = []
+    for t in range(12):
+        lines += [sleep(0, t), line(0, 63, 5, t), sleep(1, t), line(1, 64, 0, t)]
+    status = tracker_for([parse_line(x) for x in lines], target=64, ranks=2)
+    assert status["plateaued"]
+    assert status["short_ranks"] == [{"rank": 0, "running_req": 63, "queue_req": 5,
+                                      "stopped": "stuck"}]
+
+
+# The emulator's decode scheduler, driven forward by forward without HTTP: requests with
+# the router's random rooms, the release's rank choice, the decode log lines it prints.
+
+def emulated_fill(version: str, prompts: int, *, dp: int = 48, per_rank: int = 8,
+                  seed: int = 5, forwards: int = 14) -> tuple[list[int], list[dict]]:
+    from pdbench.emulator.args import parse_args
+    from pdbench.emulator.experts import ExpertRecorder
+    from pdbench.emulator.scheduler import Call, Engine, Req
+
+    argv = ["--model-path", "m", "--disaggregation-mode", "decode", "--tp-size", str(dp),
+            "--dp-size", str(dp), "--ep-size", str(dp), "--enable-dp-attention",
+            "--decode-log-interval", "1", "--max-running-requests", str(dp * per_rank)]
+    if dialect_for_version(version).decode_requires:
+        argv.append("--prefill-round-robin-balance")
+    cfg = parse_args(argv, {"PDBENCH_EMULATOR_SGLANG_VERSION": version})
+    printed: list[str] = []
+
+    def emit(lines):
+        printed.extend(f"[2026-01-01 00:00:00{cfg.prefix_of(tp)}] {msg}" for tp, msg in lines)
+
+    engine = Engine(cfg, emit=emit, log=lambda _: None,
+                    recorder=ExpertRecorder(None, None, "m"), eplb="none")
+    rng = random.Random(seed)
+    for i in range(prompts):
+        engine.submit_decode(Req(Call(), i, 16, 10_000, room_number=rng.getrandbits(63)),
+                             None, 60.0)
+    received = [len(r.queue) for r in engine.ranks]
+    for _ in range(forwards):  # each forward under slow_down: sleep lines, then the step
+        emit([(tp, "Scheduler.run_batch sleep 1.0s") for tp in range(dp)])
+        plan = engine._plan()
+        engine.forward_ct += 1
+        engine._complete(plan, 0.0, 1.0, 0.05, 1.05)
+    return received, [r for r in map(parse_line, printed) if r]
+
+
+def test_emulated_room_routing_starves_ranks_and_the_fill_names_them():
+    """SGLang 0.5.5.post2 decode, 48 ranks x 8, the old default of 2 x target = 768
+    prompts: some ranks receive fewer than 8, and the fill plateaus naming exactly them."""
+    received, records = emulated_fill("0.5.5.post2", 768)
+    short = [dp for dp, n in enumerate(received) if n < 8]
+    assert short == [20, 41], received  # seed 5: dp41 gets 6, dp20 gets 7
+    status = tracker_for(records, target=8, ranks=48, plateau_forwards=10)
+    assert status["plateaued"] and not status["reached"]
+    assert [(s["rank"], s["running_req"], s["stopped"]) for s in status["short_ranks"]] == [
+        (dp, received[dp], "starved") for dp in short]
+
+
+def test_emulated_round_robin_fills_every_rank_with_dp_x_target():
+    received, records = emulated_fill("0.5.8", 48 * 8)
+    assert received == [8] * 48
+    assert tracker_for(records, target=8, ranks=48, plateau_forwards=10)["reached"]
+
+
+def test_the_fill_says_why_a_rank_starved():
+    """The fill's reasons, from the config's release and routing (rehearsal: dp 48 x 8)."""
+    from types import SimpleNamespace
+
+    from pdbench.dialects import dialect_for
+
+    from test_fillsize import first_point, load
+
+    cfg = load("config.yaml", "rehearsal.yaml", workload__num_prompts=768)
+    point = first_point(cfg)
+    ctx = SimpleNamespace(cfg=cfg, point=point, dialect=dialect_for(cfg))
+    status = {"threshold": 8, "global_running_req": 377,
+              "short_ranks": [{"rank": 17, "running_req": 5, "queue_req": 0,
+                               "stopped": "starved"},
+                              {"rank": 3, "running_req": 6, "queue_req": 2,
+                               "stopped": "stuck"}]}
+    starved, stuck = shortfall_reasons(ctx, status)
+    assert starved == (
+        "dp17 received 5 of 8 requests at global batch 377 of 384: SGLang 0.5.5.post2 decode "
+        "picks DP ranks by bootstrap_room % 48 (load-balance-method round_robin) and the "
+        "router's rooms are random, so 768 prompts fill every rank only with probability "
+        "0.5467; raise workload.num_prompts (at least 1198 for 0.999) or use round-robin "
+        "balance (SGLang 0.5.5.post2 has no round-robin routing on a PD decode server (0.5.7 "
+        "has decode_round_robin, 0.5.8 and later route decode round robin by default))")
+    assert stuck.startswith("dp3 stayed at 6 of 8 with 2 queued at global batch 377 of 384: "
+                            "admission stopped below the target")
+    cfg = load("config.yaml", "rehearsal.yaml", **{
+        "sglang__version": "0.5.23", "server_args__decode__prefill-round-robin-balance": None})
+    ctx = SimpleNamespace(cfg=cfg, point=point, dialect=dialect_for(cfg))
+    (even,) = shortfall_reasons(ctx, {**status, "short_ranks": status["short_ranks"][:1]})
+    assert even.startswith(
+        "dp17 received 5 of 8 requests at global batch 377 of 384, and no more arrive: decode "
+        "spreads requests evenly (load-balance-method auto), so fewer than 48 x 8 reached it "
+        "(the client sends 768;")

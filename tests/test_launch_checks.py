@@ -611,10 +611,19 @@ NEEDS_RR = (
     r"prefill-round-robin-balance: true here \(its ServerArgs asserts it .*\); set it, "
     r"together with server_args\.prefill\.load-balance-method: round_robin"
 )
+# 0.5.8-0.5.19 parse it as deprecated and ignore it; 0.5.20 removed it.
 NO_RR = (
-    r"config key server_args\.decode\.prefill-round-robin-balance: SGLang {} has no "
-    r"--prefill-round-robin-balance: removed in 0\.5\.8"
+    r"config key server_args\.decode\.prefill-round-robin-balance: SGLang {} "
+    r"(ignores --prefill-round-robin-balance: deprecated in 0\.5\.8 \(parsed with a "
+    r"warning, no effect; removed in 0\.5\.20\)|has no --prefill-round-robin-balance: "
+    r"removed in 0\.5\.20)"
 )
+NO_RR_BY_VERSION = {
+    "0.5.8": r"ignores --prefill-round-robin-balance: deprecated in 0\.5\.8",
+    "0.5.19": r"ignores --prefill-round-robin-balance: deprecated in 0\.5\.8",
+    "0.5.20": r"has no --prefill-round-robin-balance: removed in 0\.5\.20",
+    "0.5.23": r"has no --prefill-round-robin-balance: removed in 0\.5\.20",
+}
 
 RELEASE = [
     row("0.5.5.post2-default", [], None),
@@ -654,10 +663,60 @@ RELEASE = [
         r"server_args\.common\.enable-single-batch-overlap: SGLang 0\.5\.2 has no "),
     row("0.5.7-without-rr", [version("0.5.7"), drop(RR)], NEEDS_RR.format(r"0\.5\.7")),
     row("0.5.1.post3-without-rr", [version("0.5.1.post3"), drop(RR)], None),
+    # shortest_queue raises at the first request up to 0.5.2 (the DP controller dies).
+    *(
+        row(
+            f"{v}-lbm-shortest-queue",
+            [version(v), drop(RR), put(LBM, "shortest_queue")],
+            r"config key server_args\.prefill\.load-balance-method: SGLang "
+            rf"{re.escape(v)} accepts load-balance-method 'shortest_queue' but its DP "
+            r"controller raises at the first request",
+        )
+        for v in ("0.4.9", "0.5.1.post3")
+    ),
     row(
-        "0.5.1.post3-lbm-shortest-queue",
-        [version("0.5.1.post3"), drop(RR), put(LBM, "shortest_queue")],
+        "0.5.5.post2-decode-lbm-shortest-queue",
+        [put("server_args.decode.load-balance-method", "shortest_queue")],
         None,
+    ),
+    row(
+        "0.5.2-decode-lbm-shortest-queue",
+        [version("0.5.2"), drop(SBO), put("server_args.decode.load-balance-method",
+                                           "shortest_queue")],
+        r"config key server_args\.decode\.load-balance-method: SGLang 0\.5\.2 accepts "
+        r"load-balance-method 'shortest_queue' but its DP controller raises",
+    ),
+    # Each release's parser has its own choices.
+    row(
+        "0.5.5.post2-decode-lbm-auto",
+        [put("server_args.decode.load-balance-method", "auto")],
+        r"config key server_args\.decode\.load-balance-method: SGLang 0\.5\.5\.post2 does "
+        r"not accept load-balance-method 'auto' \(its parser's choices: round_robin, "
+        r"shortest_queue, minimum_tokens\)$",
+    ),
+    row(
+        "0.5.5.post2-decode-lbm-decode-round-robin",
+        [put("server_args.decode.load-balance-method", "decode_round_robin")],
+        r"SGLang 0\.5\.5\.post2 does not accept load-balance-method 'decode_round_robin'",
+    ),
+    row(
+        "0.5.7-decode-lbm-decode-round-robin",
+        [version("0.5.7"), put("server_args.decode.load-balance-method", "decode_round_robin")],
+        None,
+    ),
+    row(
+        "0.5.8-decode-lbm-decode-round-robin",
+        [version("0.5.8"), drop(RR),
+         put("server_args.decode.load-balance-method", "decode_round_robin")],
+        r"SGLang 0\.5\.8 does not accept load-balance-method 'decode_round_robin' \(its "
+        r"parser's choices: auto, round_robin, follow_bootstrap_room, total_requests, "
+        r"total_tokens\)",
+    ),
+    row(
+        "0.5.23-lbm-shortest-queue",
+        [version("0.5.23"), drop(RR), put(LBM, "shortest_queue")],
+        r"config key server_args\.prefill\.load-balance-method: SGLang 0\.5\.23 does not "
+        r"accept load-balance-method 'shortest_queue'",
     ),
     row("0.4.9-minimal", [replace(minimal("0.4.9"))], None),
     row(
@@ -672,7 +731,7 @@ RELEASE = [
             f"{v}-rr-true-in-common",
             [version(v), drop(RR), put("server_args.common.prefill-round-robin-balance", True)],
             r"config key server_args\.common\.prefill-round-robin-balance: SGLang "
-            rf"{re.escape(v)} has no --prefill-round-robin-balance",
+            rf"{re.escape(v)} {NO_RR_BY_VERSION[v]}",
         )
         for v in ("0.5.8", "0.5.23")
     ),
@@ -718,7 +777,9 @@ def test_release_required_options(edits, expected, tmp_path):
             {"load-balance-method": "round_robin"},
             [],
         ),
-        ("0.5.8", {}, {}, ["prefill-round-robin-balance"]),
+        ("0.5.8", {}, {}, []),  # parsed as deprecated, without effect
+        ("0.5.19", {}, {}, []),
+        ("0.5.20", {}, {}, ["prefill-round-robin-balance"]),
         ("0.5.23", {}, {}, ["prefill-round-robin-balance"]),
     ],
 )
@@ -727,14 +788,16 @@ def test_required_and_removed_options_by_release(v, decode_requires, prefill_req
     assert {k: value for k, (value, _) in d.decode_requires.items()} == decode_requires
     assert {k: value for k, (value, _) in d.prefill_requires.items()} == prefill_requires
     assert sorted(d.removed_options) == removed
+    deprecated = ["prefill-round-robin-balance"] if v in ("0.5.8", "0.5.19") else []
+    assert sorted(d.deprecated_options) == deprecated
 
 
-@pytest.mark.parametrize("v", ["0.5.8", "0.5.23"])
+@pytest.mark.parametrize("v", ["0.5.8", "0.5.19", "0.5.20", "0.5.23"])
 def test_removed_round_robin_balance_false_renders_nothing(v):
     d = dialect_for_version(v)
     assert d.option_args("prefill-round-robin-balance", False, key=RR) == []
     assert d.option_args("prefill-round-robin-balance", None, key=RR) == []
-    with pytest.raises(ConfigError, match=NO_RR.format(re.escape(v))):
+    with pytest.raises(ConfigError, match=NO_RR.format(re.escape(v)) + ".*; remove it$"):
         d.option_args("prefill-round-robin-balance", True, key=RR)
 
 

@@ -46,7 +46,7 @@ def test_shipped_table_is_what_the_release_parser_says(table):
 def with_option(version: str, name: str, value=8) -> dict:
     cfg = copy.deepcopy(BASE)
     cfg["sglang"]["version"] = version
-    if version != "0.5.5.post2":  # removed in 0.5.8
+    if version != "0.5.5.post2":  # ignored from 0.5.8, removed in 0.5.20
         del cfg["server_args"]["decode"]["prefill-round-robin-balance"]
     cfg["server_args"]["decode"][name] = value
     return cfg

@@ -22,6 +22,7 @@ script only checks that each named variable is set, without printing it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -30,8 +31,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .grid import Point, decode_server_args, prefill_server_args
-from .dialects import Dialect, dialect_for
+from .dialects import ROOM, Dialect, dialect_for, server_dp_rule
 from .errors import ConfigError
+from .fillsize import prompts_to_fill
 from .layout import PointPaths, node_log_name, node_versions_name
 from .topology import NodePlan
 
@@ -455,10 +457,29 @@ CLIENT_MAX_CONNECTIONS = 60000
 
 def client_prompts(cfg: Mapping, point: Point) -> int:
     """Prompts (bench_serving) or batch size (bench_one_batch_server) the client sends:
-    ``workload.num_prompts`` / ``workload.batch_size``, else twice the decode target."""
+    ``workload.num_prompts`` / ``workload.batch_size``, else twice the decode target, or
+    more where decode picks DP ranks at random (``bootstrap_room % dp``): then as many as
+    make every rank receive its fill threshold with probability
+    ``fill.rank_fill_probability`` (:func:`fill_prompts`)."""
     w = cfg["workload"]
     key = "num_prompts" if w["client"] == "bench_serving" else "batch_size"
-    return w[key] or 2 * point.target_global_batch
+    return w[key] or max(2 * point.target_global_batch, fill_prompts(cfg, point))
+
+
+def fill_threshold(cfg: Mapping, point: Point) -> int:
+    """Requests per decode rank at which the fill counts the rank as full."""
+    return max(1, math.ceil(point.target_batch_per_rank * cfg["fill"]["target_fraction"]))
+
+
+def fill_prompts(cfg: Mapping, point: Point) -> int:
+    """The fewest requests that bring every decode DP rank to its fill threshold: DP ranks
+    x threshold where the release balances them, and where it routes by the random
+    bootstrap room the fewest that do so with probability ``fill.rank_fill_probability``."""
+    rule, _method = server_dp_rule(cfg, "decode")
+    threshold = fill_threshold(cfg, point)
+    if rule != ROOM or point.decode_dp <= 1:
+        return point.decode_dp * threshold
+    return prompts_to_fill(point.decode_dp, threshold, cfg["fill"]["rank_fill_probability"])
 
 
 def client_concurrency(cfg: Mapping, point: Point) -> int:

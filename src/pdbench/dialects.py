@@ -72,6 +72,33 @@ _ALL_PROFILE_KEYS = frozenset(
 )
 
 
+# How a DP controller picks the DP rank of a request that names none (Dialect.dp_routing).
+ROOM = "bootstrap_room"
+"""``bootstrap_room % dp``: the router's rooms are random 63-bit numbers, so the per-rank
+counts of N requests are multinomial(N, 1/dp each), not balanced."""
+ROUND_ROBIN = "round_robin"
+"""A counter: request i goes to rank i mod dp."""
+FEWEST_REQUESTS = "fewest_requests"
+"""The rank with the fewest requests (the schedulers' load reports)."""
+FEWEST_TOKENS = "fewest_tokens"
+"""The rank with the fewest tokens."""
+FAILS = "fails"
+"""The method is accepted at start but raises at the first request (NotImplementedError
+up to 0.5.1, a NameError in 0.5.2), and the DP controller dies with it."""
+ROUTING_RULES = (ROOM, ROUND_ROBIN, FEWEST_REQUESTS, FEWEST_TOKENS, FAILS)
+
+# Rules that give every rank exactly its share of N requests (up to one) in arrival order.
+BALANCED_RULES = frozenset({ROUND_ROBIN})
+
+
+def _routing(plain: str, prefill: str, decode: str) -> Mapping[str, str]:
+    return MappingProxyType({"plain": plain, "prefill": prefill, "decode": decode})
+
+
+# PD servers up to 0.5.7: "round_robin" means the bootstrap room on prefill and decode.
+_RR_ROOM = _routing(ROUND_ROBIN, ROOM, ROOM)
+
+
 @dataclass(frozen=True)
 class Dialect:
     """How one SGLang release spells things. Build it with :func:`dialect_for`."""
@@ -121,6 +148,21 @@ class Dialect:
     prefill_requires: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     """Option -> (value, why) that a prefill server must have when it is set at all
     (its pairing with ``decode_requires``)."""
+    deprecated_options: Mapping[str, str] = field(default_factory=dict)
+    """Option -> why, for options this release still parses but ignores (a deprecation
+    warning, no effect): setting one would suggest an effect the server does not have."""
+    load_balance_methods: tuple[str, ...] = ()
+    """The values ``--load-balance-method`` accepts (its argparse choices)."""
+    load_balance_default: str = "round_robin"
+    """``--load-balance-method`` when it is not given."""
+    dp_routing: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Method -> server mode (``plain``, ``prefill``, ``decode``) -> the rule by which the
+    DP controller picks a request's DP rank: one of :data:`ROUTING_RULES`."""
+    routed_rank_keys: tuple[str, ...] = ()
+    """``/generate`` body keys that pick the DP rank themselves, the first one set wins
+    (none: the body cannot choose)."""
+    routed_rank_methods: frozenset[str] | None = None
+    """The methods that honour :attr:`routed_rank_keys` (None: every method)."""
     beyond_known: bool = False
     """The version is newer than the newest release this table knows."""
 
@@ -161,6 +203,11 @@ class Dialect:
             raise ConfigError(
                 f"config key {key}: SGLang {self.version} has no --{name}: "
                 f"{self.removed_options[name]}"
+            )
+        if name in self.deprecated_options:
+            raise ConfigError(
+                f"config key {key}: SGLang {self.version} ignores --{name}: "
+                f"{self.deprecated_options[name]}"
             )
         spelled = self.renames.get(name, name)
         if spelled is None:
@@ -205,6 +252,36 @@ class Dialect:
             "immediate": {},
         }[self.decode_snapshot]
 
+    def load_balance_method(self, configured: str | None, *, key: str) -> str:
+        """``--load-balance-method`` as the server runs with it (the default when None);
+        ConfigError naming ``key`` for a value this release's parser refuses."""
+        method = self.load_balance_default if configured is None else str(configured)
+        if method not in self.load_balance_methods:
+            raise ConfigError(
+                f"config key {key}: SGLang {self.version} does not accept "
+                f"load-balance-method {method!r} (its parser's choices: "
+                f"{', '.join(self.load_balance_methods)})"
+            )
+        return method
+
+    def dp_rank_rule(self, mode: str, method: str | None = None) -> str:
+        """How a server in ``mode`` (``plain``, ``prefill``, ``decode``) started with
+        ``--load-balance-method method`` (None: the default) picks a request's DP rank, when
+        the request does not name one (:attr:`routed_rank_keys`)."""
+        method = self.load_balance_default if method is None else method
+        return self.dp_routing[method][mode]
+
+    def routed_rank(self, body: Mapping, method: str | None = None) -> Any:
+        """The DP rank a ``/generate`` body names for itself, if this release reads it with
+        ``--load-balance-method method``; None otherwise."""
+        method = self.load_balance_default if method is None else method
+        if self.routed_rank_methods is not None and method not in self.routed_rank_methods:
+            return None
+        for name in self.routed_rank_keys:
+            if body.get(name) is not None:
+                return body[name]
+        return None
+
     def as_dict(self) -> dict:
         """Plain values, for manifests and the dialect table in the docs."""
         return {
@@ -229,6 +306,11 @@ class Dialect:
             "decode_line_trailing_comma": self.decode_line_trailing_comma,
             "removed_values": {k: sorted(v) for k, v in self.removed_values.items()},
             "removed_options": sorted(self.removed_options),
+            "deprecated_options": sorted(self.deprecated_options),
+            "load_balance_methods": list(self.load_balance_methods),
+            "load_balance_default": self.load_balance_default,
+            "dp_routing": {m: dict(r) for m, r in self.dp_routing.items()},
+            "routed_rank_keys": list(self.routed_rank_keys),
             "decode_requires": {k: v for k, (v, _) in self.decode_requires.items()},
             "beyond_known": self.beyond_known,
         }
@@ -291,6 +373,18 @@ CHANGES: tuple[Change, ...] = (
                 "prefill-round-robin-balance": "it arrived in 0.5.2; remove it or raise "
                 "sglang.version",
             },
+            # DataParallelController (wheels 0.4.6.post3, 0.4.10): round_robin is a
+            # counter without PD and `bootstrap_room % dp` on a PD server; shortest_queue
+            # raises NotImplementedError at the first request. No body key picks a rank.
+            "load_balance_methods": ("round_robin", "shortest_queue"),
+            "load_balance_default": "round_robin",
+            "dp_routing": {
+                "round_robin": _RR_ROOM,
+                "shortest_queue": _routing(FAILS, FAILS, FAILS),
+            },
+            "routed_rank_keys": (),
+            "routed_rank_methods": None,
+            "deprecated_options": {},
             # The keys of wheel 0.4.6.post3's ProfileReqInput.
             "start_profile_keys": frozenset({"output_dir", "num_steps", "activities"}),
             # A PD decode server's PREBUILT batches (KV arrived from prefill) go through
@@ -313,6 +407,10 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.4.7",
         {
+            # wheel 0.4.7: GenerateReqInput.data_parallel_rank sends a request to that
+            # rank, honoured by round_robin only (the only method that routes).
+            "routed_rank_keys": ("data_parallel_rank",),
+            "routed_rank_methods": frozenset({"round_robin"}),
             # v0.4.7 adds profile_by_stage, with_stack, record_shapes (wheel 0.4.9 has them).
             "start_profile_keys": frozenset(
                 {
@@ -325,7 +423,8 @@ CHANGES: tuple[Change, ...] = (
                 }
             ),
         },
-        "sglang v0.4.7 ProfileReqInput; wheel 0.4.9",
+        "sglang v0.4.7 ProfileReqInput; wheel 0.4.9; wheels 0.4.6.post3, 0.4.7 "
+        "(GenerateReqInput.data_parallel_rank, DataParallelController)",
     ),
     Change(
         "0.4.10",
@@ -353,8 +452,16 @@ CHANGES: tuple[Change, ...] = (
             # --moe-a2a-backend since 2025-08-01 (#8658); wheel 0.5.0rc0 parses both
             # spellings; --enable-deepep-moe became a no-op 2025-09-23 and an error in 0.5.4.
             "deepep_moe_flag": False,
+            # wheel 0.5.0rc0: minimum_tokens (fewest tokens; data_parallel_rank is not
+            # read by it); wheel 0.4.10 has no such choice.
+            "load_balance_methods": ("round_robin", "shortest_queue", "minimum_tokens"),
+            "dp_routing": {
+                "round_robin": _RR_ROOM,
+                "shortest_queue": _routing(FAILS, FAILS, FAILS),
+                "minimum_tokens": _routing(FEWEST_TOKENS, FEWEST_TOKENS, FEWEST_TOKENS),
+            },
         },
-        "sglang #8658; wheels 0.5.0rc0, 0.5.1, 0.5.4",
+        "sglang #8658; wheels 0.4.10, 0.5.0rc0, 0.5.1, 0.5.4",
     ),
     Change(
         "0.5.2",
@@ -381,8 +488,12 @@ CHANGES: tuple[Change, ...] = (
                 )
             },
             "removed_options": {},
+            # wheel 0.5.2: every method reads data_parallel_rank first
+            # (maybe_external_dp_rank_routing); shortest_queue still fails (NameError).
+            "routed_rank_methods": None,
         },
-        "wheels 0.5.1.post3, 0.5.2, 0.5.7: ServerArgs._handle_disaggregation",
+        "wheels 0.5.1.post3, 0.5.2, 0.5.7: ServerArgs._handle_disaggregation; sglang "
+        "#10169 (--prefill-round-robin-balance, 2025-09-08)",
     ),
     Change(
         "0.5.4",
@@ -405,8 +516,16 @@ CHANGES: tuple[Change, ...] = (
                     "merge_profiles",
                 }
             ),
+            # wheel 0.5.4 (0.5.3 not checked): shortest_queue sends to the rank with the
+            # fewest requests in the schedulers' load reports (DPBudget); minimum_tokens
+            # logs that it is deprecated and falls back to round_robin.
+            "dp_routing": {
+                "round_robin": _RR_ROOM,
+                "shortest_queue": _routing(FEWEST_REQUESTS, FEWEST_REQUESTS, FEWEST_REQUESTS),
+                "minimum_tokens": _RR_ROOM,
+            },
         },
-        "sglang #9366, #11413; wheel 0.5.4",
+        "sglang #9366, #11413; wheels 0.5.2, 0.5.4 (DataParallelController)",
     ),
     Change(
         "0.5.5",
@@ -444,19 +563,51 @@ CHANGES: tuple[Change, ...] = (
         "wheels 0.5.5.post2, 0.5.6 (ProfileReqInput, HTTP routes)",
     ),
     Change(
-        "0.5.8",
+        "0.5.7",
         {
-            # wheel 0.5.8: --prefill-round-robin-balance and its assertion are gone;
-            # --load-balance-method gains auto (prefill: follow_bootstrap_room, decode:
-            # round_robin) and follow_bootstrap_room. Wheel 0.5.7 still has both.
-            "decode_requires": {},
-            "prefill_requires": {},
-            "removed_options": {
-                "prefill-round-robin-balance": "removed in 0.5.8, where decode and prefill "
-                "agree on DP ranks through --load-balance-method (default auto); remove it",
+            # sglang #15164 (2025-12-15): decode_round_robin, a counter on a PD decode
+            # server (round_robin's rule elsewhere); wheel 0.5.7 has it, 0.5.6 does not.
+            "load_balance_methods": (
+                "round_robin", "decode_round_robin", "shortest_queue", "minimum_tokens"),
+            "dp_routing": {
+                "round_robin": _RR_ROOM,
+                "decode_round_robin": _routing(ROUND_ROBIN, ROOM, ROUND_ROBIN),
+                "shortest_queue": _routing(FEWEST_REQUESTS, FEWEST_REQUESTS, FEWEST_REQUESTS),
+                "minimum_tokens": _RR_ROOM,
             },
         },
-        "wheels 0.5.7, 0.5.8",
+        "sglang #15164; wheels 0.5.6, 0.5.7",
+    ),
+    Change(
+        "0.5.8",
+        {
+            # wheel 0.5.8: the assertion is gone and --prefill-round-robin-balance parses
+            # as a DeprecatedAction (a warning, no effect) until 0.5.20 removes it. sglang
+            # #16110 (2025-12-30): --load-balance-method auto (default) = prefill
+            # follow_bootstrap_room, decode and plain round_robin; round_robin is a real
+            # counter, except that a PD prefill server given round_robin warns and follows
+            # the room (backward compatibility, wheels 0.5.8, 0.5.9); total_requests and
+            # total_tokens balance by load reports; decode_round_robin is gone.
+            "decode_requires": {},
+            "prefill_requires": {},
+            "removed_options": {},
+            "deprecated_options": {
+                "prefill-round-robin-balance": "deprecated in 0.5.8 (parsed with a warning, "
+                "no effect; removed in 0.5.20): decode picks DP ranks by "
+                "--load-balance-method (default auto: round robin); remove it",
+            },
+            "load_balance_methods": (
+                "auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"),
+            "load_balance_default": "auto",
+            "dp_routing": {
+                "auto": _routing(ROUND_ROBIN, ROOM, ROUND_ROBIN),
+                "round_robin": _routing(ROUND_ROBIN, ROOM, ROUND_ROBIN),
+                "follow_bootstrap_room": _routing(ROOM, ROOM, ROOM),
+                "total_requests": _routing(FEWEST_REQUESTS, FEWEST_REQUESTS, FEWEST_REQUESTS),
+                "total_tokens": _routing(FEWEST_TOKENS, FEWEST_TOKENS, FEWEST_TOKENS),
+            },
+        },
+        "sglang #16110; wheels 0.5.7, 0.5.8, 0.5.9",
     ),
     Change(
         "0.5.9",
@@ -480,8 +631,20 @@ CHANGES: tuple[Change, ...] = (
             # batches; wheel 0.5.9 still returns it to run_batch (0.5.10 - 0.5.13 not
             # checked). Wheel 0.5.22 also skips PREBUILT in the check.
             "profile_by_stage_on_pd_decode": True,
+            # wheel 0.5.14 (0.5.10-0.5.13 not checked): a prefill server given round_robin
+            # routes round robin (the fallback to the room is gone); the body's rank is
+            # routed_dp_rank, data_parallel_rank its deprecated alias (routed_dp_rank wins).
+            "dp_routing": {
+                "auto": _routing(ROUND_ROBIN, ROOM, ROUND_ROBIN),
+                "round_robin": _routing(ROUND_ROBIN, ROUND_ROBIN, ROUND_ROBIN),
+                "follow_bootstrap_room": _routing(ROOM, ROOM, ROOM),
+                "total_requests": _routing(FEWEST_REQUESTS, FEWEST_REQUESTS, FEWEST_REQUESTS),
+                "total_tokens": _routing(FEWEST_TOKENS, FEWEST_TOKENS, FEWEST_TOKENS),
+            },
+            "routed_rank_keys": ("routed_dp_rank", "data_parallel_rank"),
         },
-        "sglang #23906; wheels 0.5.9, 0.5.12, 0.5.14 (decode.py), 0.5.22",
+        "sglang #23906; wheels 0.5.9, 0.5.12, 0.5.14 (decode.py, "
+        "ServerArgs._handle_load_balance_method, GenerateReqInput), 0.5.22",
     ),
     Change(
         "0.5.15",
@@ -506,6 +669,10 @@ CHANGES: tuple[Change, ...] = (
             ),
             # sglang.bench_serving / bench_one_batch_server are FutureWarning shims
             # of sglang.benchmark.serving / .one_batch_server (wheel 0.5.15, not 0.5.14).
+            # wheels 0.5.15, 0.5.16: GenerateReqInput has routed_dp_rank and no
+            # data_parallel_rank (a body key FastAPI drops); back as an alias in 0.5.19
+            # (0.5.17 and 0.5.18 not checked).
+            "routed_rank_keys": ("routed_dp_rank",),
             "bench_serving_module": "sglang.benchmark.serving",
             "bench_one_batch_server_module": "sglang.benchmark.one_batch_server",
         },
@@ -526,8 +693,11 @@ CHANGES: tuple[Change, ...] = (
         {
             # detailed_annotations: wheel 0.5.19 ProfileReq has it, 0.5.18 does not.
             "start_profile_keys": _ALL_PROFILE_KEYS,
+            # wheel 0.5.19: data_parallel_rank is a deprecated alias of routed_dp_rank
+            # again (the gateway's dp-aware mode sends that spelling).
+            "routed_rank_keys": ("routed_dp_rank", "data_parallel_rank"),
         },
-        "wheels 0.5.18, 0.5.19 (ProfileReq)",
+        "wheels 0.5.18, 0.5.19 (ProfileReq); wheels 0.5.16, 0.5.19 (GenerateReqInput)",
     ),
     Change(
         "0.5.20",
@@ -536,6 +706,14 @@ CHANGES: tuple[Change, ...] = (
             # --cuda-graph-bs-decode and --cuda-graph-bs-prefill, #23906); parsed with the
             # wheels, 0.5.20 already rejects it and 0.5.19 accepts it.
             "legacy_cuda_graph_bs_accepted": False,
+            # wheel 0.5.20's parser no longer lists --prefill-round-robin-balance (0.5.19
+            # still parses it as deprecated).
+            "deprecated_options": {},
+            "removed_options": {
+                "prefill-round-robin-balance": "removed in 0.5.20 (deprecated without effect "
+                "since 0.5.8): decode picks DP ranks by --load-balance-method (default auto: "
+                "round robin); remove it",
+            },
             # sglang #32111 (2026-07-22) deprecated the cutlass_mla attention backend;
             # wheel 0.5.20 no longer lists it (0.5.19 does), 0.5.23 rejects it ("invalid
             # choice"). #32111 names trtllm_mla as the replacement.
@@ -585,8 +763,11 @@ def dialect_for_version(version: str, *, key: str = "sglang.version") -> Dialect
         if Version(change.since) <= release:
             values.update(change.fields)
     values["renames"] = MappingProxyType(dict(values["renames"]))
-    for name in ("removed_options", "decode_requires", "prefill_requires"):
+    for name in ("removed_options", "deprecated_options", "decode_requires",
+                 "prefill_requires"):
         values[name] = MappingProxyType(dict(values.get(name, {})))
+    values["dp_routing"] = MappingProxyType(
+        {m: MappingProxyType(dict(r)) for m, r in values["dp_routing"].items()})
     values["removed_values"] = MappingProxyType(
         {k: MappingProxyType(dict(v)) for k, v in values.get("removed_values", {}).items()}
     )
@@ -619,7 +800,30 @@ def check_config(cfg: Mapping, derived: frozenset[str] = frozenset()) -> Dialect
             if tokens:
                 check_option(dialect.version, tokens[0][2:], key=key, derived=derived)
     _check_required_options(cfg, dialect)
+    for role in ("prefill", "decode"):
+        server_dp_rule(cfg, role, dialect)
     return dialect
+
+
+def server_dp_rule(cfg: Mapping, role: str, dialect: Dialect | None = None) -> tuple[str, str]:
+    """``(rule, method)``: how the configured ``role`` server (``prefill`` or ``decode``)
+    picks the DP rank of a request that names none (one of :data:`ROUTING_RULES`), and its
+    ``--load-balance-method`` as it runs. ConfigError, naming the key, for a method the
+    release's parser refuses or one that fails at the first request."""
+    dialect = dialect or dialect_for(cfg)
+    args = cfg["server_args"]
+    section = role if "load-balance-method" in args[role] else "common"
+    key = f"server_args.{section}.load-balance-method"
+    method = dialect.load_balance_method(args[section].get("load-balance-method"), key=key)
+    rule = dialect.dp_rank_rule(role, method)
+    if rule == FAILS:
+        raise ConfigError(
+            f"config key {key}: SGLang {dialect.version} accepts load-balance-method "
+            f"{method!r} but its DP controller raises at the first request "
+            "(NotImplementedError up to 0.5.1, NameError in 0.5.2) and the server dies; "
+            f"use one of {', '.join(m for m in dialect.load_balance_methods if m != method)}"
+        )
+    return rule, method
 
 
 @cache
@@ -742,6 +946,14 @@ def dialect_table(versions: list[str] | None = None) -> list[dict]:
 
 
 __all__ = [
+    "BALANCED_RULES",
+    "FAILS",
+    "FEWEST_REQUESTS",
+    "FEWEST_TOKENS",
+    "ROOM",
+    "ROUND_ROBIN",
+    "ROUTING_RULES",
+    "server_dp_rule",
     "CHANGES",
     "Change",
     "Dialect",

@@ -18,7 +18,9 @@ from pathlib import Path
 from . import commands, slurm
 from .client import dead_message, let_client_go
 from .context import PointContext, now, progress
+from .dialects import ROOM, server_dp_rule
 from .errors import PdbenchError, StageError
+from .fillsize import fill_probability
 from .filltrack import FillTracker, release_requested
 from .http import call
 from .layout import read_json, write_csv, write_json
@@ -52,6 +54,55 @@ def fill_sleep_s(ctx: PointContext) -> tuple[float, str]:
     why = (f"auto: target {ctx.point.target_global_batch} requests within output_len/4 = "
            f"{forwards:.0f} forwards at ~{supply:.0f} requests/s of prefill supply")
     return sleep, why
+
+
+def _round_robin_hint(version: str, methods: tuple[str, ...]) -> str:
+    if "decode_round_robin" in methods:
+        return "server_args.decode.load-balance-method: decode_round_robin"
+    if "auto" in methods:
+        return "server_args.decode.load-balance-method: auto (round robin on decode)"
+    return (f"SGLang {version} has no round-robin routing on a PD decode server (0.5.7 "
+            "has decode_round_robin, 0.5.8 and later route decode round robin by default)")
+
+
+def shortfall_reasons(ctx: PointContext, status: dict) -> list[str]:
+    """One line per rank that stayed below the fill threshold: its batch, and why when
+    the logs and the config tell (too few requests routed to it, or admission stuck)."""
+    cfg, point = ctx.cfg, ctx.point
+    threshold, dp = status["threshold"], point.decode_dp
+    prompts = commands.client_prompts(cfg, point)
+    rule, method = server_dp_rule(cfg, "decode", ctx.dialect)
+    at = f"at global batch {status['global_running_req']} of {point.target_global_batch}"
+    hint = _round_robin_hint(ctx.dialect.version, ctx.dialect.load_balance_methods)
+    reasons = []
+    for short in status.get("short_ranks", []):
+        rank, running, queued = short["rank"], short["running_req"], short["queue_req"]
+        if short["stopped"] == "starved" and rule == ROOM:
+            needed = commands.fill_prompts(cfg, point)
+            reasons.append(
+                f"dp{rank} received {running} of {threshold} requests {at}: SGLang "
+                f"{ctx.dialect.version} decode picks DP ranks by bootstrap_room % {dp} "
+                f"(load-balance-method {method}) and the router's rooms are random, so "
+                f"{prompts} prompts fill every rank only with probability "
+                f"{fill_probability(prompts, dp, threshold):.4g}; raise workload.num_prompts "
+                f"(at least {needed} for {cfg['fill']['rank_fill_probability']}) or use "
+                f"round-robin balance ({hint})")
+        elif short["stopped"] == "starved":
+            reasons.append(
+                f"dp{rank} received {running} of {threshold} requests {at}, and no more "
+                f"arrive: decode spreads requests evenly (load-balance-method {method}), so "
+                f"fewer than {dp} x {threshold} reached it (the client sends {prompts}; "
+                "requests that failed at prefill or in the router do not arrive)")
+        elif short["stopped"] == "stuck":
+            reasons.append(
+                f"dp{rank} stayed at {running} of {threshold} with {queued} queued {at}: "
+                f"admission stopped below the target (max-running-requests // dp = "
+                f"{point.target_batch_per_rank}; a KV pool, max-total-tokens, too small "
+                "for the batch, or SGLang 0.5.17's one-short plateau)")
+        else:
+            reasons.append(f"dp{rank} at {running} of {threshold} ({queued} queued) {at}: "
+                           "still growing when the fill ended")
+    return reasons
 
 
 def _clear_slow_down(ctx: PointContext, *, quiet: bool = False) -> None:
@@ -140,12 +191,15 @@ def run_fill(ctx: PointContext) -> dict:
         **{k: status[k] for k in ("target", "threshold", "global_running_req",
                                   "min_running_req", "max_running_req", "ranks_seen")},
         "ranks": status["ranks"],
+        "short_ranks": shortfall_reasons(ctx, status) if ended_by != "reached" else [],
         "client_step": client["step_id"],
     }
     write_csv(ctx.paths.fill_curve, list(curve[0]), curve)
     write_json(ctx.paths.filled, filled)
     progress(f"fill ended: {ended_by} after {filled['fill_s']:.0f} s, global batch "
              f"{filled['global_running_req']}")
+    for reason in filled["short_ranks"]:
+        progress(f"fill: {reason}")
     return filled
 
 

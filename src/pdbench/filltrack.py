@@ -7,11 +7,15 @@ when one of these holds:
 
 * **reached** - every expected rank's ``#running-req`` is at least
   ``ceil(target x target_fraction)`` (target = max_running_requests // dp);
-* **plateaued** - every rank has either reached the threshold or has not grown for
-  ``plateau_forwards`` consecutive decode lines while requests are still queued
-  (``#queue-req`` > 0). SGLang 0.5.17 stays at 63 of 64 this way when the filling prefill
-  is chunked (seen in real SGLang 0.5.17 output recorded on an H200), so waiting for the
-  exact target can hang;
+* **plateaued** - every rank has either reached the threshold or stopped below it:
+  *stuck*, not grown for ``plateau_forwards`` consecutive decode lines while requests are
+  still queued (``#queue-req`` > 0; SGLang 0.5.17 stays at 63 of 64 this way when the
+  filling prefill is chunked, seen in real SGLang 0.5.17 output recorded on an H200), or
+  *starved*, not grown with nothing queued while no request has arrived at any rank for
+  ``plateau_forwards`` decode lines (the requests a rank holds, running + queued + in KV
+  transfer, stopped growing everywhere: the client has sent all it will, and where decode
+  picks ranks by the random bootstrap room some rank may have received fewer than its
+  target). Waiting for the exact target would hang in both cases;
 * otherwise the caller's timeout says why not.
 
 ``sleeping`` tells whether a rank is still under slow_down: a sleep line among its two
@@ -36,6 +40,9 @@ class RankFill:
     queue_req: int | None = None
     max_running_req: int = 0
     level_forwards: int = 0  # consecutive decode lines without growth
+    held: int = 0  # running + queued + in KV transfer, at the latest decode line
+    max_held: int = 0
+    held_level_forwards: int = 0  # consecutive decode lines without a new arrival
     decode_lines: int = 0
     sleeps: int = 0
     recent: list[str] = field(default_factory=list)  # kinds of the latest two records
@@ -54,6 +61,14 @@ class RankFill:
             self.running_req = running
             self.max_running_req = max(self.max_running_req, running)
             self.queue_req = record.get("queue_req")
+            held = running + sum(int(record.get(k) or 0)
+                                 for k in ("queue_req", "transfer_req", "prealloc_req"))
+            if self.decode_lines and held <= self.max_held:
+                self.held_level_forwards += 1
+            else:
+                self.held_level_forwards = 0
+            self.held = held
+            self.max_held = max(self.max_held, held)
             self.decode_lines += 1
             self.last_time = record.get("time")
         elif kind == "slow_down":
@@ -103,8 +118,23 @@ class FillTracker:
             and (r.queue_req or 0) > 0
         )
 
+    def _rank_starved(self, r: RankFill) -> bool:
+        """Below the threshold, nothing queued, and no request arriving for
+        ``plateau_forwards`` lines (a rank that only sleeps holds none)."""
+        if self._rank_reached(r) or (r.queue_req or 0) > 0:
+            return False
+        if r.running_req is None:
+            return r.sleeps >= self.plateau_forwards
+        return r.held_level_forwards >= self.plateau_forwards
+
+    def _arrivals_stopped(self) -> bool:
+        """No rank has received a request for ``plateau_forwards`` decode lines."""
+        return all(r.held_level_forwards >= self.plateau_forwards
+                   for r in self.ranks.values() if r.decode_lines)
+
     def status(self) -> dict:
         complete = self.expected_ranks is None or len(self.ranks) >= self.expected_ranks
+        stopped = self._arrivals_stopped()
         per_rank = {
             str(dp): {
                 "running_req": r.running_req,
@@ -116,6 +146,9 @@ class FillTracker:
                 "sleeping": r.sleeping,
                 "reached": self._rank_reached(r),
                 "plateaued": self._rank_plateaued(r),
+                "starved": stopped and self._rank_starved(r),
+                "held_req": r.held,
+                "forwards_without_arrival": r.held_level_forwards,
                 "last_time": r.last_time,
             }
             for dp, r in sorted(self.ranks.items())
@@ -127,8 +160,14 @@ class FillTracker:
             complete
             and not reached
             and bool(self.ranks)
-            and all(v["reached"] or v["plateaued"] for v in per_rank.values())
+            and all(v["reached"] or v["plateaued"] or v["starved"] for v in per_rank.values())
         )
+        short = [
+            {"rank": int(dp), "running_req": v["running_req"] or 0,
+             "queue_req": v["queue_req"] or 0,
+             "stopped": "starved" if v["starved"] else "stuck" if v["plateaued"] else None}
+            for dp, v in per_rank.items() if not v["reached"]
+        ]
         # A rank that only sleeps (no decode line yet) or is not seen yet holds 0 requests.
         missing = max(0, (self.expected_ranks or 0) - len(per_rank))
         running = [v["running_req"] or 0 for v in per_rank.values()] + [0] * missing
@@ -143,6 +182,7 @@ class FillTracker:
             "max_running_req": max(running) if running else None,
             "reached": reached,
             "plateaued": plateaued,
+            "short_ranks": short,
             "sleeping": any(v["sleeping"] for v in per_rank.values()),
             "ranks": per_rank,
         }

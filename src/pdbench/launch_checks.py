@@ -129,7 +129,8 @@ def _client_concurrency(cfg: Mapping, point: Point) -> None:
     if prompts < target:
         raise ConfigError(
             f"config key workload.{prompts_key}: {prompts} requests cannot fill {where}; "
-            f"send at least {target} (default: twice the target)"
+            f"send at least {target} (the default: twice the target, or more where decode "
+            "picks DP ranks by the random bootstrap room)"
         )
     if w["client"] != "bench_serving":
         return

@@ -184,11 +184,15 @@ def gate(ctx: PointContext, rows: Sequence[dict]) -> None:
     low = [r for r in rows if r["global_batch"] < minimum]
     if rows and len(low) == len(rows):
         worst = min(low, key=lambda r: r["global_batch"])
+        short = (read_json_if(ctx.paths.filled, {}) or {}).get("short_ranks") or []
+        why = f" ({short[0]}" + (f"; {len(short) - 1} more in fill/filled.json)"
+                                 if len(short) > 1 else ")") if short else ""
         raise GateError(
             f"{ctx.point.experiment}/{ctx.point.name}: snapshot {worst['snapshot']} profiled a "
             f"global batch of {worst['global_batch']}, below fill.min_batch_fraction "
             f"({ctx.cfg['fill']['min_batch_fraction']}) x target "
             f"{ctx.point.target_global_batch}; the fill ended by {worst['fill_ended_by']}"
+            + why
         )
 
 

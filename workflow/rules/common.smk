@@ -219,6 +219,11 @@ def get_allocation_predecessor(wildcards):
     return str(RES.point(previous.experiment, previous.name).teardown)
 
 
+def get_results_root(wildcards, output):
+    """results/ as the experiment's output path has it (results/{experiment}/x)."""
+    return str(Path(output[0]).parents[1])
+
+
 def get_preflight_fingerprint(wildcards):
     return preflight_fingerprint(CFG, wildcards.experiment)
 

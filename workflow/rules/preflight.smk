@@ -15,7 +15,7 @@ rule preflight:
         "../../envs/pdbench.yaml"
     params:
         config=CONFIG_FILE,
-        results=RESULTS,
+        results=get_results_root,
         fingerprint=get_preflight_fingerprint,
         adopt=get_adopt_option,
     shell:

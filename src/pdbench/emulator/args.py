@@ -164,7 +164,10 @@ def _bool_flag(parser: argparse.ArgumentParser, *names: str, dest: str) -> None:
     parser.add_argument(*names, dest=dest, action="store_true", default=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(dialect: Dialect | None = None) -> argparse.ArgumentParser:
+    """The flags the emulator acts on; ``--load-balance-method`` takes the choices and the
+    default of ``dialect``'s release (else the newest)."""
+    dialect = dialect or dialect_for(DEFAULT_VERSION)
     p = argparse.ArgumentParser(
         prog="python -m pdbench.emulator",
         description="SGLang server emulator (a test double; see docs/emulator.md). Takes "
@@ -197,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-log-interval", type=int, default=40)
     p.add_argument("--chunked-prefill-size", type=int, default=None)
     p.add_argument("--stream-interval", type=int, default=1)
-    p.add_argument("--load-balance-method", default="round_robin")
+    p.add_argument("--load-balance-method", default=dialect.base.load_balance_default,
+                   choices=list(dialect.base.load_balance_methods))
     p.add_argument("--prefill-round-robin-balance", action="store_true")
     _bool_flag(p, "--enable-eplb", dest="enable_eplb")
     p.add_argument("--init-expert-location", default="trivial")
@@ -309,6 +313,8 @@ class ServerConfig:
     cuda_graph_max_bs: int = 0
     model_path: str = "dummy"
     served_model_name: str = "dummy"
+    dp_rule: str = "round_robin"
+    """How the DP controller picks a request's DP rank (``pdbench.dialects.ROUTING_RULES``)."""
 
     @property
     def attn_tp(self) -> int:
@@ -383,7 +389,7 @@ def parse_args(argv: list[str], env: dict | None = None) -> ServerConfig:
                     f"{msg} (SGLang {knobs.sglang_version} rejects it; "
                     "PDBENCH_EMULATOR_STRICT_FLAGS=0 records it instead)"
                 )
-    parser = build_parser()
+    parser = build_parser(dialect)
 
     def error(message: str) -> None:
         raise UsageError(message)
@@ -473,6 +479,14 @@ def _resolve(cfg: ServerConfig) -> None:
     cfg.served_model_name = ns.served_model_name or cfg.model_path
     if ns.decode_log_interval < 1:
         raise UsageError("--decode-log-interval must be at least 1")
+    for name in cfg.dialect.base.deprecated_options:
+        if getattr(ns, name.replace("-", "_"), False):
+            # DeprecatedAction of the release's parser (wheels 0.5.8-0.5.19).
+            cfg.warnings.append(
+                f"The command line argument '--{name}' is deprecated and will be removed in "
+                "future versions."
+            )
+    cfg.dp_rule = cfg.dialect.base.dp_rank_rule(cfg.mode, ns.load_balance_method)
     required = cfg.dialect.base.decode_requires.get("prefill-round-robin-balance")
     if cfg.mode == "decode" and cfg.dp > 1 and required and not ns.prefill_round_robin_balance:
         # ServerArgs._handle_disaggregation of 0.5.2-0.5.7, word for word.

@@ -9,8 +9,10 @@ capturing N-1 batches before 0.5.16; the ``/start_profile`` keys a release reads
 ignored, so a client ``profile_id`` before 0.5.15 is not used); ``profile_by_stage`` on a PD
 decode server (it crashes the server before 0.5.14); ``/server_info`` (before
 0.5.6 only ``/get_server_info``); which flags a release rejects (option renames,
-``--cuda-graph-bs`` from 0.5.20, removed values such as ``cutlass_mla``); and the
-``--attn-dp-size`` deprecation of ``--enable-dp-attention`` (0.5.22).
+``--cuda-graph-bs`` from 0.5.20, removed values such as ``cutlass_mla``); the
+``--attn-dp-size`` deprecation of ``--enable-dp-attention`` (0.5.22); and how a server
+picks a request's DP rank (``--load-balance-method`` choices and default, the rule per
+mode such as ``bootstrap_room % dp``, the body key that names a rank).
 
 The rest is emulator-only spelling, from SGLang's log and trace history (the PRs and dates
 in ``docs/sglang-formats.md``); a change known by its merge date but not tied to a release

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdbench.dialects import FAILS, FEWEST_REQUESTS, FEWEST_TOKENS, ROOM
+
 from .args import ServerConfig
 from .experts import ExpertRecorder, RecorderError
 from .tracefmt import TraceRank, write_merged, write_trace
@@ -83,6 +85,7 @@ class Req:
         "cancel_wait",
         "finish_time",
         "room",
+        "room_number",
     )
 
     def __init__(
@@ -95,6 +98,7 @@ class Req:
         stream: bool = False,
         routed_dp: int | None = None,
         rid: str | None = None,
+        room_number: int | None = None,
     ):
         self.rid = rid or new_rid()
         self.call = call
@@ -114,6 +118,7 @@ class Req:
         self.cancel_wait: Callable[[], None] | None = None
         self.finish_time = 0.0
         self.room: str | None = None
+        self.room_number = room_number  # the bootstrap room, where it is an integer
 
     def generated(self, rank: RankState) -> int:
         if self.finished:
@@ -299,16 +304,47 @@ class Engine:
     # ------------------------------------------------------------------ submission
 
     def _pick_rank(self, req: Req) -> RankState:
+        """The DP rank of a new request, by the release's rule for this server's mode and
+        ``--load-balance-method`` (``ServerConfig.dp_rule``, from ``pdbench.dialects``); a
+        rank the request names itself (``routed_dp_rank`` / ``data_parallel_rank``, as the
+        release reads them) comes first."""
         if req.routed_dp is not None and 0 <= req.routed_dp < len(self.ranks):
             return self.ranks[req.routed_dp]
-        if self.cfg.ns.load_balance_method in ("shortest_queue", "minimum_tokens"):
-            return min(
-                self.ranks,
-                key=lambda r: (len(r.running) + len(r.queue) + r.transfer + len(r.waiting), r.dp),
+        return self.ranks[self.route(req.room_number, req.prompt_tokens)]
+
+    def route(self, room: int | None, prompt_tokens: int = 1) -> int:
+        """The DP rank the release's DP controller picks for a request with bootstrap room
+        ``room`` that names no rank of its own."""
+        rule, n = self.cfg.dp_rule, len(self.ranks)
+        if rule == ROOM and room is not None:
+            return room % n
+        if rule == FEWEST_REQUESTS:
+            return min(self.ranks, key=lambda r: (self._held(r), r.dp)).dp
+        if rule == FEWEST_TOKENS:
+            return min(self.ranks, key=lambda r: (self._held_tokens(r), r.dp)).dp
+        if rule == FAILS and self.pending_crash is None:
+            # The release's DP controller raises here and the server goes down with it.
+            self.pending_crash = (
+                "DataParallelController hit an exception: "
+                + ("NameError: name 'req' is not defined" if self.dialect.at_least("0.5.2")
+                   else "NotImplementedError")
             )
-        rank = self.ranks[self.rr % len(self.ranks)]
+            self.wake.set()
+        # ROUND_ROBIN, and a room-routed request without a room: SGLang 0.5.7+ give such a
+        # request (fake transfer backend) the counter as its room; older releases assert.
+        rank = self.rr % n
         self.rr += 1
         return rank
+
+    @staticmethod
+    def _held(rank: RankState) -> int:
+        return len(rank.running) + len(rank.queue) + rank.transfer + len(rank.waiting)
+
+    @staticmethod
+    def _held_tokens(rank: RankState) -> int:
+        return (rank.token_sum + rank.transfer_tokens
+                + sum(r.prompt_tokens for r in rank.queue)
+                + sum(r.prefill_left for r in rank.waiting))
 
     def submit_prefill(self, req: Req) -> None:
         """A prompt to prefill (prefill server, or a plain server's new request)."""

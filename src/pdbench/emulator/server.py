@@ -914,16 +914,17 @@ class NodeZero:
         n = len(plens)
         rids = body.get("rid")
         rids = _listify(rids, n, "rid") if rids is not None else [None] * n
-        routed = body.get("routed_dp_rank", body.get("data_parallel_rank"))
+        # The release's own key(s) and methods (pdbench.dialects.Dialect.routed_rank).
+        routed = cfg.dialect.base.routed_rank(body, cfg.ns.load_balance_method)
         routed = _listify(routed, n, "routed_dp_rank")
+        rooms = body.get("bootstrap_room")
+        if isinstance(rooms, int) and n > 1:
+            rooms = [rooms + i for i in range(n)]
+        rooms = _listify(rooms, n, "bootstrap_room")
         stream = call.stream
         if cfg.mode == "decode":
             hosts = _listify(body.get("bootstrap_host"), n, "bootstrap_host")
             ports = _listify(body.get("bootstrap_port"), n, "bootstrap_port")
-            rooms = body.get("bootstrap_room")
-            if isinstance(rooms, int) and n > 1:
-                rooms = [rooms + i for i in range(n)]
-            rooms = _listify(rooms, n, "bootstrap_room")
             for i in range(n):
                 host = hosts[i]
                 if host is not None and host != FAKE_BOOTSTRAP_HOST and rooms[i] is None:
@@ -939,6 +940,8 @@ class NodeZero:
                 stream=stream,
                 routed_dp=routed[i] if isinstance(routed[i], int) else None,
                 rid=str(rids[i]) if rids[i] is not None else None,
+                room_number=rooms[i] if isinstance(rooms[i], int)
+                and not isinstance(rooms[i], bool) else None,
             )
             reqs.append(r)
         call.reqs = reqs
@@ -960,12 +963,7 @@ class NodeZero:
                         self.waiting_timeout,
                     )
             elif cfg.mode == "prefill":
-                room = body.get("bootstrap_room")
-                if isinstance(room, list):
-                    room = room[i]
-                elif isinstance(room, int) and n > 1:
-                    room = room + i
-                r.room = room_key(room) if room is not None else None
+                r.room = room_key(rooms[i]) if rooms[i] is not None else None
                 r.max_new = 1
                 engine.submit_prefill(r)
             else:
