@@ -220,7 +220,7 @@ def get_allocation_predecessor(wildcards):
 
 
 def get_results_root(wildcards, output):
-    """results/ as the experiment's output path has it (results/{experiment}/x)."""
+    """The results root above an experiment's output (two levels up)."""
     return str(Path(output[0]).parents[1])
 
 
