@@ -228,8 +228,9 @@ def run_preflight(cfg: dict, experiment: str, results: str | Path, *,
         return record
     adopted = cfg["site"]["allocation_job_id"] or adopt_job_id
     checks = [check_secrets(cfg), *check_allocations(cfg, points, work, adopted)]
-    checks += _probe_on_node(cfg, points, results, work, adopted, queue_timeout_s)
-    record.update(checks=checks, finished_at=now("seconds"))
+    probed, where = _probe_on_node(cfg, points, results, work, adopted, queue_timeout_s)
+    checks += probed
+    record.update(where, checks=checks, finished_at=now("seconds"))
     write_json(work / "result.json", record)
     failed = [c for c in checks if c["status"] == "failed"]
     if failed:
@@ -246,7 +247,8 @@ def run_preflight(cfg: dict, experiment: str, results: str | Path, *,
 
 
 def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
-                   adopted: int | None, queue_timeout_s: float) -> list[dict]:
+                   adopted: int | None, queue_timeout_s: float) -> tuple[list[dict], dict]:
+    """The probe's checks, and where it ran (``job_id``, ``adopted``, ``node``)."""
     site, pre = cfg["site"], cfg["site"]["preflight"]
     submitted = None
     try:
@@ -269,7 +271,8 @@ def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
         write_text(tokens["token_path"], tokens["token"] + "\n")
         spec, failed = probe_spec(cfg, points, results, node, address, _hosts_shared(site),
                                   tokens)
-        return failed + _run_probe(cfg, job_id, node, work, spec)
+        where = {"job_id": job_id, "adopted": bool(adopted), "node": node}
+        return failed + _run_probe(cfg, job_id, node, work, spec), where
     finally:
         if submitted:
             slurm.cancel(str(submitted))

@@ -479,7 +479,10 @@ def test_full_chain_matches_ground_truth_and_leaves_nothing(completed):
     slurm_logs = list((chain.dir / ".snakemake" / "slurm_logs").rglob("*.log"))
     for log in slurm_logs:
         assert "stale marker" not in log.read_text(), log
-    assert chain.submitted_jobs() == [str(alloc["job_id"])], "only the holder job is Slurm's"
+    preflight = json.loads((chain.results / EXPERIMENT / "preflight.json").read_text())
+    assert not preflight["adopted"]
+    assert chain.submitted_jobs() == sorted([str(alloc["job_id"]), str(preflight["job_id"])]), \
+        "only the preflight's and the holder job are Slurm's"
     assert (chain.point / "allocation.json").exists()
 
 
