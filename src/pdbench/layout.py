@@ -289,6 +289,12 @@ class ExperimentPaths:
         """The last preflight's probe, its spec, tokens, log and full result."""
         return self.root / "preflight"
 
+    @property
+    def preflight_job(self) -> Path:
+        """The preflight's one-node job while it exists: named like a point's pending
+        holder, so ``ResultsPaths.pending_allocations`` (stop-all, the sweep) finds it."""
+        return self.preflight_dir / "allocation.pending.json"
+
     def stage_log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
 
@@ -318,6 +324,7 @@ class ResultsPaths:
         return [PointPaths(p.parent) for p in sorted(self.root.glob("*/*/allocation.json"))]
 
     def pending_allocations(self) -> list[Path]:
+        """Holder jobs submitted and not yet running, and the preflight's job."""
         return sorted(self.root.glob("*/*/allocation.pending.json"))
 
     @property

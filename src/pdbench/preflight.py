@@ -260,6 +260,11 @@ def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
                                             f"pdbench-{points[0].experiment}-preflight",
                                             str((work / "holder.log").resolve()))
             job_id = submitted = slurm.submit_holder(argv)
+            # Recorded while it exists: a stop-all (an interrupted run) cancels it, and the
+            # wait below then ends.
+            write_json(ExperimentPaths(work.parent).preflight_job,
+                       {"job_id": job_id, "submitted_at": now("seconds"),
+                        "point": f"{points[0].experiment}/preflight"})
             progress(f"preflight: submitted job {job_id} (1 node, {pre['time_limit']})")
             info = slurm.wait_running(job_id, queue_timeout_s, progress,
                                       check_run=lambda: runstate.check(results))
@@ -276,6 +281,7 @@ def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
     finally:
         if submitted:
             slurm.cancel(str(submitted))
+            ExperimentPaths(work.parent).preflight_job.unlink(missing_ok=True)
 
 
 def _run_probe(cfg: dict, job_id: int, node: str, work: Path, spec: dict) -> list[dict]:

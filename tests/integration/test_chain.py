@@ -979,9 +979,13 @@ def test_a_second_run_on_a_live_tree_is_refused_and_the_first_is_unharmed(make_c
     assert_clean(chain)
 
 
-def test_sigint_while_the_allocation_queues(make_chain):
-    # The holder may not start for ten minutes (--begin), so the allocation stage waits.
-    chain = make_chain("queued", extra={"site": {"sbatch_extra": ["--begin=now+600"]}})
+@pytest.mark.parametrize("queued", ["allocation", "preflight"])
+def test_sigint_while_a_job_queues(make_chain, queued):
+    # The job may not start for ten minutes (--begin), so its stage waits: the preflight's
+    # one-node job, or (preflight off) the point's holder.
+    site = {"sbatch_extra": ["--begin=now+600"],
+            "preflight": {"enabled": queued == "preflight"}}
+    chain = make_chain(f"queued-{queued}", extra={"site": site})
     chain.start(f"results/{EXPERIMENT}/report.html")
     deadline = time.monotonic() + 120
     while not any("PENDING" in job for job in chain.slurm_jobs()):
@@ -998,6 +1002,8 @@ def test_sigint_while_the_allocation_queues(make_chain):
     assert took < 30, text[-6000:]
     assert_clean(chain)
     assert not (chain.point / "allocation.json").exists()
+    assert (chain.results / EXPERIMENT / "preflight.json").exists() == (queued == "allocation")
+    assert not list(chain.results.glob("*/*/allocation.pending.json"))
 
 
 def test_restart_reuses_live_servers(make_chain):
@@ -1005,7 +1011,7 @@ def test_restart_reuses_live_servers(make_chain):
     rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html", "--until", "router")
     print(f"restart: --until router {wall:.0f} s")
     assert rc == 0, text[-8000:]
-    assert set(jobs_run(text)) == set(LAUNCH_RULES), jobs_run(text)
+    assert set(jobs_run(text)) == {"preflight", *LAUNCH_RULES}, jobs_run(text)
     markers = {p.name: (p.read_text(), p.stat().st_mtime_ns)
                for p in (chain.point / "ready").glob("*.json")}
     assert set(markers) == {"prefill-1.json", "decode.json", "router.json"}
@@ -1150,14 +1156,16 @@ def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     assert dry("--configfile", *configs, str(more)) == {
         **forced, "profile_snapshot": SNAPSHOTS + 1}
 
-    # A fresh tree: --until and --omit-from stop where they say.
+    # A fresh tree: --until and --omit-from stop where they say (the preflight first).
     fresh = make_chain("fresh")
     rc, text, _ = fresh.run("-n", target, "--until", "fill")
-    assert rc == 0 and jobs_run(text) == upto_fill, text[-4000:]
+    assert rc == 0 and jobs_run(text) == {"preflight": 1, **upto_fill}, text[-4000:]
     rc, text, _ = fresh.run("-n", target, "--omit-from", "profile_snapshot")
-    assert rc == 0 and jobs_run(text) == {**upto_fill, "release": 1}, text[-4000:]
+    assert rc == 0 and jobs_run(text) == {"preflight": 1, **upto_fill, "release": 1}, \
+        text[-4000:]
     rc, text, _ = fresh.run("-n", target, "--until", "router")
-    assert rc == 0 and jobs_run(text) == {r: 1 for r in LAUNCH_RULES}, text[-4000:]
+    assert rc == 0 and jobs_run(text) == {"preflight": 1, **{r: 1 for r in LAUNCH_RULES}}, \
+        text[-4000:]
 
     # And the offline rerun really runs: every analysis output deleted, no Slurm job, no
     # server, the same numbers; the torn-down point's records stay as they were.
