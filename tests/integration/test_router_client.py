@@ -3,9 +3,13 @@
 An emulated prefill server (1 node, tp = dp = ep = 4) and an emulated 2-node decode server
 (tp = dp = ep = 8) run the argvs that ``pdbench.commands.server_argvs`` renders from
 config/config.yaml + config/rehearsal.yaml (on three fake node names, every address
-127.0.0.1, a free ``ports.shared_host_base``), with ``server_env``'s environment. The
-real router (``router_argv``) and the real ``sglang.bench_serving`` client
-(``client_argv``) from .venv-sglang then run a small workload through them.
+127.0.0.1, a free ``ports.shared_host_base``), with ``server_env``'s environment. Each
+real router generation (``router_argv``: sglang-router 0.3.2, its MiniLB, smg 1.13.0) and
+the real ``sglang.bench_serving`` client (``client_argv``) from .venv-sglang then run a
+small workload through them. ``bench_one_batch_server`` of the installed release (0.5.23)
+reads ``/server_info``, which no router serves: the config refuses that pair, and the
+test shows each router's answer at the server-info paths that decide it
+(``pdbench.routers``).
 
 Every process runs in its own process group and is stopped by a fixture finalizer, also
 when a test fails. Ports are never fixed: another run may share the machine.
@@ -17,13 +21,25 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pdbench import commands, config, topology
+from pdbench import commands, config, launch_checks, topology
+from pdbench.benchresult import summarize
+from pdbench.errors import ConfigError
 from pdbench.layout import node_log_name
 from pdbench.loglines import iter_log
+from pdbench.routers import (
+    AGGREGATE_INFO,
+    ROUTER_SUMMARY,
+    WORKER_INFO,
+    router_dialect,
+    worker_failures,
+    worker_ready_count,
+)
 
 from .helpers import (
     REPO,
@@ -64,7 +80,7 @@ def _sglang_side():
             str(SGLANG_PYTHON),
             "-c",
             "import importlib.util as u, sys; "
-            "missing = [m for m in ('sglang', 'sglang_router', 'pdbench.emulator') "
+            "missing = [m for m in ('sglang', 'sglang_router', 'smg', 'pdbench.emulator') "
             "if u.find_spec(m) is None]; print(' '.join(missing)); sys.exit(1 if missing else 0)",
         ],
         capture_output=True,
@@ -157,29 +173,67 @@ def decode_ranks(log: Path) -> dict[int, list[dict]]:
     return by_rank
 
 
-def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path):
+# (router.implementation, router.mini_lb): every router generation pdbench launches.
+ROUTERS = [
+    pytest.param("sglang-router", False, id="sglang-router"),
+    pytest.param("sglang-router", True, id="sglang-router-minilb"),
+    pytest.param("smg", False, id="smg"),
+]
+
+
+def start_router(procs: Processes, cfg, plan, tmp_path: Path) -> Path:
+    """Start the rendered router and wait until it is ready the way pdbench.servers
+    waits (the generation's readiness path; MiniLB: /health); return its log."""
+    gen = router_dialect(cfg)
+    mini_lb = cfg["router"]["mini_lb"]
+    router_argv = commands.router_argv(cfg, plan)
+    assert router_argv[:3] == [".venv-sglang/bin/python", "-m", gen.module]
+    assert ("--mini-lb" in router_argv) == mini_lb
+    assert router_argv[-2:] == cfg["router"]["extra_args"]  # the free --prometheus-port
+    router_log = tmp_path / "logs" / "router.log"
+    procs.start("router", router_argv, router_log, cwd=REPO)
+    path = gen.mini_lb_readiness_path if mini_lb else gen.readiness_path
+    wait_for(
+        lambda: http_status(f"{plan.router_url}{path}") == 200,
+        ROUTER_READY_S,
+        f"the router at {plan.router_url}{path}",
+        interval=0.25,
+        check=procs.check_alive,
+        detail=lambda: tail(router_log),
+    )
+    if not mini_lb:
+        with urllib.request.urlopen(f"{plan.router_url}{path}", timeout=5) as answer:
+            body = json.loads(answer.read())
+        assert body[gen.healthy_workers_key] == len(plan.prefill) + 1, body
+        # Both workers were logged as registered and healthy, none as failed.
+        text = router_log.read_text(errors="replace")
+        assert worker_ready_count(text, gen) == len(plan.prefill) + 1, tail(router_log)
+        assert worker_failures(text, gen) == []
+    return router_log
+
+
+def get_json(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+@pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
+def test_router_and_bench_serving_through_rendered_pd_deployment(
+    procs, tmp_path, implementation, mini_lb
+):
     cfg, point, plan = make_deployment(
-        {"workload": {"num_prompts": PROMPTS, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN}}
+        {"workload": {"num_prompts": PROMPTS, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN},
+         "router": {"implementation": implementation, "mini_lb": mini_lb}}
     )
     logs = {
         name: start_server(procs, cfg, point, plan, name, tmp_path)
         for name in ("prefill-1", "decode")
     }
     wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
-
-    router_argv = commands.router_argv(cfg, plan)
-    assert router_argv[:3] == [".venv-sglang/bin/python", "-m", "sglang_router.launch_router"]
-    assert router_argv[-2:] == cfg["router"]["extra_args"]  # the free --prometheus-port
-    router_log = tmp_path / "logs" / "router.log"
-    procs.start("router", router_argv, router_log, cwd=REPO)
-    wait_for(
-        lambda: http_status(f"{plan.router_url}/readiness") == 200,
-        ROUTER_READY_S,
-        f"the router at {plan.router_url}/readiness",
-        interval=0.25,
-        check=procs.check_alive,
-        detail=lambda: tail(router_log),
-    )
+    start_router(procs, cfg, plan, tmp_path)
 
     output = tmp_path / "bench" / "bench.jsonl"
     output.parent.mkdir()
@@ -195,6 +249,10 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path
     assert result["total_output_tokens"] == PROMPTS * OUTPUT_LEN
     assert result["total_input_tokens"] == PROMPTS * INPUT_LEN
     assert result["backend"] == "sglang" and result["dataset_name"] == "random-ids"
+    summary = summarize(result, "bench_serving")
+    assert (summary["completed"], summary["total_output_tokens"]) == (PROMPTS,
+                                                                      PROMPTS * OUTPUT_LEN)
+    keep_result(output, f"bench_serving-0.5.23-{implementation}{'-minilb' * mini_lb}")
 
     # Every decode node logs its own DP ranks (4 per node), in the grammar pdbench reads.
     decode0, decode1 = decode_ranks(logs["decode"][0]), decode_ranks(logs["decode"][1])
@@ -205,10 +263,89 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path
     assert all(r["running_req"] <= point.target_batch_per_rank for r in records)
     prefill = [r for r in iter_log(logs["prefill-1"][0]) if r["kind"] == "prefill"]
     assert prefill, tail(logs["prefill-1"][0])
-    print(f"bench_serving: {took:.1f} s, {result['duration']:.2f} s of benchmark")
+    print(f"{implementation}: bench_serving {took:.1f} s, {result['duration']:.2f} s of benchmark")
 
 
-def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path):
+@pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
+def test_bench_one_batch_server_needs_what_each_router_serves(
+    procs, tmp_path, implementation, mini_lb
+):
+    """What decides whether ``bench_one_batch_server`` works through a router: its
+    server-info path (``Dialect.one_batch_server_info_path``) must answer with a worker's
+    information (tokenizer_path, internal_states), /flush_cache must answer, and its one
+    streamed list-form /generate must come back with every index.
+
+    The installed client (0.5.23) reads /server_info: every router answers 404 and the
+    config refuses the pair, naming both versions. Releases up to 0.5.13 read
+    /get_server_info, answered with a worker's information by smg and by MiniLB."""
+    overrides = {
+        "sglang": {"version": "0.5.23"},
+        "env": {"common": {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.23"}},
+        "server_args": {"decode": {"prefill-round-robin-balance": False}},
+        "router": {"implementation": implementation, "mini_lb": mini_lb},
+        "workload": {"client": "bench_one_batch_server", "batch_size": PROMPTS,
+                     "input_len": INPUT_LEN, "output_len": OUTPUT_LEN},
+    }
+    with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang 0\.5\.23 reads "
+                       r"GET /server_info through the router, and router "
+                       rf"{implementation} \d+\.\d+\.\d+.* does not serve it"):
+        make_deployment(overrides)
+    cfg, point, plan = make_deployment({**overrides, "workload": {}})
+    logs = {
+        name: start_server(procs, cfg, point, plan, name, tmp_path)
+        for name in ("prefill-1", "decode")
+    }
+    wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
+    start_router(procs, cfg, plan, tmp_path)
+    gen = router_dialect(cfg)
+
+    status, _ = get_json(f"{plan.router_url}/server_info")
+    assert status == 404
+    status, info = get_json(f"{plan.router_url}/get_server_info")
+    assert status == 200 and isinstance(info, dict)
+    kind = gen.server_info_kind("/get_server_info", mini_lb=mini_lb)
+    tokenizer = info.get("tokenizer_path") or (info.get("prefill") or [{}])[0].get(
+        "tokenizer_path")
+    if kind in (WORKER_INFO, AGGREGATE_INFO):
+        assert tokenizer == cfg["model"]["path"], info
+        assert info["internal_states"][0].get("last_gen_throughput") is not None, info
+    else:
+        assert kind == ROUTER_SUMMARY
+        assert tokenizer is None and "internal_states" not in info, info
+
+    flush = urllib.request.Request(f"{plan.router_url}/flush_cache", data=b"", method="POST")
+    with urllib.request.urlopen(flush, timeout=10) as answer:
+        assert answer.status == 200
+
+    # One streamed request with a list of prompts, as bench_one_batch_server sends it.
+    body = {"input_ids": [[1 + i, 2, 3, 4] for i in range(4)],
+            "sampling_params": {"max_new_tokens": 3, "ignore_eos": True, "temperature": 0},
+            "stream": True}
+    request = urllib.request.Request(f"{plan.router_url}/generate",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    finished = {}
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        for raw in answer:
+            line = raw.decode().strip()
+            if line.startswith("data:") and line != "data: [DONE]":
+                chunk = json.loads(line[5:])
+                if chunk["meta_info"]["finish_reason"] is not None:
+                    finished[chunk["index"]] = chunk["meta_info"]["completion_tokens"]
+    assert finished == {i: 3 for i in range(4)}
+    procs.check_alive()
+
+
+def keep_result(output: Path, name: str) -> None:
+    """With PDBENCH_KEEP_CLIENT_RESULTS=DIR, copy a client's result line there (how the
+    samples under tests/data/client-results were made)."""
+    folder = os.environ.get("PDBENCH_KEEP_CLIENT_RESULTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.jsonl").write_text(output.read_text())
+
+
+def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path, monkeypatch):
     """``workload.client: bench_one_batch_server``'s rendered argv, aimed at the decode
     server itself with ``--fake-prefill`` (no prefill server, no router).
 
@@ -218,6 +355,9 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
     ``--dataset-name random-ids`` keeps its prompts local (its default, ``random``,
     downloads ShareGPT).
     """
+    # No router here, so the client/router pairing check (0.5.23's client reads
+    # /server_info, which no router serves) does not apply to this deployment.
+    monkeypatch.setattr(launch_checks, "_client_through_router", lambda cfg: None)
     cfg, point, plan = make_deployment(
         {
             "sglang": {"version": "0.5.23"},
@@ -229,7 +369,8 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
                 "batch_size": PROMPTS,
                 "input_len": INPUT_LEN,
                 "output_len": OUTPUT_LEN,
-                "extra_args": ["--fake-prefill", "--device", "cpu", "--dataset-name", "random-ids"],
+                "dataset": "random-ids",
+                "extra_args": ["--fake-prefill", "--device", "cpu"],
             },
         }
     )
@@ -254,6 +395,11 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
     assert (result["input_len"], result["output_len"]) == (INPUT_LEN, OUTPUT_LEN)
     assert result["total_output_tokens"] == PROMPTS * OUTPUT_LEN
     assert result["num_early_stopped"] == 0
+    summary = summarize(result, "bench_one_batch_server")
+    assert summary["completed"] == PROMPTS
+    assert summary["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    assert summary["duration_s"] == result["latency"]
+    keep_result(output, "bench_one_batch_server-0.5.23-decode")
     decode0, decode1 = decode_ranks(logs["decode"][0]), decode_ranks(logs["decode"][1])
     assert set(decode0) == {0, 1, 2, 3}, tail(logs["decode"][0])
     assert set(decode1) == {4, 5, 6, 7}, tail(logs["decode"][1])
