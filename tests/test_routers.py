@@ -270,6 +270,12 @@ RESULTS = DATA / "client-results"
          {"completed": 32, "total_input_tokens": 2048, "total_output_tokens": 512}),
         ("bench_one_batch_server-0.5.23-decode.jsonl", "bench_one_batch_server",
          {"completed": 32, "total_input_tokens": 2048, "total_output_tokens": 512}),
+        # 0.5.5.post2 writes no total_output_tokens: the batch times output_len counts.
+        ("bench_one_batch_server-0.5.5.post2-smg.jsonl", "bench_one_batch_server",
+         {"completed": 32, "total_input_tokens": 2048, "total_output_tokens": 512}),
+        ("bench_one_batch_server-0.5.5.post2-sglang-router-minilb.jsonl",
+         "bench_one_batch_server",
+         {"completed": 32, "total_input_tokens": 2048, "total_output_tokens": 512}),
     ],
 )
 def test_one_reader_for_both_clients(name, client, expected):
@@ -284,16 +290,11 @@ def test_one_reader_for_both_clients(name, client, expected):
     assert summary["output_throughput"] == line["output_throughput"] > 0
 
 
-def test_bench_one_batch_server_before_total_output_tokens():
-    # The keys of 0.5.5.post2's bench_one_batch_server result (its `res` dict): no
-    # total_output_tokens, so the batch times output_len is the count.
-    line = {"run_name": "default", "batch_size": 8, "input_len": 100, "output_len": 10,
-            "latency": 2.5, "output_throughput": 40.0, "overall_throughput": 352.0,
-            "last_gen_throughput": 39.0}
-    summary = summarize(line, "bench_one_batch_server")
-    assert summary == {"client": "bench_one_batch_server", "completed": 8,
-                       "total_input_tokens": 800, "total_output_tokens": 80,
-                       "duration_s": 2.5, "output_throughput": 40.0}
+def test_old_one_batch_server_line_has_no_token_count():
+    line = last_line(RESULTS / "bench_one_batch_server-0.5.5.post2-smg.jsonl")
+    assert "total_output_tokens" not in line
+    assert summarize(line, "bench_one_batch_server")["total_output_tokens"] == (
+        line["batch_size"] * line["output_len"])
 
 
 @pytest.mark.parametrize(
@@ -328,3 +329,109 @@ def test_sample_results_are_single_lines():
     for path in sorted(RESULTS.glob("*.jsonl")):
         assert len(path.read_text().splitlines()) == 1, path
         json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "overlay, implementation, mini_lb",
+    [("chain-smg.yaml", "smg", False), ("chain-minilb.yaml", "sglang-router", True)],
+)
+def test_chain_overlays_select_a_router(overlay, implementation, mini_lb):
+    """The overlays the Slurm chain can add to chain-small.yaml validate and select their
+    router generation."""
+    import yaml
+
+    from pdbench import config as config_mod
+
+    def merge(base: dict, layer: dict) -> dict:
+        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v
+                           for k, v in layer.items()}}
+
+    raw = raw_default()
+    for name in ("chain-small.yaml", overlay):
+        raw = merge(raw, yaml.safe_load((DATA / "configs" / name).read_text()))
+    cfg = config_mod.validate(raw, workdir=Path(__file__).resolve().parents[1])
+    gen = router_dialect(cfg)
+    assert (gen.implementation, cfg["router"]["mini_lb"]) == (implementation, mini_lb)
+    plan = plan_of(cfg, config_mod.grid_points(cfg)[0],
+                   topology.expand_nodelist("n-[1-3]"), {f"n-{i}": "127.0.0.1" for i in (1, 2, 3)})
+    assert router_argv(cfg, plan)[2] == gen.module
+
+
+# ------------------------------------------------------------- readiness at launch
+
+
+@pytest.fixture
+def fake_router():
+    """A local HTTP server answering GET PATH with the status and body set in ``routes``."""
+    import http.server
+    import threading
+
+    routes: dict[str, tuple[int, bytes]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            status, body = routes.get(self.path, (404, b""))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    server.shutdown()
+    server.server_close()
+
+
+READY_2 = (200, b'{"status":"ready","healthy_workers":2,"total_workers":2}')
+READY_1 = (200, b'{"status":"ready","healthy_workers":1,"total_workers":2}')
+NOT_READY = (503, b'{"status":"not ready","reason":"insufficient healthy workers"}')
+
+
+@pytest.mark.parametrize("implementation", sorted(GENERATIONS))
+@pytest.mark.parametrize(
+    "routes, mini_lb, expected, ready",
+    [
+        ({"/readiness": READY_2}, False, 2, True),
+        ({"/readiness": READY_2}, False, 3, False),  # a third server not yet registered
+        ({"/readiness": READY_1}, False, 2, False),
+        ({"/readiness": NOT_READY}, False, 2, False),
+        ({"/readiness": (200, b"OK")}, False, 2, False),
+        ({"/readiness": (200, b'{"status":"ready"}')}, False, 2, False),
+        ({}, False, 2, False),
+        ({"/health": (200, b"")}, True, 2, True),  # MiniLB: no /readiness
+        ({"/readiness": READY_2}, True, 2, False),
+    ],
+)
+def test_router_ready(fake_router, tmp_path, implementation, routes, mini_lb, expected, ready):
+    from pdbench.servers import router_ready
+
+    url, served = fake_router
+    served.update(routes)
+    log = tmp_path / "router.log"
+    log.write_text((DATA / "router-logs" / f"{implementation}-"
+                    f"{GENERATIONS[implementation].checked}-ready.log").read_text())
+    gen = GENERATIONS[implementation]
+    assert router_ready(url, log, gen, mini_lb=mini_lb, expected=expected) is ready
+
+
+@pytest.mark.parametrize("implementation", sorted(GENERATIONS))
+def test_router_that_could_not_add_a_worker_fails_at_once(fake_router, tmp_path,
+                                                          implementation):
+    from pdbench.servers import router_ready
+    from pdbench.steps import ServerError
+
+    url, served = fake_router
+    served["/readiness"] = NOT_READY
+    gen = GENERATIONS[implementation]
+    log = tmp_path / "router.log"
+    log.write_text((DATA / "router-logs" / f"{implementation}-{gen.checked}-worker-failed.log")
+                   .read_text())
+    with pytest.raises(ServerError, match=rf"router: {implementation} {gen.checked} could not "
+                       r"add worker\(s\) http://127\.0\.0\.1:1, http://127\.0\.0\.1:2 "):
+        router_ready(url, log, gen, mini_lb=False, expected=2)
+    assert router_ready(url, tmp_path / "no-log-yet.log", gen, mini_lb=False,
+                        expected=2) is False

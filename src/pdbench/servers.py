@@ -20,7 +20,7 @@ from . import commands, slurm
 from .context import PointContext, now, progress
 from .http import HTTPCallError, call, probe
 from .layout import read_json, write_json
-from .routers import router_dialect, worker_failures
+from .routers import RouterDialect, router_dialect, worker_failures
 from .steps import (
     ServerError,
     StepLaunch,
@@ -172,6 +172,31 @@ def _dead_message(ctx, server, nodes, log_role, step) -> str:
     return "\n".join(parts)
 
 
+def router_ready(url: str, log: Path, gen: RouterDialect, *, mini_lb: bool,
+                 expected: int) -> bool:
+    """Whether the router at ``url`` is ready with ``expected`` workers, the way its
+    generation says (:mod:`pdbench.routers`); ServerError when its log says it could not
+    add a worker: it keeps running without it, so waiting would only end at
+    ``timeouts.router_ready_s``."""
+    failed = worker_failures(_read(log), gen)
+    if failed:
+        raise ServerError(
+            f"router: {gen.implementation} {gen.version} could not add worker(s) "
+            f"{', '.join(sorted(set(failed)))} (its log, {log}, says 'Failed job: "
+            "type=AddWorker'); last log lines:\n" + log_tail(log))
+    if mini_lb:
+        # MiniLB has no /readiness and checks no worker: its /health is 200 once it
+        # listens; the test request that follows goes through a prefill and the decode.
+        return probe(f"{url}{gen.mini_lb_readiness_path}") == 200
+    try:
+        body = call("GET", f"{url}{gen.readiness_path}", timeout_s=5, retry=False).json()
+    except (HTTPCallError, ValueError):
+        return False
+    if not isinstance(body, dict):
+        return False
+    return int(body.get(gen.healthy_workers_key, 0)) >= expected
+
+
 def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     plan = ctx.plan
     timeout_s = ctx.cfg["timeouts"]["router_ready_s"] if timeout_s is None else timeout_s
@@ -187,24 +212,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     expected = len(plan.prefill) + 1
 
     def ready() -> bool:
-        failed = worker_failures(_read(log), gen)
-        if failed:
-            # The router keeps running without a worker it could not add; waiting for
-            # it would only end at router_ready_s.
-            raise ServerError(
-                f"router: {gen.implementation} {gen.version} could not add worker(s) "
-                f"{', '.join(sorted(set(failed)))} (its log, {log}, says 'Failed job: "
-                "type=AddWorker'); last log lines:\n" + log_tail(log))
-        if mini_lb:
-            # MiniLB has no /readiness and checks no worker: its /health is 200 once it
-            # listens; the test request below goes through a prefill and the decode server.
-            return probe(f"{plan.router_url}{gen.mini_lb_readiness_path}") == 200
-        try:
-            body = call("GET", f"{plan.router_url}{gen.readiness_path}", timeout_s=5,
-                        retry=False).json()
-        except (HTTPCallError, ValueError):
-            return False
-        return int(body.get(gen.healthy_workers_key, expected)) >= expected
+        return router_ready(plan.router_url, log, gen, mini_lb=mini_lb, expected=expected)
 
     try:
         waited = _wait_ready(

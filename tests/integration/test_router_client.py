@@ -136,14 +136,14 @@ def wait_healthy(procs: Processes, plan, names: list[str], logs: dict[str, list[
 
 
 def run_client(
-    argv: list[str], tmp_path: Path, name: str
+    argv: list[str], tmp_path: Path, name: str, env: dict | None = None
 ) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     try:
         cp = subprocess.run(
             argv,
             cwd=REPO,
-            env={**os.environ, **CLIENT_ENV},
+            env={**os.environ, **CLIENT_ENV, **(env or {})},
             capture_output=True,
             text=True,
             timeout=CLIENT_TIMEOUT_S,
@@ -266,38 +266,74 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(
     print(f"{implementation}: bench_serving {took:.1f} s, {result['duration']:.2f} s of benchmark")
 
 
+# A release's own code installed apart (scripts/setup-sglang-release 0.5.5.post2): its
+# bench_one_batch_server reads /get_server_info and runs on .venv-sglang's torch once the
+# GPU kernel packages it imports on the way are importable stand-ins (tests/sglang_check.py).
+OLD_CLIENT_RELEASE = "0.5.5.post2"
+OLD_CLIENT_CODE = REPO / ".cache" / "sglang-releases" / OLD_CLIENT_RELEASE
+OLD_CLIENT_RUNNER = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import sglang_check; "
+    "sglang_check._install_kernel_stand_ins(); module = sys.argv.pop(1); "
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
+def sharegpt_file(path: Path, conversations: int) -> Path:
+    """A ShareGPT-format file: 0.5.5.post2's ``--dataset-name random`` takes its token ids
+    from one (and downloads ShareGPT without it)."""
+    rows = [{"conversations": [{"from": "human", "value": f"question {i} " * 40},
+                               {"from": "gpt", "value": f"answer {i}"}]}
+            for i in range(conversations)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
 @pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
-def test_bench_one_batch_server_needs_what_each_router_serves(
-    procs, tmp_path, implementation, mini_lb
-):
+def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementation, mini_lb):
     """What decides whether ``bench_one_batch_server`` works through a router: its
     server-info path (``Dialect.one_batch_server_info_path``) must answer with a worker's
     information (tokenizer_path, internal_states), /flush_cache must answer, and its one
     streamed list-form /generate must come back with every index.
 
-    The installed client (0.5.23) reads /server_info: every router answers 404 and the
-    config refuses the pair, naming both versions. Releases up to 0.5.13 read
-    /get_server_info, answered with a worker's information by smg and by MiniLB."""
-    overrides = {
+    The installed client (0.5.23) reads /server_info: every router answers 404, the
+    config refuses the pair naming both versions, and the client run anyway fails.
+    0.5.5.post2's client reads /get_server_info: it runs end to end through smg and
+    MiniLB, and fails through sglang-router's Rust router (a summary of itself), whose
+    pairing the config refuses."""
+    refused_0_5_23 = {
         "sglang": {"version": "0.5.23"},
-        "env": {"common": {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.23"}},
         "server_args": {"decode": {"prefill-round-robin-balance": False}},
         "router": {"implementation": implementation, "mini_lb": mini_lb},
-        "workload": {"client": "bench_one_batch_server", "batch_size": PROMPTS,
-                     "input_len": INPUT_LEN, "output_len": OUTPUT_LEN},
+        "workload": {"client": "bench_one_batch_server", "dataset": "random-ids"},
     }
     with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang 0\.5\.23 reads "
                        r"GET /server_info through the router, and router "
                        rf"{implementation} \d+\.\d+\.\d+.* does not serve it"):
-        make_deployment(overrides)
-    cfg, point, plan = make_deployment({**overrides, "workload": {}})
+        make_deployment(refused_0_5_23)
+    sharegpt = sharegpt_file(tmp_path / "sharegpt.json", PROMPTS)
+    workload = {"client": "bench_one_batch_server", "batch_size": PROMPTS,
+                "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "dataset": "random",
+                "dataset_path": str(sharegpt), "extra_args": []}
+    # The 0.5.5.post2 client's config, for a router it works through (the same argv
+    # goes to the refused router below: the client takes no router flag).
+    cfg, point, plan = make_deployment({
+        "workload": workload,
+        "router": {"implementation": "smg" if not mini_lb else implementation,
+                   "mini_lb": mini_lb},
+    })
+    if (implementation, mini_lb) == ("sglang-router", False):
+        with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang "
+                           r"0\.5\.5\.post2 reads GET /get_server_info through the router, "
+                           r"and router sglang-router 0\.3\.2 answers it with a summary"):
+            make_deployment({"workload": workload})
+        cfg = {**cfg, "router": {**cfg["router"], "implementation": "sglang-router"}}
+    gen = router_dialect(cfg)
     logs = {
         name: start_server(procs, cfg, point, plan, name, tmp_path)
         for name in ("prefill-1", "decode")
     }
     wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
     start_router(procs, cfg, plan, tmp_path)
-    gen = router_dialect(cfg)
 
     status, _ = get_json(f"{plan.router_url}/server_info")
     assert status == 404
@@ -306,7 +342,8 @@ def test_bench_one_batch_server_needs_what_each_router_serves(
     kind = gen.server_info_kind("/get_server_info", mini_lb=mini_lb)
     tokenizer = info.get("tokenizer_path") or (info.get("prefill") or [{}])[0].get(
         "tokenizer_path")
-    if kind in (WORKER_INFO, AGGREGATE_INFO):
+    works = kind in (WORKER_INFO, AGGREGATE_INFO)
+    if works:
         assert tokenizer == cfg["model"]["path"], info
         assert info["internal_states"][0].get("last_gen_throughput") is not None, info
     else:
@@ -316,7 +353,6 @@ def test_bench_one_batch_server_needs_what_each_router_serves(
     flush = urllib.request.Request(f"{plan.router_url}/flush_cache", data=b"", method="POST")
     with urllib.request.urlopen(flush, timeout=10) as answer:
         assert answer.status == 200
-
     # One streamed request with a list of prompts, as bench_one_batch_server sends it.
     body = {"input_ids": [[1 + i, 2, 3, 4] for i in range(4)],
             "sampling_params": {"max_new_tokens": 3, "ignore_eos": True, "temperature": 0},
@@ -333,7 +369,59 @@ def test_bench_one_batch_server_needs_what_each_router_serves(
                 if chunk["meta_info"]["finish_reason"] is not None:
                     finished[chunk["index"]] = chunk["meta_info"]["completion_tokens"]
     assert finished == {i: 3 for i in range(4)}
+
+    # The installed 0.5.23 client, run anyway: it stops at GET /server_info.
+    new_output = tmp_path / "bench" / "new.jsonl"
+    new_output.parent.mkdir()
+    argv = commands.client_argv(cfg, point, plan, output_file=new_output)
+    module = argv.index("sglang.bench_one_batch_server")
+    argv[module] = "sglang.benchmark.one_batch_server"
+    argv += ["--device", "cpu"]  # its server-argument resolution, without a GPU
+    cp, _ = run_client(argv, tmp_path, "one_batch_server-0.5.23")
+    assert cp.returncode != 0 and "404" in cp.stdout + cp.stderr, cp.stderr[-2000:]
+    assert not new_output.exists()
+
+    if not (OLD_CLIENT_CODE / "sglang" / "bench_one_batch_server.py").exists():
+        skip_or_fail(f"{OLD_CLIENT_CODE} missing (scripts/setup-sglang-release "
+                     f"{OLD_CLIENT_RELEASE})")
+    output = tmp_path / "bench" / "old.jsonl"
+    argv = commands.client_argv(cfg, point, plan, output_file=output)
+    assert argv[1:3] == ["-m", "sglang.bench_one_batch_server"]
+    assert argv[-4:] == ["--dataset-name", "random", "--dataset-path", str(sharegpt)]
+    argv[1:2] = ["-W", "ignore", "-c", OLD_CLIENT_RUNNER, str(REPO / "tests")]
+    # It builds a ServerArgs of its own (every server arg, unused with --base-url) and
+    # resolves it on this CPU host with .venv-sglang's transformers, whose DeepSeek config
+    # has a rope_scaling without the "factor" 0.5.5.post2 reads: its --model-path gets a
+    # copy of the tiny model's config.json with one. The tokenizer and everything it
+    # measures come through the router.
+    own_model = tmp_path / "client-model-config"
+    own_model.mkdir()
+    model_config = json.loads((REPO / cfg["model"]["path"] / "config.json").read_text())
+    model_config["rope_scaling"] = {"rope_type": "linear", "factor": 1.0}
+    (own_model / "config.json").write_text(json.dumps(model_config))
+    argv[argv.index("--model-path") + 1] = str(own_model)
+    argv += ["--device", "cpu"]
+    cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}",
+                          env={"PYTHONPATH": str(OLD_CLIENT_CODE)})
     procs.check_alive()
+    if not works:
+        # No tokenizer_path and no prefill list in the router's summary: the client has
+        # no tokenizer and stops before its batch.
+        assert cp.returncode != 0, cp.stdout[-2000:]
+        assert "tokenizer_path" in cp.stderr, cp.stderr[-2000:]
+        assert not output.exists() or not output.read_text().strip()
+        return
+    assert cp.returncode == 0, f"{cp.stdout[-2000:]}\n{cp.stderr[-3000:]}"
+    result = last_jsonl(output)
+    assert (result["batch_size"], result["input_len"], result["output_len"]) == (
+        PROMPTS, INPUT_LEN, OUTPUT_LEN)
+    summary = summarize(result, "bench_one_batch_server")
+    assert summary["completed"] == PROMPTS
+    assert summary["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    keep_result(output, f"bench_one_batch_server-{OLD_CLIENT_RELEASE}-{implementation}"
+                        f"{'-minilb' * mini_lb}")
+    print(f"{implementation}{' MiniLB' * mini_lb}: bench_one_batch_server "
+          f"{OLD_CLIENT_RELEASE} {took:.1f} s")
 
 
 def keep_result(output: Path, name: str) -> None:
