@@ -125,6 +125,15 @@ def test_server_info_answers(implementation, mini_lb, answer):
     assert gen.server_info_kind("/server_info", mini_lb=mini_lb) is None
 
 
+@pytest.mark.parametrize("implementation, mini_lb, _answer", ROUTER_ROWS)
+def test_every_router_serves_what_both_clients_send(implementation, mini_lb, _answer):
+    gen = GENERATIONS[implementation]
+    for path in ("/generate", "/flush_cache", "/v1/models"):
+        assert gen.serves_path(path, mini_lb=mini_lb), path
+    assert not gen.serves_path("/server_info", mini_lb=mini_lb)
+    assert not gen.serves_path("/metrics", mini_lb=mini_lb)
+
+
 def _pair_cfg(version: str, implementation: str, mini_lb: bool, client: str,
               dataset: str = "random-ids") -> dict:
     """The parts of a config the pairing check reads."""

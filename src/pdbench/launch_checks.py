@@ -54,22 +54,31 @@ def check(cfg: Mapping, points: Sequence[Point], workdir: str | os.PathLike | No
 
 
 def _client_through_router(cfg: Mapping) -> None:
-    """bench_one_batch_server with ``--base-url`` at the router reads the release's
-    server-info path for its tokenizer and the servers' ``internal_states``; a router that
-    answers 404 there, or with a summary of itself, ends the client before its batch."""
-    if cfg["workload"]["client"] != "bench_one_batch_server":
-        return
+    """The client's calls through the router are ones it serves: /generate (both clients),
+    /flush_cache and the release's server-info path (bench_one_batch_server, which takes
+    its tokenizer and the servers' ``internal_states`` from there: a 404 or a router's
+    summary of itself ends it before its batch)."""
+    client = cfg["workload"]["client"]
     dialect = dialect_for(cfg)
-    one_batch_server_dataset_args(cfg["workload"], dialect)
-    path = dialect.one_batch_server_info_path
-    if path is None:
-        return
     gen = router_dialect(cfg)
     mini_lb = bool(cfg["router"]["mini_lb"])
+    router = f"{gen.implementation} {gen.version}" + (" (MiniLB)" if mini_lb else "")
+    path = dialect.one_batch_server_info_path if client == "bench_one_batch_server" else None
+    # Both clients send /generate; bench_one_batch_server flushes the cache first
+    # wherever it reads server info (0.4.7 on).
+    for needed in ["/generate", *(["/flush_cache"] if path else [])]:
+        if not gen.serves_path(needed, mini_lb=mini_lb):
+            raise ConfigError(f"config key workload.client: {client} of SGLang "
+                              f"{dialect.version} calls {needed} through the router, and "
+                              f"router {router} does not serve it")
+    if client != "bench_one_batch_server":
+        return
+    one_batch_server_dataset_args(cfg["workload"], dialect)
+    if path is None:
+        return
     answer = gen.server_info_kind(path, mini_lb=mini_lb)
     if answer in (WORKER_INFO, AGGREGATE_INFO):
         return
-    router = f"{gen.implementation} {gen.version}" + (" (MiniLB)" if mini_lb else "")
     what = "does not serve it (404)" if answer is None else \
         "answers it with a summary of itself (no tokenizer, no internal_states)"
     hint = ("no router generation pdbench knows serves /server_info: use workload.client: "

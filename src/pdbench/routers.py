@@ -77,12 +77,18 @@ class RouterDialect:
     mini_lb_server_info: Mapping[str, str] = field(default_factory=dict)
     serves: frozenset[str] = frozenset()
     """Paths the Rust router answers (besides the server-info ones)."""
+    mini_lb_serves: frozenset[str] = frozenset()
+    """Paths MiniLB answers (besides the server-info ones)."""
     worker_ready_line: str = ""
     """Regex of the log line printed when a configured worker is registered and healthy."""
     worker_failed_line: str = ""
     """Regex of the log line printed when a configured worker could not be added; the
     router keeps running without it (it does not exit), so pdbench reads the log."""
     source: str = ""
+
+    def serves_path(self, path: str, *, mini_lb: bool) -> bool:
+        return path in (self.mini_lb_serves if mini_lb else self.serves) or \
+            self.server_info_kind(path, mini_lb=mini_lb) is not None
 
     def server_info_kind(self, path: str, *, mini_lb: bool) -> str | None:
         """What the router answers at ``path`` (None: 404)."""
@@ -124,6 +130,9 @@ GENERATIONS: Mapping[str, RouterDialect] = MappingProxyType({
         # returns the decode servers' internal_states with the prefill/decode lists.
         mini_lb_server_info=MappingProxyType({"/get_server_info": AGGREGATE_INFO}),
         serves=_COMMON_PATHS,
+        mini_lb_serves=frozenset({"/health", "/health_generate", "/flush_cache",
+                                  "/model_info", "/get_model_info", "/generate",
+                                  "/v1/chat/completions", "/v1/completions", "/v1/models"}),
         worker_ready_line=r"Activated \d+ worker\(s\) \(marked as healthy\)",
         worker_failed_line=r"Failed job: type=AddWorker, worker=(?P<url>\S+?),",
         source="wheel sglang-router 0.3.2 (--help, router_args.py, mini_lb.py); "

@@ -213,11 +213,16 @@ def start_router(procs: Processes, cfg, plan, tmp_path: Path) -> Path:
 
 
 def get_json(url: str) -> tuple[int, object]:
+    """Status and body of a GET (the body parsed as JSON where it is JSON)."""
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, json.loads(answer.read() or b"null")
+            status, raw = answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, None
+    try:
+        return status, json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
 
 
 @pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
@@ -335,8 +340,11 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
     wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
     start_router(procs, cfg, plan, tmp_path)
 
-    status, _ = get_json(f"{plan.router_url}/server_info")
-    assert status == 404
+    # The GET routes of the generation's table answer; the others are 404.
+    for path in ("/v1/models", "/get_model_info", "/model_info", "/health", "/liveness",
+                 "/readiness", "/get_loads", "/workers", "/metrics", "/server_info"):
+        status, _ = get_json(f"{plan.router_url}{path}")
+        assert (status != 404) == gen.serves_path(path, mini_lb=mini_lb), (path, status)
     status, info = get_json(f"{plan.router_url}/get_server_info")
     assert status == 200 and isinstance(info, dict)
     kind = gen.server_info_kind("/get_server_info", mini_lb=mini_lb)
