@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from packaging.specifiers import SpecifierSet
@@ -93,20 +93,6 @@ class RouterDialect:
     def server_info_kind(self, path: str, *, mini_lb: bool) -> str | None:
         """What the router answers at ``path`` (None: 404)."""
         return (self.mini_lb_server_info if mini_lb else self.server_info).get(path)
-
-    def as_dict(self) -> dict:
-        return {
-            "implementation": self.implementation,
-            "version": self.version,
-            "checked": self.checked,
-            "package": self.package,
-            "module": self.module,
-            "metrics_port_flag": self.metrics_port_flag,
-            "mini_lb": self.mini_lb,
-            "policies": sorted(self.policies),
-            "readiness_path": self.readiness_path,
-            "server_info": dict(self.server_info),
-        }
 
 
 _COMMON_PATHS = frozenset({
@@ -191,7 +177,7 @@ def router_dialect(cfg: Mapping) -> RouterDialect:
             f"config key router.version: {implementation} {version} is outside what pdbench "
             f"checked ({implementation} {accepted}, checked {base.checked}); its command "
             "line, readiness and routes may differ: use a checked release")
-    return RouterDialect(**{**base.__dict__, "version": str(version)})
+    return replace(base, version=str(version))
 
 
 def check_config(cfg: Mapping) -> RouterDialect:
