@@ -7,7 +7,8 @@ Two halves in one file:
   names, and writes a JSON list of results on stdout. Nothing is launched: server
   commands go through ``ServerArgs.add_cli_args(parser); parser.parse_args(args)``
   (parsing alone resolves nothing, so it needs no GPU and no model), router commands through
-  ``sglang_router.launch_router.parse_router_args``, benchmark clients through their
+  ``parse_router_args`` of ``sglang_router.launch_router`` or ``smg.launch_router``,
+  benchmark clients through their
   own parsers. This half imports only the standard library and SGLang.
 - Imported by the tests, :func:`check_argvs` runs that script in one subprocess for
   any number of argvs (importing SGLang costs seconds) and returns the results.
@@ -55,6 +56,7 @@ if (
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -62,7 +64,7 @@ import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 SERVER_MODULES = ("sglang.launch_server",)
-ROUTER_MODULES = ("sglang_router.launch_router",)
+ROUTER_MODULES = ("sglang_router.launch_router", "smg.launch_router")
 BENCH_SERVING_MODULES = ("sglang.bench_serving", "sglang.benchmark.serving")
 ONE_BATCH_MODULES = ("sglang.bench_one_batch_server", "sglang.benchmark.one_batch_server")
 
@@ -186,8 +188,10 @@ def _parse_one_batch(args):
     return parser.parse_args(args), parser
 
 
-def _parse_router(args):
-    from sglang_router import launch_router
+def _parse_router(args, module="sglang_router.launch_router"):
+    import importlib
+
+    launch_router = importlib.import_module(module)
 
     captured = {}
     original = argparse.ArgumentParser.parse_args
@@ -233,7 +237,7 @@ def _check_one(argv) -> dict:
     if module in SERVER_MODULES:
         parse = _parse_server
     elif module in ROUTER_MODULES:
-        parse = _parse_router
+        parse = functools.partial(_parse_router, module=module)
     elif module in BENCH_SERVING_MODULES:
         parse = _parse_bench_serving
     elif module in ONE_BATCH_MODULES:

@@ -334,22 +334,27 @@ def test_client_bench_serving(cfg, p3, plan):
 
 
 def test_client_bench_one_batch_server(p3, plan):
+    # 0.5.5.post2's client reads /get_server_info through the router: smg answers with the
+    # first prefill server's; its --dataset-name knows mmmu and random only.
     cfg = make(
+        router={"implementation": "smg"},
         workload={
             "client": "bench_one_batch_server",
+            "dataset": "random",
             "input_len": 1000,
             "output_len": 1000,
             "batch_size": 135168,
-        }
+        },
     )
     argv = client_argv(cfg, p3, plan, output_file="/r/b.jsonl")
     assert argv == [
         "python3", "-m", "sglang.bench_one_batch_server",
         "--model-path", "models/nvidia/DeepSeek-R1-0528-FP4", "--base-url", "http://gb-001:7000",
         "--batch-size", "135168", "--input-len", "1000", "--output-len", "1000",
-        "--skip-warmup", "--result-filename", "/r/b.jsonl",
+        "--skip-warmup", "--result-filename", "/r/b.jsonl", "--dataset-name", "random",
     ]  # fmt: skip
-    cfg2 = make(workload={"client": "bench_one_batch_server"})
+    cfg2 = make(router={"implementation": "smg"},
+                workload={"client": "bench_one_batch_server", "dataset": "random"})
     assert flag_value(client_argv(cfg2, p3, plan, output_file="x"), "--batch-size") == "98304"
 
 

@@ -322,7 +322,10 @@ def test_deepep_dispatch(edits, expected, tmp_path):
 
 # -- benchmark client -----------------------------------------------------------------
 
-ONE_BATCH = put("workload.client", "bench_one_batch_server")
+# bench_one_batch_server of the default release (0.5.5.post2) reads /get_server_info
+# through the router (smg answers with a worker's) and takes --dataset-name random.
+ONE_BATCH = [put("workload.client", "bench_one_batch_server"), put("workload.dataset", "random"),
+             put("router.implementation", "smg")]
 
 CLIENT = [
     row("num-prompts-exact", [put("workload.num_prompts", 49152)], None),
@@ -348,16 +351,16 @@ CLIENT = [
         r"config key workload\.max_concurrency: 49151 requests in flight cannot fill the "
         r"decode batch of ep48/p1 \(49152 requests\)$",
     ),
-    row("batch-size-exact", [ONE_BATCH, put("workload.batch_size", 49152)], None),
+    row("batch-size-exact", [*ONE_BATCH, put("workload.batch_size", 49152)], None),
     row(
         "batch-size-one-short",
-        [ONE_BATCH, put("workload.batch_size", 49151)],
+        [*ONE_BATCH, put("workload.batch_size", 49151)],
         r"config key workload\.batch_size: 49151 requests cannot fill the decode batch of "
         r"ep48/p1 \(49152 requests\)",
     ),
     row(
         "one-batch-ignores-num-prompts-and-concurrency",
-        [ONE_BATCH, put("workload.num_prompts", 1), put("workload.max_concurrency", 1)],
+        [*ONE_BATCH, put("workload.num_prompts", 1), put("workload.max_concurrency", 1)],
         None,
     ),
     row("default-prompts-target-at-limit", decode_target(60000, 1250), None),
@@ -374,7 +377,30 @@ CLIENT = [
         r"config key workload\.num_prompts: 60000 requests in flight cannot fill the decode "
         r"batch of ep48/p1 \(60048 requests\)",
     ),
-    row("one-batch-target-over-limit", [ONE_BATCH, *decode_target(98304, 2048)], None),
+    row("one-batch-target-over-limit", [*ONE_BATCH, *decode_target(98304, 2048)], None),
+    row("one-batch-through-minilb", [*ONE_BATCH, put("router.implementation", "sglang-router"),
+                                     put("router.mini_lb", True)], None),
+    row(
+        "one-batch-through-sglang-router",
+        [*ONE_BATCH, put("router.implementation", "sglang-router")],
+        r"config key workload\.client: bench_one_batch_server of SGLang 0\.5\.5\.post2 reads "
+        r"GET /get_server_info through the router, and router sglang-router 0\.3\.2 answers "
+        r"it with a summary of itself .*set router\.implementation: smg",
+    ),
+    row(
+        "one-batch-0.5.23-through-smg",
+        [*ONE_BATCH, put("sglang.version", "0.5.23"), put("workload.dataset", "random-ids"),
+         put("server_args.decode.prefill-round-robin-balance", None)],
+        r"config key workload\.client: bench_one_batch_server of SGLang 0\.5\.23 reads GET "
+        r"/server_info through the router, and router smg 1\.13\.0 does not serve it \(404\); "
+        r"no router generation pdbench knows serves /server_info",
+    ),
+    row(
+        "one-batch-dataset-the-release-lacks",
+        [*ONE_BATCH, put("workload.dataset", "random-ids")],
+        r"config key workload\.dataset: bench_one_batch_server of SGLang 0\.5\.5\.post2 has no "
+        r"dataset 'random-ids' \(it knows mmmu, random\)",
+    ),
 ]
 
 

@@ -208,6 +208,10 @@ def test_spec_holds_every_server_command_and_port_of_the_experiment(cfg, tmp_pat
     shared, _ = preflight.probe_spec(cfg, points, tmp_path, "node01", "127.0.0.1", True, {})
     assert len(shared["ports"]) > 20 and min(shared["ports"]) >= cfg["ports"]["shared_host_base"]
     assert spec["architecture"] == "DeepseekV3ForCausalLM"
+    # The router generation's module and package; the probe compares the version.
+    assert (spec["router_module"], spec["router_module_distribution"]) == (
+        "sglang_router.launch_router", "sglang-router")
+    assert spec["router_module_version"]
 
 
 def test_ib_devices_come_from_the_server_args_and_the_site(cfg):

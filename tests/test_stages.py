@@ -73,14 +73,22 @@ def finished_client(ctx, result: dict | None) -> None:
     write_json(ctx.paths.snapshot(1), {"profile_id": "1"})
 
 
+# A real bench_serving result line (tests/integration/test_router_client.py wrote it).
+BENCH_SERVING_LINE = json.loads(
+    (Path(__file__).parent / "data" / "client-results" / "bench_serving-0.5.23-smg.jsonl")
+    .read_text())
+
+
 def test_valid_benchmark_result_becomes_bench_jsonl(ctx):
-    finished_client(ctx, {"completed": 768, "total_output_tokens": 98304})
-    assert collect_bench(ctx)["completed"] == 768
+    finished_client(ctx, {**BENCH_SERVING_LINE, "completed": 768, "total_output_tokens": 98304})
+    summary = collect_bench(ctx)
+    assert (summary["completed"], summary["total_output_tokens"]) == (768, 98304)
     assert json.loads(ctx.paths.bench.read_text())["completed"] == 768
 
 
 @pytest.mark.parametrize("result, message", [
-    ({"completed": 0, "total_output_tokens": 0}, "completed 0 requests"),
+    ({**BENCH_SERVING_LINE, "completed": 0, "total_output_tokens": 0}, "completed 0 requests"),
+    ({"completed": 5}, "not a bench_serving result: no total_output_tokens"),
     (None, "wrote no result"),
 ])
 def test_invalid_benchmark_sets_the_measurement_aside(ctx, result, message):

@@ -9,12 +9,12 @@ its JSONL only if it completed requests and generated tokens.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import commands, slurm
+from .benchresult import last_line, summarize
 from .context import PointContext, now, progress
-from .errors import InputError, PdbenchError, StageError
+from .errors import PdbenchError, StageError
 from .layout import MEASUREMENT_DIRS, read_json, write_json, write_text
 from .steps import StepLaunch, log_tail, server_alive, start_step, step_launch
 from .wait import wait_for
@@ -128,7 +128,8 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = BENCH_TIMEOUT_S) -> d
     )
     output = Path(client["output"])
     try:
-        result = _valid_client_result(output, Path(client["log"]))
+        result = _valid_client_result(output, Path(client["log"]),
+                                      ctx.cfg["workload"]["client"])
     except PdbenchError as exc:
         # This measurement is not valid: it is kept under attempts/ and a rerun measures
         # again from the client on (on the same servers, if they still run).
@@ -140,21 +141,19 @@ def collect_bench(ctx: PointContext, *, timeout_s: float = BENCH_TIMEOUT_S) -> d
     return result
 
 
-def _valid_client_result(output: Path, log: Path) -> dict:
-    """The client's last JSON line, if it completed requests and generated tokens."""
-    if not output.exists() or not output.read_text().strip():
+def _valid_client_result(output: Path, log: Path, client: str) -> dict:
+    """The summary of the client's last JSON line (:func:`pdbench.benchresult.summarize`,
+    the same fields for either client), if it completed requests and generated tokens."""
+    line = last_line(output)
+    if line is None:
         raise StageError(f"benchmark client wrote no result ({output}); its log ends:\n"
                          + log_tail(log))
-    try:
-        result = json.loads(output.read_text().strip().splitlines()[-1])
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{output}: last line is not JSON: {exc}") from None
-    completed = result.get("completed", result.get("batch_size"))
-    tokens = result.get("total_output_tokens", result.get("output_throughput"))
-    if not completed or not tokens:
-        raise StageError(f"benchmark client completed {completed} requests and generated "
-                         f"{tokens} tokens ({output}); the point is not valid")
-    return result
+    summary = summarize(line, client, source=output)
+    if not summary["completed"] or not summary["total_output_tokens"]:
+        raise StageError(f"benchmark client completed {summary['completed']} requests and "
+                         f"generated {summary['total_output_tokens']} tokens ({output}); the "
+                         "point is not valid")
+    return {**summary, "line": line}
 
 
 __all__ = ["client_launch", "collect_bench", "let_client_go", "start_client"]

@@ -34,6 +34,7 @@ from .grid import Point, decode_server_args, prefill_server_args
 from .dialects import ROOM, Dialect, dialect_for, server_dp_rule
 from .errors import ConfigError
 from .fillsize import prompts_to_fill
+from .routers import router_dialect
 from .layout import PointPaths, node_log_name, node_versions_name
 from .topology import NodePlan
 
@@ -230,7 +231,7 @@ def missing_secrets(cfg: Mapping, environ: Mapping[str, str] | None = None) -> l
 
 # Packages whose versions a launched Python reports (pdbench.provenance reads them back).
 VERSIONS_PROBE_PACKAGES = (
-    "sglang", "sglang-router", "sgl-kernel", "torch", "flashinfer-python", "transformers",
+    "sglang", "sglang-router", "smg", "sgl-kernel", "torch", "flashinfer-python", "transformers",
     "mooncake-transfer-engine", "nixl", "deep-ep",
 )
 VERSIONS_PROBE = (
@@ -428,20 +429,25 @@ def container_mounts(cfg: Mapping, workdir: str | os.PathLike | None = None) -> 
 
 
 def router_argv(cfg: Mapping, plan: NodePlan) -> list[str]:
-    """The PD router on the router node (``sglang_router``; docs/sglang-formats.md).
+    """The PD router on the router node, spelled for ``router.implementation`` and
+    ``router.version`` (:mod:`pdbench.routers`; docs/sglang-formats.md, "Router").
 
     Each prefill group is ``--prefill URL BOOTSTRAP_PORT`` (explicit, so a non-default
     bootstrap port reaches the decode side); the decode server is ``--decode URL``.
+    ``sglang.router_module`` overrides the generation's module.
     """
     router = cfg["router"]
-    argv = [cfg["site"]["python"], "-m", cfg["sglang"]["router_module"], "--pd-disaggregation"]
+    gen = router_dialect(cfg)
+    module = cfg["sglang"].get("router_module") or gen.module
+    argv = [cfg["site"]["python"], "-m", module, gen.pd_flag]
     for server in plan.prefill:
-        argv += ["--prefill", server.url, str(server.bootstrap_port)]
-    argv += ["--decode", plan.decode.url, "--host", "0.0.0.0", "--port", str(plan.router_port)]
+        argv += [gen.prefill_flag, server.url, str(server.bootstrap_port)]
+    argv += [gen.decode_flag, plan.decode.url, gen.host_flag, "0.0.0.0", gen.port_flag,
+             str(plan.router_port)]
     if plan.shared_host:
         # The router's metrics port (default 29000) would collide between routers that
         # share one host; the port plan leaves router_port + 1 free for it.
-        argv += ["--prometheus-port", str(plan.router_port + 1)]
+        argv += [gen.metrics_port_flag, str(plan.router_port + 1)]
     if router["mini_lb"]:
         argv.append("--mini-lb")
     if router["policy"]:
@@ -560,11 +566,40 @@ def client_argv(
             "--result-filename",
             output,
         ]
+        argv += one_batch_server_dataset_args(w, dialect)
+        return [*argv, *w["extra_args"]]
     else:
         raise ConfigError(f"config key workload.client: unknown client {w['client']!r}")
     if w["dataset_path"]:
         argv += ["--dataset-path", str(w["dataset_path"])]
     return [*argv, *w["extra_args"]]
+
+
+def one_batch_server_dataset_args(workload: Mapping, dialect: Dialect) -> list[str]:
+    """``--dataset-name``/``--dataset-path`` as the release's bench_one_batch_server knows
+    them (:attr:`Dialect.one_batch_server_datasets`); a dataset it cannot take is a
+    config error, never swapped for another (it changes the prompts)."""
+    choices = dialect.one_batch_server_datasets
+    args: list[str] = []
+    if choices is not None:
+        if workload["dataset"] not in choices:
+            raise ConfigError(
+                f"config key workload.dataset: bench_one_batch_server of SGLang "
+                f"{dialect.version} has no dataset {workload['dataset']!r} (it knows "
+                f"{', '.join(sorted(choices))}); choose one of those or another sglang.version")
+        args += ["--dataset-name", workload["dataset"]]
+    elif workload["dataset"] != "random-ids":
+        raise ConfigError(
+            f"config key workload.dataset: bench_one_batch_server of SGLang {dialect.version} "
+            "has no --dataset-name (it sends random token ids of its own); leave "
+            "workload.dataset at random-ids")
+    if workload["dataset_path"]:
+        if not dialect.one_batch_server_dataset_path:
+            raise ConfigError(
+                f"config key workload.dataset_path: bench_one_batch_server of SGLang "
+                f"{dialect.version} has no --dataset-path (0.5.2 added it); remove it")
+        args += ["--dataset-path", str(workload["dataset_path"])]
+    return args
 
 
 # The client is started while the servers load and waits, its imports done, for the

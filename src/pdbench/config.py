@@ -261,8 +261,10 @@ def _stamp(text: str) -> str:
 
 def _check_semantics(cfg: dict) -> None:
     from .dialects import check_config  # every server_args entry spelled for the release
+    from .routers import check_config as check_router
 
     check_config(cfg, DERIVED_SERVER_ARGS)
+    check_router(cfg)
     site, grid = cfg["site"], cfg["grid"]
     gpn = site["gpus_per_node"]
     for i, ep in enumerate(grid["ep_sizes"]):

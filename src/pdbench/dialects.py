@@ -128,6 +128,16 @@ class Dialect:
     server_info_path: str = "/get_server_info"
     bench_serving_module: str = "sglang.bench_serving"
     bench_one_batch_server_module: str = "sglang.bench_one_batch_server"
+    one_batch_server_info_path: str | None = None
+    """The server-info path ``bench_one_batch_server`` reads with ``--base-url`` (its
+    tokenizer and ``internal_states``; a 404 or a body without them ends it), or None when
+    it reads none. What a router answers there decides whether the pair can work
+    (:func:`pdbench.launch_checks`, ``pdbench.routers``)."""
+    one_batch_server_datasets: frozenset[str] | None = None
+    """``--dataset-name`` choices of ``bench_one_batch_server``; None: it has no such flag
+    (its prompts are its own random ones)."""
+    one_batch_server_dataset_path: bool = False
+    """Whether ``bench_one_batch_server`` has ``--dataset-path``."""
     trace_name_rank_suffixes: bool = False
     """Trace files are ``{id}-TP-{t}[-DP-{d}][-PP-{p}][-EP-{e}]…`` (else ``{id}-TP-{t}…``)."""
     decode_batch_head: str = "Decode batch."
@@ -301,6 +311,10 @@ class Dialect:
             "server_info_path": self.server_info_path,
             "bench_serving_module": self.bench_serving_module,
             "bench_one_batch_server_module": self.bench_one_batch_server_module,
+            "one_batch_server_info_path": self.one_batch_server_info_path,
+            "one_batch_server_datasets": sorted(self.one_batch_server_datasets)
+            if self.one_batch_server_datasets is not None else None,
+            "one_batch_server_dataset_path": self.one_batch_server_dataset_path,
             "trace_name_rank_suffixes": self.trace_name_rank_suffixes,
             "decode_batch_head": self.decode_batch_head,
             "decode_line_trailing_comma": self.decode_line_trailing_comma,
@@ -396,6 +410,11 @@ CHANGES: tuple[Change, ...] = (
             # The benchmark clients' modules (python -m ...).
             "bench_serving_module": "sglang.bench_serving",
             "bench_one_batch_server_module": "sglang.bench_one_batch_server",
+            # wheel 0.4.6.post3's bench_one_batch_server posts /generate only (random ids
+            # of its own, no --dataset-name or --dataset-path, no server info).
+            "one_batch_server_info_path": None,
+            "one_batch_server_datasets": None,
+            "one_batch_server_dataset_path": False,
             # {profile_id}-TP-{tp}.trace.json.gz (no DP/EP part before #11413).
             "trace_name_rank_suffixes": False,
             # "Decode batch. #running-req: …, #queue-req: N" (wheels 0.4.6.post3, 0.4.9).
@@ -411,6 +430,10 @@ CHANGES: tuple[Change, ...] = (
             # rank, honoured by round_robin only (the only method that routes).
             "routed_rank_keys": ("data_parallel_rank",),
             "routed_rank_methods": frozenset({"round_robin"}),
+            # wheel 0.4.7's bench_one_batch_server reads GET /get_server_info
+            # (internal_states[0].last_gen_throughput) after the batch; 0.4.10 also takes
+            # its tokenizer from there (tokenizer_path, or prefill[0].tokenizer_path).
+            "one_batch_server_info_path": "/get_server_info",
             # v0.4.7 adds profile_by_stage, with_stack, record_shapes (wheel 0.4.9 has them).
             "start_profile_keys": frozenset(
                 {
@@ -423,8 +446,9 @@ CHANGES: tuple[Change, ...] = (
                 }
             ),
         },
-        "sglang v0.4.7 ProfileReqInput; wheel 0.4.9; wheels 0.4.6.post3, 0.4.7 "
-        "(GenerateReqInput.data_parallel_rank, DataParallelController)",
+        "sglang v0.4.7 ProfileReqInput; wheel 0.4.9; wheels 0.4.6.post3, 0.4.7, 0.4.10 "
+        "(GenerateReqInput.data_parallel_rank, DataParallelController, "
+        "bench_one_batch_server.py)",
     ),
     Change(
         "0.4.10",
@@ -466,6 +490,8 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.5.2",
         {
+            # wheel 0.5.2's bench_one_batch_server gains --dataset-path (0.5.0rc0: none).
+            "one_batch_server_dataset_path": True,
             # wheels 0.5.2 ... 0.5.7: ServerArgs._handle_disaggregation asserts, for a
             # decode server with dp_size > 1, `prefill_round_robin_balance` ("Prefill round
             # robin balance is required when dp size > 1. Please make sure that the prefill
@@ -493,11 +519,15 @@ CHANGES: tuple[Change, ...] = (
             "routed_rank_methods": None,
         },
         "wheels 0.5.1.post3, 0.5.2, 0.5.7: ServerArgs._handle_disaggregation; sglang "
-        "#10169 (--prefill-round-robin-balance, 2025-09-08)",
+        "#10169 (--prefill-round-robin-balance, 2025-09-08); wheels 0.5.0rc0, 0.5.2 "
+        "(bench_one_batch_server.py)",
     ),
     Change(
         "0.5.4",
         {
+            # wheel 0.5.4's bench_one_batch_server: --dataset-name {mmmu, random}
+            # (0.5.2: no such flag); the same choices in wheel 0.5.9.
+            "one_batch_server_datasets": frozenset({"mmmu", "random"}),
             # -DP-/-PP-/-EP- in trace names since 2025-10-13 (#11413); wheel 0.5.4.
             "trace_name_rank_suffixes": True,
             # 2025-10-23 (#9366) "Decode batch [iter], " with the iteration always
@@ -525,7 +555,8 @@ CHANGES: tuple[Change, ...] = (
                 "minimum_tokens": _RR_ROOM,
             },
         },
-        "sglang #9366, #11413; wheels 0.5.2, 0.5.4 (DataParallelController)",
+        "sglang #9366, #11413; wheels 0.5.2, 0.5.4 (DataParallelController), 0.5.9 "
+        "(bench_one_batch_server)",
     ),
     Change(
         "0.5.5",
@@ -621,6 +652,12 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.5.14",
         {
+            # wheel 0.5.14's sglang/benchmark/one_batch_server.py reads GET /server_info
+            # (0.5.9's sglang/test/bench_one_batch_server_internal.py: /get_server_info;
+            # 0.5.10-0.5.13 not checked) and gains --dataset-name random-ids.
+            "one_batch_server_info_path": "/server_info",
+            "one_batch_server_datasets": frozenset({"mmmu", "random", "random-ids",
+                                                    "generated-shared-prefix"}),
             # per-phase cuda-graph flags (#23906, 2026-06-09); wheel 0.5.14 parses
             # --cuda-graph-bs-decode and still accepts --cuda-graph-bs; wheel 0.5.12 has
             # no -decode form (0.5.13 not checked).
@@ -644,7 +681,8 @@ CHANGES: tuple[Change, ...] = (
             "routed_rank_keys": ("routed_dp_rank", "data_parallel_rank"),
         },
         "sglang #23906; wheels 0.5.9, 0.5.12, 0.5.14 (decode.py, "
-        "ServerArgs._handle_load_balance_method, GenerateReqInput), 0.5.22",
+        "ServerArgs._handle_load_balance_method, GenerateReqInput, bench_one_batch_server), "
+        "0.5.22",
     ),
     Change(
         "0.5.15",
@@ -702,6 +740,11 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "0.5.20",
         {
+            # wheel 0.5.20's one_batch_server adds sharegpt and custom datasets (0.5.19
+            # does not; 0.5.22 adds longbench_v2).
+            "one_batch_server_datasets": frozenset({"mmmu", "random", "random-ids",
+                                                    "generated-shared-prefix", "sharegpt",
+                                                    "custom"}),
             # 0.5.23 rejects --cuda-graph-bs ("ambiguous option": it could match
             # --cuda-graph-bs-decode and --cuda-graph-bs-prefill, #23906); parsed with the
             # wheels, 0.5.20 already rejects it and 0.5.19 accepts it.
@@ -725,7 +768,7 @@ CHANGES: tuple[Change, ...] = (
                 }
             },
         },
-        "sglang #23906, #32111; wheels 0.5.19, 0.5.20, 0.5.23",
+        "sglang #23906, #32111; wheels 0.5.19, 0.5.20, 0.5.23 (server and one_batch_server)",
     ),
     Change(
         "0.5.22",

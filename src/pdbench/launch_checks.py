@@ -15,7 +15,10 @@ dozens of GPUs. What they encode (docs/launch-checks.md has the list with source
 - the benchmark client can keep the target batch in flight within its open-file limit;
 - inside a container, every path a server or the client reads or writes is mounted;
 - the model is not a Hugging Face Hub id that every node would download at each launch;
-- the config does not set environment the workflow sets itself.
+- the config does not set environment the workflow sets itself;
+- the benchmark client can work through the configured router: bench_one_batch_server
+  reads a server-info path that the router must answer with a worker's information
+  (``pdbench.routers``), and its dataset must be one its release knows.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from .grid import Point, decode_server_args
+from .commands import one_batch_server_dataset_args
+from .dialects import dialect_for
 from .errors import ConfigError
+from .grid import Point, decode_server_args
+from .routers import AGGREGATE_INFO, WORKER_INFO, router_dialect
 
 DEEPEP_DISPATCH_ENV = "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -37,6 +43,7 @@ def check(cfg: Mapping, points: Sequence[Point], workdir: str | os.PathLike | No
     workflow runs; None = the current directory)."""
     workdir = Path(workdir or os.getcwd()).absolute()
     _request_lengths(cfg)
+    _client_through_router(cfg)
     for point in points:
         _decode_capacity(cfg, point)
         _client_concurrency(cfg, point)
@@ -44,6 +51,44 @@ def check(cfg: Mapping, points: Sequence[Point], workdir: str | os.PathLike | No
     if cfg["site"]["container"]["runtime"] != "none":
         _model_source(cfg, workdir)
         _container_paths(cfg, workdir)
+
+
+def _client_through_router(cfg: Mapping) -> None:
+    """The client's calls through the router are ones it serves: /generate (both clients),
+    /flush_cache and the release's server-info path (bench_one_batch_server, which takes
+    its tokenizer and the servers' ``internal_states`` from there: a 404 or a router's
+    summary of itself ends it before its batch)."""
+    client = cfg["workload"]["client"]
+    dialect = dialect_for(cfg)
+    gen = router_dialect(cfg)
+    mini_lb = bool(cfg["router"]["mini_lb"])
+    router = f"{gen.implementation} {gen.version}" + (" (MiniLB)" if mini_lb else "")
+    path = dialect.one_batch_server_info_path if client == "bench_one_batch_server" else None
+    # Both clients send /generate; bench_one_batch_server flushes the cache first
+    # wherever it reads server info (0.4.7 on).
+    for needed in ["/generate", *(["/flush_cache"] if path else [])]:
+        if not gen.serves_path(needed, mini_lb=mini_lb):
+            raise ConfigError(f"config key workload.client: {client} of SGLang "
+                              f"{dialect.version} calls {needed} through the router, and "
+                              f"router {router} does not serve it")
+    if client != "bench_one_batch_server":
+        return
+    one_batch_server_dataset_args(cfg["workload"], dialect)
+    if path is None:
+        return
+    answer = gen.server_info_kind(path, mini_lb=mini_lb)
+    if answer in (WORKER_INFO, AGGREGATE_INFO):
+        return
+    what = "does not serve it (404)" if answer is None else \
+        "answers it with a summary of itself (no tokenizer, no internal_states)"
+    hint = ("no router generation pdbench knows serves /server_info: use workload.client: "
+            "bench_serving, or an sglang.version before 0.5.14 with router.implementation: smg"
+            if path == "/server_info" else
+            "set router.implementation: smg, or router.mini_lb: true with sglang-router, or "
+            "workload.client: bench_serving")
+    raise ConfigError(
+        f"config key workload.client: bench_one_batch_server of SGLang {dialect.version} "
+        f"reads GET {path} through the router, and router {router} {what}; {hint}")
 
 
 def _role_value(cfg: Mapping, role: str, name: str) -> tuple[object, str]:

@@ -33,6 +33,7 @@ from .context import PointContext, now, progress
 from .errors import PdbenchError
 from .grid import Point, grid_points
 from .layout import ExperimentPaths, PointPaths, write_json, write_text
+from .routers import router_dialect
 
 PROBE = Path(__file__).with_name("data") / "preflight_probe.py"
 # Sections of the config a launch depends on; a change to any of them reruns the preflight.
@@ -167,13 +168,15 @@ def probe_spec(cfg: Mapping, points: list[Point], results: Path, node: str, addr
         if plan.shared_host:
             ports.add(plan.router_port + 1)
     sglang, model, pre = cfg["sglang"], cfg["model"], cfg["site"]["preflight"]
-    router_module = sglang["router_module"]
+    router = router_dialect(cfg)
+    router_module = sglang["router_module"] or router.module
     spec = {
         **tokens,
         "server_module": sglang["server_module"],
         "sglang_version": sglang["version"],
         "router_module": router_module,
-        "router_module_distribution": router_module.split(".")[0].replace("_", "-"),
+        "router_module_distribution": router.package,
+        "router_module_version": router.version,
         "client_module": _client_module(cfg),
         "servers": servers,
         "model_path": str(Path(model["path"]).absolute()),

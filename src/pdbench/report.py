@@ -213,6 +213,14 @@ def figures(experiments: Sequence[Experiment], references: Sequence[dict], *,
     return figs
 
 
+def _router_version(manifest: dict, packages: dict) -> str | None:
+    """The configured router generation's package and version, e.g. ``smg 1.13.0``."""
+    router = ((manifest.get("config") or {}).get("router") or {})
+    package = router.get("implementation") or "sglang-router"
+    version = packages.get(package)
+    return f"{package} {version}" if version and package != "sglang-router" else version
+
+
 def _provenance(exp: Experiment, point: str) -> dict:
     m = exp.manifests.get(point) or {}
     servers = (m.get("sglang") or {}).get("servers") or {}
@@ -227,7 +235,7 @@ def _provenance(exp: Experiment, point: str) -> dict:
         "dirty": repo.get("dirty"),
         "configured": (m.get("sglang") or {}).get("configured_version"),
         "served": ", ".join(served) or None,
-        "router": packages.get("router", {}).get("sglang-router"),
+        "router": _router_version(m, packages.get("router", {})),
         "client": packages.get("client", {}).get("sglang"),
         "image": (m.get("container") or {}).get("image"),
         "job": (m.get("slurm") or {}).get("job_id"),

@@ -3,8 +3,9 @@
 
 Each server is one Slurm step (:mod:`pdbench.steps`) whose ready marker records its step
 id, srun pid and logs. Readiness is node 0's ``/health`` answering 200 (servers), or the
-router's ``/readiness`` answering 200 with every worker registered and one request
-answered through it. Waits are bounded and print what they wait for, for how long, and
+router's ``/readiness`` answering 200 with every worker registered (MiniLB: its
+``/health``) and one request answered through it; a router whose log says it could not
+add a worker fails at once (:mod:`pdbench.routers`). Waits are bounded and print what they wait for, for how long, and
 the last line of the log; a server that dies while starting fails the stage with its
 log tail, and the step is cancelled.
 """
@@ -19,6 +20,7 @@ from . import commands, slurm
 from .context import PointContext, now, progress
 from .http import HTTPCallError, call, probe
 from .layout import read_json, write_json
+from .routers import RouterDialect, router_dialect, worker_failures
 from .steps import (
     ServerError,
     StepLaunch,
@@ -30,6 +32,13 @@ from .steps import (
     stop_step,
 )
 from .wait import wait_for
+
+
+def _read(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 
@@ -163,6 +172,31 @@ def _dead_message(ctx, server, nodes, log_role, step) -> str:
     return "\n".join(parts)
 
 
+def router_ready(url: str, log: Path, gen: RouterDialect, *, mini_lb: bool,
+                 expected: int) -> bool:
+    """Whether the router at ``url`` is ready with ``expected`` workers, the way its
+    generation says (:mod:`pdbench.routers`); ServerError when its log says it could not
+    add a worker: it keeps running without it, so waiting would only end at
+    ``timeouts.router_ready_s``."""
+    failed = worker_failures(_read(log), gen)
+    if failed:
+        raise ServerError(
+            f"router: {gen.implementation} {gen.version} could not add worker(s) "
+            f"{', '.join(sorted(set(failed)))} (its log, {log}, says 'Failed job: "
+            "type=AddWorker'); last log lines:\n" + log_tail(log))
+    if mini_lb:
+        # MiniLB has no /readiness and checks no worker: its /health is 200 once it
+        # listens; the test request that follows goes through a prefill and the decode.
+        return probe(f"{url}{gen.mini_lb_readiness_path}") == 200
+    try:
+        body = call("GET", f"{url}{gen.readiness_path}", timeout_s=5, retry=False).json()
+    except (HTTPCallError, ValueError):
+        return False
+    if not isinstance(body, dict):
+        return False
+    return int(body.get(gen.healthy_workers_key, 0)) >= expected
+
+
 def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
     plan = ctx.plan
     timeout_s = ctx.cfg["timeouts"]["router_ready_s"] if timeout_s is None else timeout_s
@@ -171,16 +205,14 @@ def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
         if not server_alive(marker):
             raise ServerError(f"router: {server.name} (step {marker['step_id']}) is not running")
     started_at = now()
+    gen = router_dialect(ctx.cfg)
+    mini_lb = bool(ctx.cfg["router"]["mini_lb"])
     step = start_step(ctx, router_launch(ctx))
     log = ctx.paths.node_log("router", 0)
     expected = len(plan.prefill) + 1
 
     def ready() -> bool:
-        try:
-            body = call("GET", f"{plan.router_url}/readiness", timeout_s=5, retry=False).json()
-        except (HTTPCallError, ValueError):
-            return False
-        return int(body.get("healthy_workers", expected)) >= expected
+        return router_ready(plan.router_url, log, gen, mini_lb=mini_lb, expected=expected)
 
     try:
         waited = _wait_ready(
@@ -212,6 +244,9 @@ def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
         "logs": [str(log)],
         "prefill": [s.url for s in plan.prefill],
         "decode": plan.decode.url,
+        "implementation": gen.implementation,
+        "version": gen.version,
+        "mini_lb": mini_lb,
         "test_request": {"completion_tokens": test.get("meta_info", {}).get("completion_tokens")},
         "started_at": started_at,
         "ready_at": now(),

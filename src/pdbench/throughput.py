@@ -5,7 +5,6 @@ table (rules ``point_throughput`` and ``experiment_throughput``); the number its
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from .context import PointContext
 from .errors import InputError, PdbenchError
 from . import layout
 from .layout import read_json, read_json_if
+from .benchresult import last_line, summarize
 from .measure import measure
 
 COLUMNS = [
@@ -70,7 +70,8 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
     """The point's rows (one per snapshot, each with its validity verdict) and what they
     came from (``measurement.json``: per-rank batches, step periods, the fill curve)."""
     cfg, point, paths = ctx.cfg, ctx.point, ctx.paths
-    bench = _last_jsonl(paths.bench)
+    line = last_line(paths.bench)
+    bench = summarize(line, cfg["workload"]["client"], source=paths.bench) if line else {}
     filled = read_json_if(paths.filled, {})
     logs = ctx.decode_logs()
     if not logs:
@@ -212,16 +213,6 @@ def merge_csvs(paths: Sequence[str | os.PathLike]) -> list[dict]:
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     return rows
-
-
-def _last_jsonl(path: Path) -> dict:
-    try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        return json.loads(lines[-1]) if lines else {}
-    except OSError:
-        return {}
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: last line is not JSON: {exc}") from None
 
 
 def _round(value, digits: int = 4):

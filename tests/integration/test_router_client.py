@@ -3,9 +3,13 @@
 An emulated prefill server (1 node, tp = dp = ep = 4) and an emulated 2-node decode server
 (tp = dp = ep = 8) run the argvs that ``pdbench.commands.server_argvs`` renders from
 config/config.yaml + config/rehearsal.yaml (on three fake node names, every address
-127.0.0.1, a free ``ports.shared_host_base``), with ``server_env``'s environment. The
-real router (``router_argv``) and the real ``sglang.bench_serving`` client
-(``client_argv``) from .venv-sglang then run a small workload through them.
+127.0.0.1, a free ``ports.shared_host_base``), with ``server_env``'s environment. Each
+real router generation (``router_argv``: sglang-router 0.3.2, its MiniLB, smg 1.13.0) and
+the real ``sglang.bench_serving`` client (``client_argv``) from .venv-sglang then run a
+small workload through them. ``bench_one_batch_server`` of the installed release (0.5.23)
+reads ``/server_info``, which no router serves: the config refuses that pair, and the
+test shows each router's answer at the server-info paths that decide it
+(``pdbench.routers``).
 
 Every process runs in its own process group and is stopped by a fixture finalizer, also
 when a test fails. Ports are never fixed: another run may share the machine.
@@ -17,13 +21,25 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pdbench import commands, config, topology
+from pdbench import commands, config, launch_checks, topology
+from pdbench.benchresult import summarize
+from pdbench.errors import ConfigError
 from pdbench.layout import node_log_name
 from pdbench.loglines import iter_log
+from pdbench.routers import (
+    AGGREGATE_INFO,
+    ROUTER_SUMMARY,
+    WORKER_INFO,
+    router_dialect,
+    worker_failures,
+    worker_ready_count,
+)
 
 from .helpers import (
     REPO,
@@ -64,7 +80,7 @@ def _sglang_side():
             str(SGLANG_PYTHON),
             "-c",
             "import importlib.util as u, sys; "
-            "missing = [m for m in ('sglang', 'sglang_router', 'pdbench.emulator') "
+            "missing = [m for m in ('sglang', 'sglang_router', 'smg', 'pdbench.emulator') "
             "if u.find_spec(m) is None]; print(' '.join(missing)); sys.exit(1 if missing else 0)",
         ],
         capture_output=True,
@@ -120,14 +136,14 @@ def wait_healthy(procs: Processes, plan, names: list[str], logs: dict[str, list[
 
 
 def run_client(
-    argv: list[str], tmp_path: Path, name: str
+    argv: list[str], tmp_path: Path, name: str, env: dict | None = None
 ) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     try:
         cp = subprocess.run(
             argv,
             cwd=REPO,
-            env={**os.environ, **CLIENT_ENV},
+            env={**os.environ, **CLIENT_ENV, **(env or {})},
             capture_output=True,
             text=True,
             timeout=CLIENT_TIMEOUT_S,
@@ -157,29 +173,72 @@ def decode_ranks(log: Path) -> dict[int, list[dict]]:
     return by_rank
 
 
-def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path):
+# (router.implementation, router.mini_lb): every router generation pdbench launches.
+ROUTERS = [
+    pytest.param("sglang-router", False, id="sglang-router"),
+    pytest.param("sglang-router", True, id="sglang-router-minilb"),
+    pytest.param("smg", False, id="smg"),
+]
+
+
+def start_router(procs: Processes, cfg, plan, tmp_path: Path) -> Path:
+    """Start the rendered router and wait until it is ready the way pdbench.servers
+    waits (the generation's readiness path; MiniLB: /health); return its log."""
+    gen = router_dialect(cfg)
+    mini_lb = cfg["router"]["mini_lb"]
+    router_argv = commands.router_argv(cfg, plan)
+    assert router_argv[:3] == [".venv-sglang/bin/python", "-m", gen.module]
+    assert ("--mini-lb" in router_argv) == mini_lb
+    assert router_argv[-2:] == cfg["router"]["extra_args"]  # the free --prometheus-port
+    router_log = tmp_path / "logs" / "router.log"
+    procs.start("router", router_argv, router_log, cwd=REPO)
+    path = gen.mini_lb_readiness_path if mini_lb else gen.readiness_path
+    wait_for(
+        lambda: http_status(f"{plan.router_url}{path}") == 200,
+        ROUTER_READY_S,
+        f"the router at {plan.router_url}{path}",
+        interval=0.25,
+        check=procs.check_alive,
+        detail=lambda: tail(router_log),
+    )
+    if not mini_lb:
+        with urllib.request.urlopen(f"{plan.router_url}{path}", timeout=5) as answer:
+            body = json.loads(answer.read())
+        assert body[gen.healthy_workers_key] == len(plan.prefill) + 1, body
+        # Both workers were logged as registered and healthy, none as failed.
+        text = router_log.read_text(errors="replace")
+        assert worker_ready_count(text, gen) == len(plan.prefill) + 1, tail(router_log)
+        assert worker_failures(text, gen) == []
+    return router_log
+
+
+def get_json(url: str) -> tuple[int, object]:
+    """Status and body of a GET (the body parsed as JSON where it is JSON)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            status, raw = answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    try:
+        return status, json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+@pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
+def test_router_and_bench_serving_through_rendered_pd_deployment(
+    procs, tmp_path, implementation, mini_lb
+):
     cfg, point, plan = make_deployment(
-        {"workload": {"num_prompts": PROMPTS, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN}}
+        {"workload": {"num_prompts": PROMPTS, "input_len": INPUT_LEN, "output_len": OUTPUT_LEN},
+         "router": {"implementation": implementation, "mini_lb": mini_lb}}
     )
     logs = {
         name: start_server(procs, cfg, point, plan, name, tmp_path)
         for name in ("prefill-1", "decode")
     }
     wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
-
-    router_argv = commands.router_argv(cfg, plan)
-    assert router_argv[:3] == [".venv-sglang/bin/python", "-m", "sglang_router.launch_router"]
-    assert router_argv[-2:] == cfg["router"]["extra_args"]  # the free --prometheus-port
-    router_log = tmp_path / "logs" / "router.log"
-    procs.start("router", router_argv, router_log, cwd=REPO)
-    wait_for(
-        lambda: http_status(f"{plan.router_url}/readiness") == 200,
-        ROUTER_READY_S,
-        f"the router at {plan.router_url}/readiness",
-        interval=0.25,
-        check=procs.check_alive,
-        detail=lambda: tail(router_log),
-    )
+    start_router(procs, cfg, plan, tmp_path)
 
     output = tmp_path / "bench" / "bench.jsonl"
     output.parent.mkdir()
@@ -195,6 +254,10 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path
     assert result["total_output_tokens"] == PROMPTS * OUTPUT_LEN
     assert result["total_input_tokens"] == PROMPTS * INPUT_LEN
     assert result["backend"] == "sglang" and result["dataset_name"] == "random-ids"
+    summary = summarize(result, "bench_serving")
+    assert (summary["completed"], summary["total_output_tokens"]) == (PROMPTS,
+                                                                      PROMPTS * OUTPUT_LEN)
+    keep_result(output, f"bench_serving-0.5.23-{implementation}{'-minilb' * mini_lb}")
 
     # Every decode node logs its own DP ranks (4 per node), in the grammar pdbench reads.
     decode0, decode1 = decode_ranks(logs["decode"][0]), decode_ranks(logs["decode"][1])
@@ -205,10 +268,180 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(procs, tmp_path
     assert all(r["running_req"] <= point.target_batch_per_rank for r in records)
     prefill = [r for r in iter_log(logs["prefill-1"][0]) if r["kind"] == "prefill"]
     assert prefill, tail(logs["prefill-1"][0])
-    print(f"bench_serving: {took:.1f} s, {result['duration']:.2f} s of benchmark")
+    print(f"{implementation}: bench_serving {took:.1f} s, {result['duration']:.2f} s of benchmark")
 
 
-def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path):
+# A release's own code installed apart (scripts/setup-sglang-release 0.5.5.post2): its
+# bench_one_batch_server reads /get_server_info and runs on .venv-sglang's torch once the
+# GPU kernel packages it imports on the way are importable stand-ins (tests/sglang_check.py).
+OLD_CLIENT_RELEASE = "0.5.5.post2"
+OLD_CLIENT_CODE = REPO / ".cache" / "sglang-releases" / OLD_CLIENT_RELEASE
+OLD_CLIENT_RUNNER = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import sglang_check; "
+    "sglang_check._install_kernel_stand_ins(); module = sys.argv.pop(1); "
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
+def sharegpt_file(path: Path, conversations: int) -> Path:
+    """A ShareGPT-format file: 0.5.5.post2's ``--dataset-name random`` takes its token ids
+    from one (and downloads ShareGPT without it)."""
+    rows = [{"conversations": [{"from": "human", "value": f"question {i} " * 40},
+                               {"from": "gpt", "value": f"answer {i}"}]}
+            for i in range(conversations)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
+def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementation, mini_lb):
+    """What decides whether ``bench_one_batch_server`` works through a router: its
+    server-info path (``Dialect.one_batch_server_info_path``) must answer with a worker's
+    information (tokenizer_path, internal_states), /flush_cache must answer, and its one
+    streamed list-form /generate must come back with every index.
+
+    The installed client (0.5.23) reads /server_info: every router answers 404, the
+    config refuses the pair naming both versions, and the client run anyway fails.
+    0.5.5.post2's client reads /get_server_info: it runs end to end through smg and
+    MiniLB, and fails through sglang-router's Rust router (a summary of itself), whose
+    pairing the config refuses."""
+    refused_0_5_23 = {
+        "sglang": {"version": "0.5.23"},
+        "server_args": {"decode": {"prefill-round-robin-balance": False}},
+        "router": {"implementation": implementation, "mini_lb": mini_lb},
+        "workload": {"client": "bench_one_batch_server", "dataset": "random-ids"},
+    }
+    with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang 0\.5\.23 reads "
+                       r"GET /server_info through the router, and router "
+                       rf"{implementation} \d+\.\d+\.\d+.* does not serve it"):
+        make_deployment(refused_0_5_23)
+    sharegpt = sharegpt_file(tmp_path / "sharegpt.json", PROMPTS)
+    workload = {"client": "bench_one_batch_server", "batch_size": PROMPTS,
+                "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "dataset": "random",
+                "dataset_path": str(sharegpt), "extra_args": []}
+    # The 0.5.5.post2 client's config, for a router it works through (the same argv
+    # goes to the refused router below: the client takes no router flag).
+    cfg, point, plan = make_deployment({
+        "workload": workload,
+        "router": {"implementation": "smg" if not mini_lb else implementation,
+                   "mini_lb": mini_lb},
+    })
+    if (implementation, mini_lb) == ("sglang-router", False):
+        with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang "
+                           r"0\.5\.5\.post2 reads GET /get_server_info through the router, "
+                           r"and router sglang-router 0\.3\.2 answers it with a summary"):
+            make_deployment({"workload": workload})
+        cfg = {**cfg, "router": {**cfg["router"], "implementation": "sglang-router"}}
+    gen = router_dialect(cfg)
+    logs = {
+        name: start_server(procs, cfg, point, plan, name, tmp_path)
+        for name in ("prefill-1", "decode")
+    }
+    wait_healthy(procs, plan, ["prefill-1", "decode"], logs)
+    start_router(procs, cfg, plan, tmp_path)
+
+    # The GET routes of the generation's table answer; the others are 404.
+    for path in ("/v1/models", "/get_model_info", "/model_info", "/health", "/liveness",
+                 "/readiness", "/get_loads", "/workers", "/metrics", "/server_info"):
+        status, _ = get_json(f"{plan.router_url}{path}")
+        assert (status != 404) == gen.serves_path(path, mini_lb=mini_lb), (path, status)
+    status, info = get_json(f"{plan.router_url}/get_server_info")
+    assert status == 200 and isinstance(info, dict)
+    kind = gen.server_info_kind("/get_server_info", mini_lb=mini_lb)
+    tokenizer = info.get("tokenizer_path") or (info.get("prefill") or [{}])[0].get(
+        "tokenizer_path")
+    works = kind in (WORKER_INFO, AGGREGATE_INFO)
+    if works:
+        assert tokenizer == cfg["model"]["path"], info
+        assert info["internal_states"][0].get("last_gen_throughput") is not None, info
+    else:
+        assert kind == ROUTER_SUMMARY
+        assert tokenizer is None and "internal_states" not in info, info
+
+    flush = urllib.request.Request(f"{plan.router_url}/flush_cache", data=b"", method="POST")
+    with urllib.request.urlopen(flush, timeout=10) as answer:
+        assert answer.status == 200
+    # One streamed request with a list of prompts, as bench_one_batch_server sends it.
+    body = {"input_ids": [[1 + i, 2, 3, 4] for i in range(4)],
+            "sampling_params": {"max_new_tokens": 3, "ignore_eos": True, "temperature": 0},
+            "stream": True}
+    request = urllib.request.Request(f"{plan.router_url}/generate",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    finished = {}
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        for raw in answer:
+            line = raw.decode().strip()
+            if line.startswith("data:") and line != "data: [DONE]":
+                chunk = json.loads(line[5:])
+                if chunk["meta_info"]["finish_reason"] is not None:
+                    finished[chunk["index"]] = chunk["meta_info"]["completion_tokens"]
+    assert finished == {i: 3 for i in range(4)}
+
+    # The installed 0.5.23 client, run anyway: it stops at GET /server_info.
+    new_output = tmp_path / "bench" / "new.jsonl"
+    new_output.parent.mkdir()
+    argv = commands.client_argv(cfg, point, plan, output_file=new_output)
+    module = argv.index("sglang.bench_one_batch_server")
+    argv[module] = "sglang.benchmark.one_batch_server"
+    argv += ["--device", "cpu"]  # its server-argument resolution, without a GPU
+    cp, _ = run_client(argv, tmp_path, "one_batch_server-0.5.23")
+    assert cp.returncode != 0 and "404" in cp.stdout + cp.stderr, cp.stderr[-2000:]
+    assert not new_output.exists()
+
+    if not (OLD_CLIENT_CODE / "sglang" / "bench_one_batch_server.py").exists():
+        skip_or_fail(f"{OLD_CLIENT_CODE} missing (scripts/setup-sglang-release "
+                     f"{OLD_CLIENT_RELEASE})")
+    output = tmp_path / "bench" / "old.jsonl"
+    argv = commands.client_argv(cfg, point, plan, output_file=output)
+    assert argv[1:3] == ["-m", "sglang.bench_one_batch_server"]
+    assert argv[-4:] == ["--dataset-name", "random", "--dataset-path", str(sharegpt)]
+    argv[1:2] = ["-W", "ignore", "-c", OLD_CLIENT_RUNNER, str(REPO / "tests")]
+    # It builds a ServerArgs of its own (every server arg, unused with --base-url) and
+    # resolves it on this CPU host with .venv-sglang's transformers, whose DeepSeek config
+    # has a rope_scaling without the "factor" 0.5.5.post2 reads: its --model-path gets a
+    # copy of the tiny model's config.json with one. The tokenizer and everything it
+    # measures come through the router.
+    own_model = tmp_path / "client-model-config"
+    own_model.mkdir()
+    model_config = json.loads((REPO / cfg["model"]["path"] / "config.json").read_text())
+    model_config["rope_scaling"] = {"rope_type": "linear", "factor": 1.0}
+    (own_model / "config.json").write_text(json.dumps(model_config))
+    argv[argv.index("--model-path") + 1] = str(own_model)
+    argv += ["--device", "cpu"]
+    cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}",
+                          env={"PYTHONPATH": str(OLD_CLIENT_CODE)})
+    procs.check_alive()
+    if not works:
+        # No tokenizer_path and no prefill list in the router's summary: the client has
+        # no tokenizer and stops before its batch.
+        assert cp.returncode != 0, cp.stdout[-2000:]
+        assert "tokenizer_path" in cp.stderr, cp.stderr[-2000:]
+        assert not output.exists() or not output.read_text().strip()
+        return
+    assert cp.returncode == 0, f"{cp.stdout[-2000:]}\n{cp.stderr[-3000:]}"
+    result = last_jsonl(output)
+    assert (result["batch_size"], result["input_len"], result["output_len"]) == (
+        PROMPTS, INPUT_LEN, OUTPUT_LEN)
+    summary = summarize(result, "bench_one_batch_server")
+    assert summary["completed"] == PROMPTS
+    assert summary["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    keep_result(output, f"bench_one_batch_server-{OLD_CLIENT_RELEASE}-{implementation}"
+                        f"{'-minilb' * mini_lb}")
+    print(f"{implementation}{' MiniLB' * mini_lb}: bench_one_batch_server "
+          f"{OLD_CLIENT_RELEASE} {took:.1f} s")
+
+
+def keep_result(output: Path, name: str) -> None:
+    """With PDBENCH_KEEP_CLIENT_RESULTS=DIR, copy a client's result line there (how the
+    samples under tests/data/client-results were made)."""
+    folder = os.environ.get("PDBENCH_KEEP_CLIENT_RESULTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.jsonl").write_text(output.read_text())
+
+
+def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path, monkeypatch):
     """``workload.client: bench_one_batch_server``'s rendered argv, aimed at the decode
     server itself with ``--fake-prefill`` (no prefill server, no router).
 
@@ -218,6 +451,9 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
     ``--dataset-name random-ids`` keeps its prompts local (its default, ``random``,
     downloads ShareGPT).
     """
+    # No router here, so the client/router pairing check (0.5.23's client reads
+    # /server_info, which no router serves) does not apply to this deployment.
+    monkeypatch.setattr(launch_checks, "_client_through_router", lambda cfg: None)
     cfg, point, plan = make_deployment(
         {
             "sglang": {"version": "0.5.23"},
@@ -229,7 +465,8 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
                 "batch_size": PROMPTS,
                 "input_len": INPUT_LEN,
                 "output_len": OUTPUT_LEN,
-                "extra_args": ["--fake-prefill", "--device", "cpu", "--dataset-name", "random-ids"],
+                "dataset": "random-ids",
+                "extra_args": ["--fake-prefill", "--device", "cpu"],
             },
         }
     )
@@ -254,6 +491,11 @@ def test_bench_one_batch_server_fake_prefill_straight_to_decode(procs, tmp_path)
     assert (result["input_len"], result["output_len"]) == (INPUT_LEN, OUTPUT_LEN)
     assert result["total_output_tokens"] == PROMPTS * OUTPUT_LEN
     assert result["num_early_stopped"] == 0
+    summary = summarize(result, "bench_one_batch_server")
+    assert summary["completed"] == PROMPTS
+    assert summary["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    assert summary["duration_s"] == result["latency"]
+    keep_result(output, "bench_one_batch_server-0.5.23-decode")
     decode0, decode1 = decode_ranks(logs["decode"][0]), decode_ranks(logs["decode"][1])
     assert set(decode0) == {0, 1, 2, 3}, tail(logs["decode"][0])
     assert set(decode1) == {4, 5, 6, 7}, tail(logs["decode"][1])
