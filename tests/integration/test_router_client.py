@@ -9,7 +9,9 @@ the real ``sglang.bench_serving`` client (``client_argv``) from .venv-sglang the
 small workload through them. ``bench_one_batch_server`` of the installed release (0.5.23)
 reads ``/server_info``, which no router serves: the config refuses that pair, and the
 test shows each router's answer at the server-info paths that decide it
-(``pdbench.routers``).
+(``pdbench.routers``). The configured release's own ``bench_one_batch_server``
+(0.5.5.post2) runs as the chain overlays ``chain-one-batch-*.yaml`` render it: its own
+interpreter (``workload.python``, from ``scripts/sglang-release-python``) and environment.
 
 Every process runs in its own process group and is stopped by a fixture finalizer, also
 when a test fails. Ports are never fixed: another run may share the machine.
@@ -26,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pdbench import commands, config, launch_checks, topology
 from pdbench.benchresult import summarize
@@ -271,26 +274,15 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(
     print(f"{implementation}: bench_serving {took:.1f} s, {result['duration']:.2f} s of benchmark")
 
 
-# A release's own code installed apart (scripts/setup-sglang-release 0.5.5.post2): its
-# bench_one_batch_server reads /get_server_info and runs on .venv-sglang's torch once the
-# GPU kernel packages it imports on the way are importable stand-ins (tests/sglang_check.py).
+# The configured release's own bench_one_batch_server (0.5.5.post2: it reads
+# /get_server_info), as the rehearsal's chain overlays configure it: the interpreter of
+# scripts/sglang-release-python (the release's code on .venv-sglang's packages, GPU
+# kernels as stand-ins) as workload.python, --device cpu, the tiny model's ShareGPT file.
 OLD_CLIENT_RELEASE = "0.5.5.post2"
-OLD_CLIENT_CODE = REPO / ".cache" / "sglang-releases" / OLD_CLIENT_RELEASE
-OLD_CLIENT_RUNNER = (
-    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import sglang_check; "
-    "sglang_check._install_kernel_stand_ins(); module = sys.argv.pop(1); "
-    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
-)
-
-
-def sharegpt_file(path: Path, conversations: int) -> Path:
-    """A ShareGPT-format file: 0.5.5.post2's ``--dataset-name random`` takes its token ids
-    from one (and downloads ShareGPT without it)."""
-    rows = [{"conversations": [{"from": "human", "value": f"question {i} " * 40},
-                               {"from": "gpt", "value": f"answer {i}"}]}
-            for i in range(conversations)]
-    path.write_text(json.dumps(rows))
-    return path
+ONE_BATCH_OVERLAYS = {
+    name: yaml.safe_load((REPO / "tests" / "data" / "configs" / f"chain-one-batch-{name}.yaml")
+                         .read_text())
+    for name in ("smg", "minilb")}
 
 
 @pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
@@ -302,9 +294,10 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
 
     The installed client (0.5.23) reads /server_info: every router answers 404, the
     config refuses the pair naming both versions, and the client run anyway fails.
-    0.5.5.post2's client reads /get_server_info: it runs end to end through smg and
-    MiniLB, and fails through sglang-router's Rust router (a summary of itself), whose
-    pairing the config refuses."""
+    0.5.5.post2's client reads /get_server_info: its rendered command (the chain
+    overlays' config, run unchanged) runs end to end through smg and MiniLB, and fails
+    through sglang-router's Rust router (a summary of itself), whose pairing the config
+    refuses."""
     refused_0_5_23 = {
         "sglang": {"version": "0.5.23"},
         "server_args": {"decode": {"prefill-round-robin-balance": False}},
@@ -315,17 +308,13 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
                        r"GET /server_info through the router, and router "
                        rf"{implementation} \d+\.\d+\.\d+.* does not serve it"):
         make_deployment(refused_0_5_23)
-    sharegpt = sharegpt_file(tmp_path / "sharegpt.json", PROMPTS)
-    workload = {"client": "bench_one_batch_server", "batch_size": PROMPTS,
-                "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "dataset": "random",
-                "dataset_path": str(sharegpt), "extra_args": []}
-    # The 0.5.5.post2 client's config, for a router it works through (the same argv
-    # goes to the refused router below: the client takes no router flag).
-    cfg, point, plan = make_deployment({
-        "workload": workload,
-        "router": {"implementation": "smg" if not mini_lb else implementation,
-                   "mini_lb": mini_lb},
-    })
+    # The 0.5.5.post2 client's config, for a router it works through: a chain overlay's
+    # (the same argv goes to the refused router below: the client takes no router flag).
+    overlay = ONE_BATCH_OVERLAYS["minilb" if mini_lb else "smg"]
+    workload = {**overlay["workload"], "batch_size": PROMPTS, "input_len": INPUT_LEN,
+                "output_len": OUTPUT_LEN}
+    cfg, point, plan = make_deployment({"workload": workload, "router": overlay["router"]})
+    assert cfg["sglang"]["version"] == OLD_CLIENT_RELEASE
     if (implementation, mini_lb) == ("sglang-router", False):
         with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang "
                            r"0\.5\.5\.post2 reads GET /get_server_info through the router, "
@@ -383,34 +372,31 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
     new_output.parent.mkdir()
     argv = commands.client_argv(cfg, point, plan, output_file=new_output)
     module = argv.index("sglang.bench_one_batch_server")
-    argv[module] = "sglang.benchmark.one_batch_server"
-    argv += ["--device", "cpu"]  # its server-argument resolution, without a GPU
+    argv[:module + 1] = [cfg["site"]["python"], "-m", "sglang.benchmark.one_batch_server"]
     cp, _ = run_client(argv, tmp_path, "one_batch_server-0.5.23")
     assert cp.returncode != 0 and "404" in cp.stdout + cp.stderr, cp.stderr[-2000:]
     assert not new_output.exists()
 
-    if not (OLD_CLIENT_CODE / "sglang" / "bench_one_batch_server.py").exists():
-        skip_or_fail(f"{OLD_CLIENT_CODE} missing (scripts/setup-sglang-release "
-                     f"{OLD_CLIENT_RELEASE})")
+    # The rendered command itself, as the client step runs it (its interpreter and
+    # environment are the config's). It builds a ServerArgs of its own from --model-path
+    # (the tiny model's config has the rope_scaling factor 0.5.5.post2 reads) and
+    # resolves it on this CPU host; the tokenizer and everything it measures come
+    # through the router.
+    python = REPO / workload["python"]
+    if not python.exists():
+        skip_or_fail(f"{python} missing (scripts/sglang-release-python {OLD_CLIENT_RELEASE})")
+    model_config = json.loads((REPO / cfg["model"]["path"] / "config.json").read_text())
+    if not (REPO / workload["dataset_path"]).exists() or "rope_scaling" not in model_config:
+        skip_or_fail(f"{cfg['model']['path']} is from before scripts/make-tiny-model wrote "
+                     "its sharegpt.json and rope_scaling (scripts/setup adds them)")
     output = tmp_path / "bench" / "old.jsonl"
     argv = commands.client_argv(cfg, point, plan, output_file=output)
-    assert argv[1:3] == ["-m", "sglang.bench_one_batch_server"]
-    assert argv[-4:] == ["--dataset-name", "random", "--dataset-path", str(sharegpt)]
-    argv[1:2] = ["-W", "ignore", "-c", OLD_CLIENT_RUNNER, str(REPO / "tests")]
-    # It builds a ServerArgs of its own (every server arg, unused with --base-url) and
-    # resolves it on this CPU host with .venv-sglang's transformers, whose DeepSeek config
-    # has a rope_scaling without the "factor" 0.5.5.post2 reads: its --model-path gets a
-    # copy of the tiny model's config.json with one. The tokenizer and everything it
-    # measures come through the router.
-    own_model = tmp_path / "client-model-config"
-    own_model.mkdir()
-    model_config = json.loads((REPO / cfg["model"]["path"] / "config.json").read_text())
-    model_config["rope_scaling"] = {"rope_type": "linear", "factor": 1.0}
-    (own_model / "config.json").write_text(json.dumps(model_config))
-    argv[argv.index("--model-path") + 1] = str(own_model)
-    argv += ["--device", "cpu"]
-    cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}",
-                          env={"PYTHONPATH": str(OLD_CLIENT_CODE)})
+    assert argv[:3] == [workload["python"], "-m", "sglang.bench_one_batch_server"]
+    assert argv[-6:] == ["--dataset-name", "random", "--dataset-path",
+                         workload["dataset_path"], "--device", "cpu"]
+    env = commands.client_env(cfg)
+    assert env == {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}", env=env)
     procs.check_alive()
     if not works:
         # No tokenizer_path and no prefill list in the router's summary: the client has
