@@ -295,7 +295,9 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
     The installed client (0.5.23) reads /server_info: every router answers 404, the
     config refuses the pair naming both versions, and the client run anyway fails.
     0.5.5.post2's client reads /get_server_info: its rendered command (the chain
-    overlays' config, run unchanged) runs end to end through smg and MiniLB, and fails
+    overlays' config, run unchanged) runs end to end through smg and MiniLB, its one
+    list-form request filling every decode rank to its target under /slow_down as the
+    fill needs, and fails
     through sglang-router's Rust router (a summary of itself), whose pairing the config
     refuses."""
     refused_0_5_23 = {
@@ -311,8 +313,9 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
     # The 0.5.5.post2 client's config, for a router it works through: a chain overlay's
     # (the same argv goes to the refused router below: the client takes no router flag).
     overlay = ONE_BATCH_OVERLAYS["minilb" if mini_lb else "smg"]
-    workload = {**overlay["workload"], "batch_size": PROMPTS, "input_len": INPUT_LEN,
-                "output_len": OUTPUT_LEN}
+    # The default batch, as the fill sizes it: enough prompts that every decode rank
+    # reaches its target (decode picks the rank by each prompt's random bootstrap room).
+    workload = {**overlay["workload"], "input_len": INPUT_LEN, "output_len": OUTPUT_LEN}
     cfg, point, plan = make_deployment({"workload": workload, "router": overlay["router"]})
     assert cfg["sglang"]["version"] == OLD_CLIENT_RELEASE
     if (implementation, mini_lb) == ("sglang-router", False):
@@ -396,26 +399,71 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
                          workload["dataset_path"], "--device", "cpu"]
     env = commands.client_env(cfg)
     assert env == {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}", env=env)
-    procs.check_alive()
+    batch = commands.client_prompts(cfg, point)
+    assert argv[argv.index("--batch-size") + 1] == str(batch) and batch > 2 * 32
     if not works:
+        cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}",
+                              env=env)
+        procs.check_alive()
         # No tokenizer_path and no prefill list in the router's summary: the client has
         # no tokenizer and stops before its batch.
         assert cp.returncode != 0, cp.stdout[-2000:]
         assert "tokenizer_path" in cp.stderr, cp.stderr[-2000:]
         assert not output.exists() or not output.read_text().strip()
         return
-    assert cp.returncode == 0, f"{cp.stdout[-2000:]}\n{cp.stderr[-3000:]}"
+    # As the fill runs it: decode slowed down, then the client's one list-form request;
+    # the router gives each prompt its own request and bootstrap room, so every decode
+    # rank reaches its target while decode is slow; then the release lets it finish.
+    control(commands.control_request("slow_down", plan.decode.url, forward_sleep_time=0.2))
+    start = time.monotonic()
+    client_log = tmp_path / f"one_batch_server-{OLD_CLIENT_RELEASE}.log"
+    target = point.target_batch_per_rank
+
+    def every_rank_full() -> bool:
+        ranks = decode_ranks(logs["decode"][0]) | decode_ranks(logs["decode"][1])
+        return len(ranks) == 8 and all(max(r["running_req"] for r in records) >= target
+                                       for records in ranks.values())
+
+    def client_alive() -> None:
+        procs.check_alive()
+        assert client.poll() is None, f"the client ended early:\n{tail(client_log)}"
+
+    with open(client_log, "wb") as out:
+        client = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **CLIENT_ENV, **env},
+                                  stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(every_rank_full, CLIENT_TIMEOUT_S, f"every decode rank at {target} requests",
+                 interval=1.0, check=client_alive, detail=lambda: tail(client_log))
+        control(commands.control_request("slow_down", plan.decode.url,
+                                         forward_sleep_time=None))
+        returncode = client.wait(timeout=CLIENT_TIMEOUT_S)
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, 9)
+            client.wait()
+    took = time.monotonic() - start
+    assert returncode == 0, tail(client_log)
+    procs.check_alive()
     result = last_jsonl(output)
     assert (result["batch_size"], result["input_len"], result["output_len"]) == (
-        PROMPTS, INPUT_LEN, OUTPUT_LEN)
+        batch, INPUT_LEN, OUTPUT_LEN)
     summary = summarize(result, "bench_one_batch_server")
-    assert summary["completed"] == PROMPTS
-    assert summary["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    assert summary["completed"] == batch
+    assert summary["total_output_tokens"] == batch * OUTPUT_LEN
     keep_result(output, f"bench_one_batch_server-{OLD_CLIENT_RELEASE}-{implementation}"
                         f"{'-minilb' * mini_lb}")
     print(f"{implementation}{' MiniLB' * mini_lb}: bench_one_batch_server "
           f"{OLD_CLIENT_RELEASE} {took:.1f} s")
+
+
+def control(request: commands.ControlRequest) -> None:
+    """Send a control call (``pdbench.commands.control_request``); it must answer 200."""
+    data = None if request.body is None else json.dumps(request.body).encode()
+    call = urllib.request.Request(request.url, data=data, method=request.method,
+                                  headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(call, timeout=10) as answer:
+        assert answer.status == 200, (request, answer.status)
 
 
 def keep_result(output: Path, name: str) -> None:
