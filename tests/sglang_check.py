@@ -278,54 +278,16 @@ def _check_one(argv) -> dict:
     return result
 
 
-class _KernelStandIn:
-    """A GPU kernel of a package that cannot be installed on a CPU host: importable,
-    raises if called (validation never calls kernels)."""
-
-    def __init__(self, name):
-        self._name = name
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"{self._name} is a stand-in for a GPU kernel (CPU host)")
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _KernelStandIn(f"{self._name}.{name}")
-
-
 def _install_kernel_stand_ins(roots=("sgl_kernel",)) -> None:
-    import importlib.abc
-    import importlib.machinery
+    """GPU-only kernel packages as importable stand-ins (tests/kernel_stand_ins.py, loaded
+    by its path: run as a script, this directory is not on sys.path)."""
     import importlib.util
-    import types
 
-    missing = [r for r in roots if importlib.util.find_spec(r) is None]
-    if not missing:
-        return
-
-    class Module(types.ModuleType):
-        def __getattr__(self, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return _KernelStandIn(f"{self.__name__}.{name}")
-
-    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in missing:
-                return importlib.machinery.ModuleSpec(name, self, is_package=True)
-            return None
-
-        def create_module(self, spec):
-            module = Module(spec.name)
-            module.__path__ = []
-            module.__version__ = "0.0.0"
-            return module
-
-        def exec_module(self, module):
-            pass
-
-    sys.meta_path.append(Finder())
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), "kernel_stand_ins.py")
+    spec = importlib.util.spec_from_file_location("pdbench_kernel_stand_ins", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.install(roots)
 
 
 def _import_for_validation() -> None:

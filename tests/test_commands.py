@@ -21,6 +21,7 @@ from pdbench.commands import (
     CLIENT_GATE_RELEASED,
     ControlRequest,
     client_argv,
+    client_env,
     control_request,
     curl_argv,
     gated_client_argv,
@@ -411,6 +412,42 @@ def test_srun_argv_apptainer_and_none(plan):
 
 # --------------------------------------------------------------------------------------
 # Environment and secrets
+
+
+def test_client_of_another_release_with_its_own_interpreter(p3, plan):
+    """Servers of 0.5.23, the client 0.5.5.post2's from an interpreter of its own: the
+    client's module, flags and datasets are its release's, its environment is site.env
+    then workload.env, never the servers' env sections."""
+    raw = raw_default()
+    del raw["server_args"]["decode"]["prefill-round-robin-balance"]
+    cfg = make(
+        raw,
+        sglang__version="0.5.23",
+        router={"implementation": "smg"},
+        site__env={"A": "site", "B": "site"},
+        env__common={"C": "servers"},
+        workload={"client": "bench_one_batch_server", "dataset": "random",
+                  "client_version": "0.5.5.post2", "python": "/opt/sglang-0.5.5/bin/python",
+                  "env": {"B": "client", "D": True}, "batch_size": 98304},
+    )
+    argv = client_argv(cfg, p3, plan, output_file="/r/b.jsonl")
+    assert argv[:3] == ["/opt/sglang-0.5.5/bin/python", "-m", "sglang.bench_one_batch_server"]
+    assert argv[-2:] == ["--dataset-name", "random"]
+    assert client_env(cfg) == {"A": "site", "B": "client", "D": "true"}
+    # Unset, both follow the servers: site.python and sglang.version.
+    default = make(raw, sglang__version="0.5.23")
+    argv = client_argv(default, p3, plan, output_file="o.jsonl")
+    assert argv[:3] == ["python3", "-m", "sglang.benchmark.serving"]
+    assert client_env(default) == {"PYTHONUNBUFFERED": "1"}  # config.yaml's site.env
+
+
+def test_client_env_refuses_a_secret_value():
+    cfg = make(site__secret_env=["HF_TOKEN"])
+    cfg["workload"]["env"] = {"HF_TOKEN": "x"}  # past validation, which refuses it by name
+    with pytest.raises(ConfigError, match=r"workload\.env\.HF_TOKEN.*secret_env"):
+        client_env(cfg)
+    with pytest.raises(ConfigError, match=r"workload\.env\.HF_TOKEN: looks like a credential"):
+        make(workload__env={"HF_TOKEN": "x"}, site__secret_env=["HF_TOKEN"])
 
 
 def test_server_env(cfg):

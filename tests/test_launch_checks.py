@@ -395,6 +395,42 @@ CLIENT = [
         r"/server_info through the router, and router smg 1\.13\.0 does not serve it \(404\); "
         r"no router generation pdbench knows serves /server_info",
     ),
+    # The client's release decides, not the servers': 0.5.23 servers with a 0.5.5.post2
+    # client (its own interpreter) work through smg; the other way round they do not.
+    row(
+        "one-batch-client-0.5.5.post2-with-0.5.23-servers",
+        [*ONE_BATCH, put("sglang.version", "0.5.23"),
+         put("server_args.decode.prefill-round-robin-balance", None),
+         put("workload.client_version", "0.5.5.post2"),
+         put("workload.python", "/opt/sglang-0.5.5.post2/bin/python")],
+        None,
+    ),
+    row(
+        "one-batch-client-0.5.23-with-0.5.5.post2-servers",
+        [*ONE_BATCH, put("workload.client_version", "0.5.23"),
+         put("workload.dataset", "random-ids")],
+        r"config key workload\.client: bench_one_batch_server of SGLang 0\.5\.23 reads GET "
+        r"/server_info through the router, and router smg 1\.13\.0 does not serve it \(404\); "
+        r".*a client of a release before 0\.5\.14 \(workload\.client_version",
+    ),
+    row(
+        "one-batch-client-dataset-of-its-release",
+        [*ONE_BATCH, put("sglang.version", "0.5.23"),
+         put("server_args.decode.prefill-round-robin-balance", None),
+         put("workload.client_version", "0.5.5.post2"), put("workload.dataset", "random-ids")],
+        r"config key workload\.dataset: bench_one_batch_server of SGLang 0\.5\.5\.post2 has no "
+        r"dataset 'random-ids'",
+    ),
+    row(
+        "client-version-before-the-oldest",
+        [put("workload.client_version", "0.4.0")],
+        r"config key workload\.client_version: SGLang 0\.4\.0 is older than",
+    ),
+    row(
+        "client-version-not-a-version",
+        [put("workload.client_version", "latest")],
+        r"config key workload\.client_version: ",
+    ),
     row(
         "one-batch-dataset-the-release-lacks",
         [*ONE_BATCH, put("workload.dataset", "random-ids")],

@@ -189,6 +189,63 @@ def test_the_probe_runs_alone_with_the_standard_library(spec, tmp_path):
     assert len(checks) == 10
 
 
+@pytest.fixture
+def client_site(tmp_path):
+    """A directory with a module ``pdbench_fake_client`` of distribution fake-client 1.2,
+    importable only with it on PYTHONPATH (the client's own environment)."""
+    site = tmp_path / "client-site"
+    (site / "fake_client_dist-1.2.dist-info").mkdir(parents=True)
+    (site / "fake_client_dist-1.2.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-client-dist\nVersion: 1.2\n")
+    (site / "pdbench_fake_client.py").write_text("")
+    return site
+
+
+# (case, spec changes, status, words of the detail)
+CLIENT_CASES = [
+    ("site interpreter", {"client_module": "json"}, "ok", "json"),
+    ("own interpreter and env", {}, "ok", "pdbench_fake_client (fake-client-dist 1.2)"),
+    ("own interpreter without the env", {"client_env": {}}, "failed",
+     "not importable with the client's"),
+    ("release differs", {"client_module_version": "0.5.5.post2"}, "failed",
+     "fake-client-dist here is 1.2, the config says 0.5.5.post2 (workload.python)"),
+    ("interpreter absent", {"client_python": "/no/such/python"}, "failed",
+     "the client's interpreter /no/such/python did not run"),
+    ("interpreter is no python", {"client_python": "/bin/false"}, "failed",
+     "the client's interpreter /bin/false exited 1"),
+]
+
+
+@pytest.mark.parametrize("case, changes, status, words", CLIENT_CASES,
+                         ids=[c[0] for c in CLIENT_CASES])
+def test_the_client_check_asks_the_clients_interpreter(spec, tmp_path, client_site, case,
+                                                       changes, status, words):
+    own = {"client_python": sys.executable, "client_env": {"PYTHONPATH": str(client_site)},
+           "client_module": "pdbench_fake_client",
+           "client_module_distribution": "fake-client-dist", "client_module_version": "1.2"}
+    spec.update(own if case != "site interpreter" else {}, **changes)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    result = probe.run("client", probe.check_client, spec, str(spec_path))
+    assert result["status"] == status, result
+    assert words in result["detail"], result
+
+
+def test_spec_asks_the_clients_own_interpreter(cfg, tmp_path):
+    points = [p for p in grid_points(cfg) if p.experiment == "ep48"]
+    spec, _ = preflight.probe_spec(cfg, points, tmp_path, "node01", "10.0.0.1", False, {})
+    assert "client_python" not in spec  # site.python: the sglang_version check covers it
+    raw = copy.deepcopy(cfg)
+    raw["workload"].update(python="/opt/client/bin/python", env={"X": 1},
+                           client_version="0.5.4")
+    spec, _ = preflight.probe_spec(config.validate(raw), points, tmp_path, "node01",
+                                   "10.0.0.1", False, {})
+    assert spec["client_python"] == "/opt/client/bin/python"
+    assert spec["client_env"] == {"PYTHONUNBUFFERED": "1", "X": "1"}
+    assert (spec["client_module"], spec["client_module_distribution"],
+            spec["client_module_version"]) == ("sglang.bench_serving", "sglang", "0.5.4")
+
+
 def test_spec_holds_every_server_command_and_port_of_the_experiment(cfg, tmp_path):
     points = [p for p in grid_points(cfg) if p.experiment == "ep48"]
     spec, failed = preflight.probe_spec(cfg, points, tmp_path, "node01", "10.0.0.1", False,

@@ -57,6 +57,27 @@ def test_render_shows_the_whole_launch_and_writes_nothing(cfg, tmp_path, monkeyp
         assert "profile_by_stage" not in call and "merge_profiles" not in call
 
 
+def test_render_shows_the_client_interpreter_and_environment(cfg, tmp_path, monkeypatch):
+    """A client with an interpreter of its own: its launcher script exports workload.env,
+    probes that interpreter's package versions and runs the client with it; the servers
+    keep site.python and do not get workload.env."""
+    monkeypatch.chdir(tmp_path)
+    raw = dict(cfg)
+    raw["workload"] = {**cfg["workload"], "python": "/opt/client/bin/python",
+                       "env": {"CLIENT_ONLY": "1"}}
+    cfg = config_mod.validate(raw)
+    sections = render_point(cfg, "ep48", "p1", [f"gb-{i:03d}" for i in range(1, 15)])
+    client = next(s["text"] for s in sections if s["title"].startswith("client: launcher"))
+    assert "export CLIENT_ONLY=1" in client
+    assert "/opt/client/bin/python -c 'import importlib.metadata" in client  # versions
+    assert "exec /opt/client/bin/python -c 'import runpy" in client  # the gated client
+    command = next(s["text"] for s in sections if s["title"].startswith("client: the bench"))
+    assert shlex.split(command)[:3] == ["/opt/client/bin/python", "-m", "sglang.bench_serving"]
+    decode = next(s["text"] for s in sections if s["title"].startswith("decode: launcher"))
+    assert "CLIENT_ONLY" not in decode and "/opt/client" not in decode
+    assert "exec python3 -m sglang.launch_server" in decode
+
+
 def test_render_cli_text_and_json(tmp_path):
     args = ["render", "--config", str(REPO / "config/config.yaml"), "--experiment", "ep48",
             "--point", "p1", "--nodelist", "gb-[001-014]", "--job-id", "4242"]

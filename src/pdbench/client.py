@@ -30,10 +30,9 @@ BENCH_TIMEOUT_S = 7200.0
 def client_launch(ctx: PointContext) -> tuple[StepLaunch, list[str]]:
     """The benchmark client's step (held at its gate) and the client command itself."""
     argv = commands.client_argv(ctx.cfg, ctx.point, ctx.plan,
-                                output_file=ctx.paths.client_output.resolve(),
-                                dialect=ctx.dialect)
-    launch = step_launch(ctx, "client", [commands.gated_client_argv(argv)], {},
-                         [ctx.plan.client_node], "bench_client")
+                                output_file=ctx.paths.client_output.resolve())
+    launch = step_launch(ctx, "client", [commands.gated_client_argv(argv)],
+                         commands.client_env(ctx.cfg), [ctx.plan.client_node], "bench_client")
     return launch, argv
 
 

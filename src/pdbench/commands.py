@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .grid import Point, decode_server_args, prefill_server_args
-from .dialects import ROOM, Dialect, dialect_for, server_dp_rule
+from .dialects import ROOM, Dialect, client_dialect_for, dialect_for, server_dp_rule
 from .errors import ConfigError
 from .fillsize import prompts_to_fill
 from .routers import router_dialect
@@ -495,6 +495,29 @@ def client_concurrency(cfg: Mapping, point: Point) -> int:
                                                      CLIENT_MAX_CONNECTIONS)
 
 
+def client_python(cfg: Mapping) -> str:
+    """The benchmark client's interpreter: ``workload.python``, else ``site.python``."""
+    return cfg["workload"].get("python") or cfg["site"]["python"]
+
+
+def client_env(cfg: Mapping) -> dict[str, str]:
+    """Environment of the benchmark client: ``site.env``, then ``workload.env`` (the
+    servers' ``env.*`` sections are theirs). Names in ``site.secret_env`` may not be given
+    values here."""
+    secrets = set(cfg["site"].get("secret_env", []))
+    env: dict[str, str] = {}
+    for key, values in (("site.env", cfg["site"].get("env", {})),
+                        ("workload.env", cfg["workload"].get("env", {}))):
+        for name, value in values.items():
+            if name in secrets:
+                raise ConfigError(
+                    f"config key {key}.{name}: {name} is listed in site.secret_env; its "
+                    "value must come from the submitting environment, not the config"
+                )
+            env[name] = _env_value(value, f"{key}.{name}")
+    return env
+
+
 def client_argv(
     cfg: Mapping,
     point: Point,
@@ -510,12 +533,14 @@ def client_argv(
     target batch; the tokenizer is ``tokenizer``, else ``model.tokenizer``, else
     ``model.path``. ``bench_one_batch_server``: ``--batch-size`` is
     ``workload.batch_size`` or twice the target; it reads its tokenizer from the server
-    (pass one with ``workload.extra_args`` if needed). The module is the release's
-    (``sglang.bench_serving`` or, from 0.5.15, ``sglang.benchmark.serving``).
+    (pass one with ``workload.extra_args`` if needed). The interpreter is
+    :func:`client_python`; the module and flags are those of the client's release
+    (:func:`pdbench.dialects.client_dialect_for`: ``sglang.bench_serving`` or, from
+    0.5.15, ``sglang.benchmark.serving``).
     """
-    dialect = dialect or dialect_for(cfg)
+    dialect = dialect or client_dialect_for(cfg)
     w = cfg["workload"]
-    python = cfg["site"]["python"]
+    python = client_python(cfg)
     output = os.fspath(output_file)
     if w["client"] == "bench_serving":
         num_prompts = client_prompts(cfg, point)
@@ -755,6 +780,8 @@ __all__ = [
     "CONTROL_KINDS",
     "ControlRequest",
     "client_argv",
+    "client_env",
+    "client_python",
     "control_request",
     "curl_argv",
     "missing_secrets",

@@ -348,7 +348,8 @@ def _check_ports(ports: Mapping) -> None:
 def _check_secrets(cfg: Mapping) -> None:
     """Credentials pass by name (site.secret_env), never as values written to results/."""
     sections = [("site.env", cfg["site"]["env"])] + [
-        (f"env.{role}", cfg["env"][role]) for role in ("common", "prefill", "decode")]
+        (f"env.{role}", cfg["env"][role]) for role in ("common", "prefill", "decode")] + [
+        ("workload.env", cfg["workload"]["env"])]
     for key, env in sections:
         for name in env:
             if is_secret_name(name):

@@ -831,6 +831,16 @@ def dialect_for(cfg: Mapping) -> Dialect:
     return dialect_for_version(version)
 
 
+def client_dialect_for(cfg: Mapping) -> Dialect:
+    """The dialect of the benchmark client's SGLang: ``workload.client_version`` where set
+    (a client of another release than the servers, run by ``workload.python``), else
+    ``sglang.version``."""
+    version = cfg.get("workload", {}).get("client_version")
+    if version is None:
+        return dialect_for(cfg)
+    return dialect_for_version(str(version), key="workload.client_version")
+
+
 def check_config(cfg: Mapping, derived: frozenset[str] = frozenset()) -> Dialect:
     """Spell every ``server_args`` entry for the configured release; ConfigError names the
     first key that cannot be expressed (an old spelling, a removed value, an option the

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from .commands import one_batch_server_dataset_args
-from .dialects import dialect_for
+from .dialects import client_dialect_for
 from .errors import ConfigError
 from .grid import Point, decode_server_args
 from .routers import AGGREGATE_INFO, WORKER_INFO, router_dialect
@@ -59,7 +59,7 @@ def _client_through_router(cfg: Mapping) -> None:
     its tokenizer and the servers' ``internal_states`` from there: a 404 or a router's
     summary of itself ends it before its batch)."""
     client = cfg["workload"]["client"]
-    dialect = dialect_for(cfg)
+    dialect = client_dialect_for(cfg)
     gen = router_dialect(cfg)
     mini_lb = bool(cfg["router"]["mini_lb"])
     router = f"{gen.implementation} {gen.version}" + (" (MiniLB)" if mini_lb else "")
@@ -82,7 +82,8 @@ def _client_through_router(cfg: Mapping) -> None:
     what = "does not serve it (404)" if answer is None else \
         "answers it with a summary of itself (no tokenizer, no internal_states)"
     hint = ("no router generation pdbench knows serves /server_info: use workload.client: "
-            "bench_serving, or an sglang.version before 0.5.14 with router.implementation: smg"
+            "bench_serving, or a client of a release before 0.5.14 (workload.client_version, "
+            "run by workload.python) with router.implementation: smg"
             if path == "/server_info" else
             "set router.implementation: smg, or router.mini_lb: true with sglang-router, or "
             "workload.client: bench_serving")

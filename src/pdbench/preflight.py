@@ -178,6 +178,7 @@ def probe_spec(cfg: Mapping, points: list[Point], results: Path, node: str, addr
         "router_module_distribution": router.package,
         "router_module_version": router.version,
         "client_module": _client_module(cfg),
+        **_client_interpreter(cfg),
         "servers": servers,
         "model_path": str(Path(model["path"]).absolute()),
         "architecture": model.get("architecture"),
@@ -192,12 +193,27 @@ def probe_spec(cfg: Mapping, points: list[Point], results: Path, node: str, addr
 
 
 def _client_module(cfg: Mapping) -> str:
-    from .dialects import dialect_for
+    from .dialects import client_dialect_for
 
-    dialect = dialect_for(cfg)
+    dialect = client_dialect_for(cfg)
     if cfg["workload"]["client"] == "bench_serving":
         return dialect.bench_serving_module
     return dialect.bench_one_batch_server_module
+
+
+def _client_interpreter(cfg: Mapping) -> dict:
+    """A client with an interpreter of its own (``workload.python``) is probed with that
+    interpreter and ``commands.client_env``, and its SGLang must be the client's release
+    (``workload.client_version``, else ``sglang.version``); without one, the client runs
+    with ``site.python``, whose SGLang the ``sglang_version`` check covers."""
+    from .dialects import client_dialect_for
+
+    if not cfg["workload"]["python"]:
+        return {}
+    return {"client_python": commands.client_python(cfg),
+            "client_env": commands.client_env(cfg),
+            "client_module_distribution": "sglang",
+            "client_module_version": client_dialect_for(cfg).version}
 
 
 def ib_devices(cfg: Mapping) -> list[str]:

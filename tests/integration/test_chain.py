@@ -644,6 +644,89 @@ def test_report_bundle_archives_pages_tables_manifests_and_plots(completed, make
     assert after == before, "snakemake --report changed the results tree"
 
 
+# The router generations besides chain-small's default (sglang-router's Rust router, which
+# the full chain above runs), by their chain overlay: (overlay, the router's package as its
+# launched Python reported it, whether it runs as MiniLB).
+ROUTER_CHAINS = [
+    pytest.param("chain-smg.yaml", "smg", False, id="smg"),
+    pytest.param("chain-minilb.yaml", "sglang-router", True, id="sglang-router-minilb"),
+]
+
+
+def assert_router_and_client(chain: Chain, package: str, mini_lb: bool,
+                             client_python: str) -> dict:
+    """The point ran the configured router and client: their launcher scripts, the versions
+    their interpreters reported, and the manifest's record of them; returns the
+    manifest's client entry."""
+    router_script = (chain.point / "commands" / "router.sh").read_text()
+    assert f"-m {package.replace('-', '_')}.launch_router" in router_script, router_script
+    assert ("--mini-lb" in router_script) == mini_lb, router_script
+    client_script = (chain.point / "commands" / "client.sh").read_text()
+    assert f"exec {client_python} -c " in client_script, client_script
+    manifest = json.loads((chain.point / "manifest.json").read_text())
+    reported = manifest["sglang"]["servers"]
+    assert reported["router"]["packages"]["packages"][package] == _installed(package)
+    client_log = (chain.point / "logs" / "bench_client_node_rank_0.log").read_text()
+    assert "pdbench-client-gate: released" in client_log, client_log[-3000:]
+    return reported["client"]
+
+
+@pytest.mark.parametrize("overlay, package, mini_lb", ROUTER_CHAINS)
+def test_bench_serving_through_each_router_generation(make_chain, overlay, package, mini_lb):
+    """bench_serving through every router generation: the ground truth, a clean finish."""
+    chain = make_chain(f"serving-{package}{'-minilb' * mini_lb}",
+                       overlays=("chain-small.yaml", overlay))
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"bench_serving through {package}{' MiniLB' * mini_lb}: {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert_ground_truth(chain)
+    assert_clean(chain)
+    client = assert_router_and_client(chain, package, mini_lb, str(SGLANG_PYTHON))
+    assert client["packages"]["packages"]["sglang"] == _installed("sglang")
+    bench = json.loads((chain.point / "bench" / "bench.jsonl").read_text().splitlines()[-1])
+    assert bench["completed"] == bench["total_output_tokens"] // 64 > 0  # chain-small: 64
+
+
+# The configured release's own bench_one_batch_server (0.5.5.post2, which reads
+# /get_server_info) from the interpreter scripts/sglang-release-python wrote; the overlays
+# name it relative to the repository, the chain runs elsewhere.
+RELEASE_PYTHON = REPO / ".cache" / "sglang-release-python" / "0.5.5.post2" / "bin" / "python"
+SHAREGPT = TINY_MODEL / "sharegpt.json"
+
+
+@pytest.mark.parametrize("router", ["smg", "minilb"])
+def test_bench_one_batch_server_of_the_configured_release_through_each_router(make_chain,
+                                                                              router):
+    """bench_one_batch_server of 0.5.5.post2 through smg and MiniLB: its one list-form
+    request fills every decode rank to the target under /slow_down, the fill releases, the
+    snapshots measure the ground truth, the client's whole batch completes, and its
+    interpreter reported the release it ran; nothing is left."""
+    if not RELEASE_PYTHON.exists() or not SHAREGPT.exists():
+        pytest.fail(f"{RELEASE_PYTHON} or {SHAREGPT} missing: run scripts/setup")
+    chain = make_chain(f"one-batch-{router}",
+                       overlays=("chain-small.yaml", f"chain-one-batch-{router}.yaml"),
+                       extra={"workload": {"python": str(RELEASE_PYTHON),
+                                           "dataset_path": str(SHAREGPT)}})
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    print(f"bench_one_batch_server 0.5.5.post2 through {router}: {wall:.0f} s")
+    assert rc == 0, text[-8000:]
+    assert_ground_truth(chain)
+    assert_clean(chain)
+    package, mini_lb = ("smg", False) if router == "smg" else ("sglang-router", True)
+    client = assert_router_and_client(chain, package, mini_lb, str(RELEASE_PYTHON))
+    assert client["packages"]["packages"]["sglang"] == "0.5.5.post2"
+    bench = json.loads((chain.point / "bench" / "bench.jsonl").read_text().splitlines()[-1])
+    # chain-small's default batch: the prompts that fill all 8 ranks to 4 with
+    # probability 0.99999 (0.5.5.post2 decode routes by the random bootstrap room).
+    released = json.loads((chain.point / "fill" / "released.json").read_text())
+    assert released["fill_ended_by"] == "reached"
+    assert released["global_running_req"] == TARGET_GLOBAL
+    assert bench["batch_size"] >= 2 * TARGET_GLOBAL
+    assert (bench["input_len"], bench["output_len"]) == (64, 64)
+    row = chain.rows()[0]
+    assert int(row["client_completed"]) == bench["batch_size"], row
+
+
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     """Every file and directory under ``root``: (size, mtime_ns); what a change shows."""
     return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1,

@@ -9,7 +9,9 @@ the real ``sglang.bench_serving`` client (``client_argv``) from .venv-sglang the
 small workload through them. ``bench_one_batch_server`` of the installed release (0.5.23)
 reads ``/server_info``, which no router serves: the config refuses that pair, and the
 test shows each router's answer at the server-info paths that decide it
-(``pdbench.routers``).
+(``pdbench.routers``). The configured release's own ``bench_one_batch_server``
+(0.5.5.post2) runs as the chain overlays ``chain-one-batch-*.yaml`` render it: its own
+interpreter (``workload.python``, from ``scripts/sglang-release-python``) and environment.
 
 Every process runs in its own process group and is stopped by a fixture finalizer, also
 when a test fails. Ports are never fixed: another run may share the machine.
@@ -26,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pdbench import commands, config, launch_checks, topology
 from pdbench.benchresult import summarize
@@ -271,26 +274,15 @@ def test_router_and_bench_serving_through_rendered_pd_deployment(
     print(f"{implementation}: bench_serving {took:.1f} s, {result['duration']:.2f} s of benchmark")
 
 
-# A release's own code installed apart (scripts/setup-sglang-release 0.5.5.post2): its
-# bench_one_batch_server reads /get_server_info and runs on .venv-sglang's torch once the
-# GPU kernel packages it imports on the way are importable stand-ins (tests/sglang_check.py).
+# The configured release's own bench_one_batch_server (0.5.5.post2: it reads
+# /get_server_info), as the rehearsal's chain overlays configure it: the interpreter of
+# scripts/sglang-release-python (the release's code on .venv-sglang's packages, GPU
+# kernels as stand-ins) as workload.python, --device cpu, the tiny model's ShareGPT file.
 OLD_CLIENT_RELEASE = "0.5.5.post2"
-OLD_CLIENT_CODE = REPO / ".cache" / "sglang-releases" / OLD_CLIENT_RELEASE
-OLD_CLIENT_RUNNER = (
-    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); import sglang_check; "
-    "sglang_check._install_kernel_stand_ins(); module = sys.argv.pop(1); "
-    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
-)
-
-
-def sharegpt_file(path: Path, conversations: int) -> Path:
-    """A ShareGPT-format file: 0.5.5.post2's ``--dataset-name random`` takes its token ids
-    from one (and downloads ShareGPT without it)."""
-    rows = [{"conversations": [{"from": "human", "value": f"question {i} " * 40},
-                               {"from": "gpt", "value": f"answer {i}"}]}
-            for i in range(conversations)]
-    path.write_text(json.dumps(rows))
-    return path
+ONE_BATCH_OVERLAYS = {
+    name: yaml.safe_load((REPO / "tests" / "data" / "configs" / f"chain-one-batch-{name}.yaml")
+                         .read_text())
+    for name in ("smg", "minilb")}
 
 
 @pytest.mark.parametrize("implementation, mini_lb", ROUTERS)
@@ -302,9 +294,12 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
 
     The installed client (0.5.23) reads /server_info: every router answers 404, the
     config refuses the pair naming both versions, and the client run anyway fails.
-    0.5.5.post2's client reads /get_server_info: it runs end to end through smg and
-    MiniLB, and fails through sglang-router's Rust router (a summary of itself), whose
-    pairing the config refuses."""
+    0.5.5.post2's client reads /get_server_info: its rendered command (the chain
+    overlays' config, run unchanged) runs end to end through smg and MiniLB, its one
+    list-form request filling every decode rank to its target under /slow_down as the
+    fill needs, and fails
+    through sglang-router's Rust router (a summary of itself), whose pairing the config
+    refuses."""
     refused_0_5_23 = {
         "sglang": {"version": "0.5.23"},
         "server_args": {"decode": {"prefill-round-robin-balance": False}},
@@ -315,17 +310,14 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
                        r"GET /server_info through the router, and router "
                        rf"{implementation} \d+\.\d+\.\d+.* does not serve it"):
         make_deployment(refused_0_5_23)
-    sharegpt = sharegpt_file(tmp_path / "sharegpt.json", PROMPTS)
-    workload = {"client": "bench_one_batch_server", "batch_size": PROMPTS,
-                "input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "dataset": "random",
-                "dataset_path": str(sharegpt), "extra_args": []}
-    # The 0.5.5.post2 client's config, for a router it works through (the same argv
-    # goes to the refused router below: the client takes no router flag).
-    cfg, point, plan = make_deployment({
-        "workload": workload,
-        "router": {"implementation": "smg" if not mini_lb else implementation,
-                   "mini_lb": mini_lb},
-    })
+    # The 0.5.5.post2 client's config, for a router it works through: a chain overlay's
+    # (the same argv goes to the refused router below: the client takes no router flag).
+    overlay = ONE_BATCH_OVERLAYS["minilb" if mini_lb else "smg"]
+    # The default batch, as the fill sizes it: enough prompts that every decode rank
+    # reaches its target (decode picks the rank by each prompt's random bootstrap room).
+    workload = {**overlay["workload"], "input_len": INPUT_LEN, "output_len": OUTPUT_LEN}
+    cfg, point, plan = make_deployment({"workload": workload, "router": overlay["router"]})
+    assert cfg["sglang"]["version"] == OLD_CLIENT_RELEASE
     if (implementation, mini_lb) == ("sglang-router", False):
         with pytest.raises(ConfigError, match=r"bench_one_batch_server of SGLang "
                            r"0\.5\.5\.post2 reads GET /get_server_info through the router, "
@@ -383,53 +375,95 @@ def test_bench_one_batch_server_through_each_router(procs, tmp_path, implementat
     new_output.parent.mkdir()
     argv = commands.client_argv(cfg, point, plan, output_file=new_output)
     module = argv.index("sglang.bench_one_batch_server")
-    argv[module] = "sglang.benchmark.one_batch_server"
-    argv += ["--device", "cpu"]  # its server-argument resolution, without a GPU
+    argv[:module + 1] = [cfg["site"]["python"], "-m", "sglang.benchmark.one_batch_server"]
     cp, _ = run_client(argv, tmp_path, "one_batch_server-0.5.23")
     assert cp.returncode != 0 and "404" in cp.stdout + cp.stderr, cp.stderr[-2000:]
     assert not new_output.exists()
 
-    if not (OLD_CLIENT_CODE / "sglang" / "bench_one_batch_server.py").exists():
-        skip_or_fail(f"{OLD_CLIENT_CODE} missing (scripts/setup-sglang-release "
-                     f"{OLD_CLIENT_RELEASE})")
+    # The rendered command itself, as the client step runs it (its interpreter and
+    # environment are the config's). It builds a ServerArgs of its own from --model-path
+    # (the tiny model's config has the rope_scaling factor 0.5.5.post2 reads) and
+    # resolves it on this CPU host; the tokenizer and everything it measures come
+    # through the router.
+    python = REPO / workload["python"]
+    if not python.exists():
+        skip_or_fail(f"{python} missing (scripts/sglang-release-python {OLD_CLIENT_RELEASE})")
+    model_config = json.loads((REPO / cfg["model"]["path"] / "config.json").read_text())
+    if not (REPO / workload["dataset_path"]).exists() or "rope_scaling" not in model_config:
+        skip_or_fail(f"{cfg['model']['path']} is from before scripts/make-tiny-model wrote "
+                     "its sharegpt.json and rope_scaling (scripts/setup adds them)")
     output = tmp_path / "bench" / "old.jsonl"
     argv = commands.client_argv(cfg, point, plan, output_file=output)
-    assert argv[1:3] == ["-m", "sglang.bench_one_batch_server"]
-    assert argv[-4:] == ["--dataset-name", "random", "--dataset-path", str(sharegpt)]
-    argv[1:2] = ["-W", "ignore", "-c", OLD_CLIENT_RUNNER, str(REPO / "tests")]
-    # It builds a ServerArgs of its own (every server arg, unused with --base-url) and
-    # resolves it on this CPU host with .venv-sglang's transformers, whose DeepSeek config
-    # has a rope_scaling without the "factor" 0.5.5.post2 reads: its --model-path gets a
-    # copy of the tiny model's config.json with one. The tokenizer and everything it
-    # measures come through the router.
-    own_model = tmp_path / "client-model-config"
-    own_model.mkdir()
-    model_config = json.loads((REPO / cfg["model"]["path"] / "config.json").read_text())
-    model_config["rope_scaling"] = {"rope_type": "linear", "factor": 1.0}
-    (own_model / "config.json").write_text(json.dumps(model_config))
-    argv[argv.index("--model-path") + 1] = str(own_model)
-    argv += ["--device", "cpu"]
-    cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}",
-                          env={"PYTHONPATH": str(OLD_CLIENT_CODE)})
-    procs.check_alive()
+    assert argv[:3] == [workload["python"], "-m", "sglang.bench_one_batch_server"]
+    assert argv[-6:] == ["--dataset-name", "random", "--dataset-path",
+                         workload["dataset_path"], "--device", "cpu"]
+    env = commands.client_env(cfg)
+    assert env == {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    batch = commands.client_prompts(cfg, point)
+    assert argv[argv.index("--batch-size") + 1] == str(batch) and batch > 2 * 32
     if not works:
+        cp, took = run_client(argv, tmp_path, f"one_batch_server-{OLD_CLIENT_RELEASE}",
+                              env=env)
+        procs.check_alive()
         # No tokenizer_path and no prefill list in the router's summary: the client has
         # no tokenizer and stops before its batch.
         assert cp.returncode != 0, cp.stdout[-2000:]
         assert "tokenizer_path" in cp.stderr, cp.stderr[-2000:]
         assert not output.exists() or not output.read_text().strip()
         return
-    assert cp.returncode == 0, f"{cp.stdout[-2000:]}\n{cp.stderr[-3000:]}"
+    # As the fill runs it: decode slowed down, then the client's one list-form request;
+    # the router gives each prompt its own request and bootstrap room, so every decode
+    # rank reaches its target while decode is slow; then the release lets it finish.
+    control(commands.control_request("slow_down", plan.decode.url, forward_sleep_time=0.2))
+    start = time.monotonic()
+    client_log = tmp_path / f"one_batch_server-{OLD_CLIENT_RELEASE}.log"
+    target = point.target_batch_per_rank
+
+    def every_rank_full() -> bool:
+        ranks = decode_ranks(logs["decode"][0]) | decode_ranks(logs["decode"][1])
+        return len(ranks) == 8 and all(max(r["running_req"] for r in records) >= target
+                                       for records in ranks.values())
+
+    def client_alive() -> None:
+        procs.check_alive()
+        assert client.poll() is None, f"the client ended early:\n{tail(client_log)}"
+
+    with open(client_log, "wb") as out:
+        client = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **CLIENT_ENV, **env},
+                                  stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(every_rank_full, CLIENT_TIMEOUT_S, f"every decode rank at {target} requests",
+                 interval=1.0, check=client_alive, detail=lambda: tail(client_log))
+        control(commands.control_request("slow_down", plan.decode.url,
+                                         forward_sleep_time=None))
+        returncode = client.wait(timeout=CLIENT_TIMEOUT_S)
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, 9)
+            client.wait()
+    took = time.monotonic() - start
+    assert returncode == 0, tail(client_log)
+    procs.check_alive()
     result = last_jsonl(output)
     assert (result["batch_size"], result["input_len"], result["output_len"]) == (
-        PROMPTS, INPUT_LEN, OUTPUT_LEN)
+        batch, INPUT_LEN, OUTPUT_LEN)
     summary = summarize(result, "bench_one_batch_server")
-    assert summary["completed"] == PROMPTS
-    assert summary["total_output_tokens"] == PROMPTS * OUTPUT_LEN
+    assert summary["completed"] == batch
+    assert summary["total_output_tokens"] == batch * OUTPUT_LEN
     keep_result(output, f"bench_one_batch_server-{OLD_CLIENT_RELEASE}-{implementation}"
                         f"{'-minilb' * mini_lb}")
     print(f"{implementation}{' MiniLB' * mini_lb}: bench_one_batch_server "
           f"{OLD_CLIENT_RELEASE} {took:.1f} s")
+
+
+def control(request: commands.ControlRequest) -> None:
+    """Send a control call (``pdbench.commands.control_request``); it must answer 200."""
+    data = None if request.body is None else json.dumps(request.body).encode()
+    call = urllib.request.Request(request.url, data=data, method=request.method,
+                                  headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(call, timeout=10) as answer:
+        assert answer.status == 200, (request, answer.status)
 
 
 def keep_result(output: Path, name: str) -> None:

@@ -114,6 +114,42 @@ def check_module(spec: dict, key: str) -> str:
     return f"{module}" + (f" ({dist} {version})" if version else "")
 
 
+def check_client(spec: dict, spec_path: str) -> str:
+    """The client's module, asked of the client's own interpreter where it has one."""
+    python = spec.get("client_python")
+    if not python:
+        return check_module(spec, "client_module")
+    try:
+        done = subprocess.run(
+            [python, os.path.abspath(__file__), "--check-module", spec_path, "client_module"],
+            env={**os.environ, **spec.get("client_env", {})}, capture_output=True, text=True,
+            timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Failed(f"the client's interpreter {python} did not run: {exc}",
+                     "check workload.python (a path relative to the working directory, or "
+                     "an interpreter in the container)") from None
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise Failed(f"the client's interpreter {python} exited {done.returncode}: "
+                     f"{(done.stderr.strip().splitlines() or ['(no output)'])[-1][:300]}",
+                     "check workload.python and workload.env") from None
+    if result["status"] != "ok":
+        raise Failed(f"{result['detail']} (workload.python)", result["fix"])
+    return result["detail"]
+
+
+def _check_module_alone(spec_path: str, key: str) -> int:
+    """``--check-module``: :func:`check_module` in this interpreter, one JSON line out."""
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    result = run(key, check_module, spec, key)
+    result["detail"] = result["detail"].replace(" is not importable with ",
+                                                " is not importable with the client's ")
+    print(json.dumps(result))
+    return 0
+
+
 def _validate_with_sglang(args: list[str]) -> None:
     from sglang.srt.server_args import prepare_server_args
 
@@ -253,7 +289,7 @@ def main(argv: list[str]) -> int:
         run("shared_filesystem", check_shared_filesystem, spec),
         run("sglang_version", check_sglang_version, spec),
         run("router", check_module, spec, "router_module"),
-        run("client", check_module, spec, "client_module"),
+        run("client", check_client, spec, spec_path),
         *(run(f"server_args:{s['name']}", check_server_args, spec, s) for s in spec["servers"]),
         run("model", check_model, spec),
         run("gpus", check_gpus, spec),
@@ -270,4 +306,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--check-module"]:
+        sys.exit(_check_module_alone(*sys.argv[2:4]))
     sys.exit(main(sys.argv[1:]))
