@@ -23,6 +23,7 @@ rule prefill_server:
 rule decode_server:
     input:
         plan=ancient(str(PT.plan)),
+        expert_location=get_expert_location,
     output:
         ready=str(PT.ready("decode")),
     log:
