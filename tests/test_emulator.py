@@ -25,6 +25,7 @@ import requests
 
 from packaging.version import Version
 
+from pdbench.balance import read_dump
 from pdbench.dialects import dialect_for_version
 from pdbench.emulator.args import Knobs, StartupError, parse_args
 from pdbench.emulator.dialect import dialect_for
@@ -723,11 +724,10 @@ def test_expert_distribution_and_static_eplb(launch, tmp_path):
         json={"input_ids": [[1, 2]] * 4, "sampling_params": {"max_new_tokens": 5}},
     )
     assert requests.post(rec.url + "/dump_expert_distribution_record", timeout=10).ok
-    (dump,) = rec_dir.glob("expert_distribution_recorder_*.json")
-    doc = json.loads(dump.read_text())
-    counts = doc["logical_count"]
-    assert (len(counts), len(counts[0]), len(counts[0][0])) == (1, 61, 256)
-    assert sum(counts[0][10]) > 0 and sum(counts[0][0]) == 0
+    (dump,) = rec_dir.glob("expert_distribution_recorder_*.pt")
+    counts = read_dump(dump).logical_count  # one row per recorded forward pass
+    assert counts.shape[1:] == (61, 256) and counts.shape[0] >= 4  # 5 tokens: 4 decode steps
+    assert counts[:, 10].sum() > 0 and counts[:, 0].sum() == 0
     assert "Write expert distribution to" in rec.text()
 
     static = launch("static", decode_args(2, ["--init-expert-location", str(dump)]))
