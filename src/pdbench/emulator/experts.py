@@ -22,8 +22,13 @@ deterministic given the batches.
 ``--init-expert-location``: ``trivial`` (default), a ``.json`` file, a JSON string, or a
 ``.pt`` file. JSON must hold ``logical_count`` (2-D or 3-D numbers) or
 ``physical_to_logical_map``; a ``.pt`` must be a torch zip archive whose pickle names one
-of those keys. Anything else is a startup error naming the file. A non-trivial location
-makes the step-time model faster by ``PDBENCH_EMULATOR_EPLB_STATIC_FACTOR`` (0.90).
+of those keys. Anything else is a startup error naming the file.
+
+Imbalance: :func:`moe_imbalance` is the mean over routed layers of max/mean routed tokens
+per EP rank for the emulator's popularity, with the trivial placement (rank ``g`` hosts
+experts ``[g*k, (g+1)*k)``) or a balanced one (what a recorded distribution or online EPLB
+gives: the emulator assumes the distribution is its own routing). The scheduler scales the
+MoE share of the decode step by it (docs/emulator.md, *EPLB*).
 """
 
 from __future__ import annotations
@@ -73,6 +78,34 @@ def _popularity(layer: int, experts: int) -> list[float]:
         weights[expert] = 1.0 / (1.0 + position) ** 0.8
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def _rank_loads(weights: list[float], ranks: int, balanced: bool) -> list[float]:
+    """Routed-token share per EP rank, each hosting ``len(weights) // ranks`` experts:
+    contiguous blocks (trivial), or the heaviest expert first onto the lightest rank with
+    room (greedy, as a stand-in for SGLang's EPLB algorithm without redundant experts)."""
+    per_rank = -(-len(weights) // ranks)  # the last ranks host fewer when it does not divide
+    if not balanced:
+        return [sum(weights[g * per_rank:(g + 1) * per_rank]) for g in range(ranks)]
+    loads, room = [0.0] * ranks, [per_rank] * ranks
+    for w in sorted(weights, reverse=True):
+        g = min((r for r in range(ranks) if room[r]), key=lambda r: loads[r], default=None)
+        if g is None:
+            break
+        loads[g] += w
+        room[g] -= 1
+    return loads
+
+
+def moe_imbalance(model_path: str, ep: int, balanced: bool) -> float:
+    """Mean over routed layers of max/mean routed load per EP rank (1.0 = even)."""
+    layers, dense, experts, _topk = model_shape(model_path)
+    ratios = []
+    for layer in range(dense, layers):
+        loads = _rank_loads(_popularity(layer, experts), max(ep, 1), balanced)
+        mean = sum(loads) / len(loads)
+        ratios.append(max(loads) / mean if mean else 1.0)
+    return sum(ratios) / len(ratios) if ratios else 1.0
 
 
 class ExpertRecorder:
