@@ -169,6 +169,7 @@ def test_static_eplb_records_in_the_none_points_run_and_relaunches_from_the_dump
             assert dump not in block
     for point in ("p2", "p3"):
         assert f"results/ep48/{point}/expert_distribution/started.json" not in result.stdout
+    assert dump in rule_block(result.stdout, "report", "output: results/ep48/report.html")
 
 
 def test_a_supplied_expert_distribution_skips_the_recording_pass(workdir, tmp_path):

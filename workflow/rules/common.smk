@@ -274,6 +274,13 @@ def get_recording_dump(wildcards):
     return str(RES.experiment(wildcards.experiment).expert_distribution)
 
 
+def get_recorded_distribution(wildcards):
+    """The experiment's report compares EPLB modes on the recorded distribution."""
+    if pdconfig.expert_recorder(CFG, int(wildcards.experiment[2:])) is None:
+        return []
+    return str(RES.experiment(wildcards.experiment).expert_distribution)
+
+
 def get_expert_location(wildcards):
     """A static point's decode starts from the recorded dump (a supplied file is no
     workflow output: the config names it)."""
