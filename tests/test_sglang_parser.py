@@ -153,11 +153,15 @@ def test_parsed_values_mean_what_was_meant(checked):
     assert prefill["disable_cuda_graph"] is True
     static = positive["p3-eplb_static/-/decode/0"]["explicit"]
     assert static["init_expert_location"] == "/shared/eplb/expert_distribution.pt"
-    record = positive["p3-eplb_static/record/decode/0"]["explicit"]
+    record = positive["p3/record/decode/0"]["explicit"]
     assert record["expert_distribution_recorder_mode"] == "stat"
     assert record["expert_distribution_recorder_buffer_size"] == -1
     online = positive["p3-eplb_online/-/decode/0"]["explicit"]
     assert online["enable_eplb"] is True and online["eplb_algorithm"] == "deepseek"
+    assert online["eplb_rebalance_layers_per_chunk"] == 8
+    assert online["eplb_min_rebalancing_utilization_threshold"] == 0.9
+    assert online["ep_num_redundant_experts"] == 32
+    assert static["ep_num_redundant_experts"] == 32
     for label in ("router", "router-smg"):
         router = positive[label]["explicit"]
         assert router["pd_disaggregation"] is True

@@ -678,6 +678,8 @@ def test_eplb_none_static_online_runs_to_the_end(make_chain):
             p.read_text() for p in (exp / point / "commands").glob("*"))
     online_log = exp / "p1-eplb_online" / "logs" / "launch_server_decode_node_rank_0.log"
     assert "[EPLBManager] rebalance end" in online_log.read_text()
+    snapshot = json.loads((exp / "p1-eplb_online" / "profile" / "1" / "snapshot.json").read_text())
+    assert isinstance(snapshot["eplb_rebalance_overlap"], bool)
     step = STEP_BASE_MS + STEP_PER_REQ_MS * TARGET_PER_RANK
     factor = 0.5 + 0.5 * (moe_imbalance(str(TINY_MODEL), DECODE_GPUS, True)
                           / moe_imbalance(str(TINY_MODEL), DECODE_GPUS, False))
