@@ -279,7 +279,7 @@ def test_emulator_dump_loads_with_torch(tmp_path):
     recorder.record(16)
     doc = torch.load(recorder.dump(), weights_only=True)
     assert doc["rank"] == 0 and doc["average_utilization_rate_over_window"] is None
-    assert doc["logical_count"].dtype == torch.int64
+    assert doc["logical_count"].dtype == torch.int32
     assert tuple(doc["logical_count"].shape) == (1, 61, 256)
 
 

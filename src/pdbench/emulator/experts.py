@@ -5,10 +5,10 @@ Recording (``--expert-distribution-recorder-mode``; ``--enable-eplb`` implies ``
 ``/dump_…`` writes a file and resets. Without a mode the three endpoints fail with
 SGLang's message. The dump is SGLang's ``stat`` dump: ``expert_distribution_recorder_{time.time()}.pt``
 in ``$SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR`` (else ``/tmp``), written by node 0 (rank 0),
-a ``torch.save`` zip archive of ``{"rank": 0, "logical_count": int64 tensor,
+a ``torch.save`` zip archive of ``{"rank": 0, "logical_count": int32 tensor,
 "average_utilization_rate_over_window": None}``. The emulator has no torch: it writes the
 archive itself (:func:`torch_archive`: ``data.pkl`` naming ``torch._utils._rebuild_tensor_v2``
-and one ``LongStorage``), which ``torch.load(weights_only=True)`` and
+and one ``IntStorage``), which ``torch.load(weights_only=True)`` and
 :mod:`pdbench.balance` read.
 
 ``logical_count`` has SGLang's shape ``[buffer, layers, logical experts]`` with one row per
@@ -176,7 +176,8 @@ def _pickle_int(value: int) -> bytes:
 
 def torch_archive(doc: dict) -> bytes:
     """What ``torch.save(doc)`` writes, for a dict of str keys whose values are ints,
-    None, or int64 tensors given as ``(shape, flat row-major values)``: a zip of
+    None, or int32 tensors (SGLang's count dtype) as ``(shape, flat row-major values)``:
+    a zip of
     ``archive/data.pkl`` (pickle protocol 2), ``archive/data/<n>`` (one little-endian
     storage per tensor), ``archive/byteorder`` and ``archive/version``, stored
     uncompressed, as torch's writer does."""
@@ -196,9 +197,9 @@ def torch_archive(doc: dict) -> bytes:
                 strides.insert(0, step)
                 step *= n
             key_n = str(len(storages))
-            storages.append(struct.pack(f"<{numel}q", *flat))
+            storages.append(struct.pack(f"<{numel}i", *flat))
             pkl += [b"ctorch._utils\n_rebuild_tensor_v2\n(",
-                    b"(" + _pickle_str("storage") + b"ctorch\nLongStorage\n"
+                    b"(" + _pickle_str("storage") + b"ctorch\nIntStorage\n"
                     + _pickle_str(key_n) + _pickle_str("cpu") + _pickle_int(numel) + b"tQ",
                     _pickle_int(0),
                     b"(" + b"".join(_pickle_int(n) for n in shape) + b"t",
