@@ -184,3 +184,17 @@ def test_a_supplied_expert_distribution_skips_the_recording_pass(workdir, tmp_pa
     assert "expert_dump" not in counts and "expert_record_start" not in counts, counts
     assert "results/ep48/eplb/" not in result.stdout
     assert "expert_distribution/started.json" not in result.stdout
+
+
+def test_the_eplb_rehearsal_records_once_and_relaunches_three_static_points(workdir):
+    result = snakemake(
+        "--profile", "profiles/rehearsal", "-n", "results/ep48/report.html",
+        "--configfile", "config/rehearsal.yaml", "config/rehearsal-eplb.yaml", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["allocation"] == 9 and counts["expert_dump"] == 1, counts
+    dump = "results/ep48/eplb/expert_distribution.pt"
+    for point in ("p1", "p2", "p3"):
+        assert dump in rule_block(result.stdout, "decode_server",
+                                  f"output: results/ep48/{point}-eplb_static/ready/decode.json")
