@@ -991,3 +991,20 @@ def test_decode_rank_choice_over_http(launch, version, bodies, batch):
 
     wait_for(lambda: sum(latest().values()) == len(bodies), 20, "every request running")
     assert {dp: n for dp, n in latest().items() if n} == batch
+
+
+@pytest.mark.parametrize("ep, redundant", [(8, 0), (8, 8), (48, 32)])
+def test_redundant_experts_balance_further_and_the_trivial_placement_wraps(ep, redundant):
+    from pdbench.emulator.experts import _popularity, _rank_loads
+
+    weights = _popularity(10, 256)
+    for balanced in (False, True):
+        loads = _rank_loads(weights, ep, balanced, redundant)
+        assert len(loads) == ep and sum(loads) == pytest.approx(1.0)
+    # trivial with R redundant: slot i holds expert i mod 256, so experts 0..R-1 have a
+    # second replica and each replica carries half; rank 0 hosts the first slots
+    per_rank = -(-(256 + redundant) // ep)
+    expected = sum(weights[e] / (2 if e < redundant else 1) for e in range(per_rank))
+    assert _rank_loads(weights, ep, False, redundant)[0] == pytest.approx(expected)
+    assert (moe_imbalance("dummy-model", ep, True, redundant)
+            <= moe_imbalance("dummy-model", ep, True, 0))

@@ -138,7 +138,6 @@ REPORTED_DEFAULTS: dict[str, Any] = {
     "moe_dense_tp_size": None,
     "moe_a2a_backend": "none",
     "deepep_mode": "auto",
-    "ep_num_redundant_experts": 0,
     "ep_dispatch_algorithm": None,
     "eplb_algorithm": "auto",
     "disaggregation_transfer_backend": "mooncake",
@@ -202,6 +201,7 @@ def build_parser(dialect: Dialect | None = None) -> argparse.ArgumentParser:
     p.add_argument("--prefill-round-robin-balance", action="store_true")
     _bool_flag(p, "--enable-eplb", dest="enable_eplb")
     p.add_argument("--eplb-rebalance-num-iterations", type=int, default=1000)
+    p.add_argument("--ep-num-redundant-experts", type=int, default=0)
     p.add_argument("--init-expert-location", default="trivial")
     p.add_argument(
         "--expert-distribution-recorder-mode",

@@ -80,29 +80,37 @@ def _popularity(layer: int, experts: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def _rank_loads(weights: list[float], ranks: int, balanced: bool) -> list[float]:
-    """Routed-token share per EP rank, each hosting ``len(weights) // ranks`` experts:
-    contiguous blocks (trivial), or the heaviest expert first onto the lightest rank with
-    room (greedy, as a stand-in for SGLang's EPLB algorithm without redundant experts)."""
-    per_rank = -(-len(weights) // ranks)  # the last ranks host fewer when it does not divide
+def _rank_loads(weights: list[float], ranks: int, balanced: bool, redundant: int = 0) -> list[float]:
+    """Routed-token share per EP rank, each hosting ``ceil((experts + redundant) / ranks)``
+    physical experts, a replica carrying an equal share of its expert. Trivial: physical
+    expert ``i`` is logical ``i mod experts`` in contiguous blocks (SGLang's trivial
+    placement); balanced: replicas of the hottest experts, then the heaviest replica first
+    onto the lightest rank with room (a stand-in for SGLang's EPLB algorithm)."""
+    experts = len(weights)
+    if balanced:
+        hottest = sorted(range(experts), key=lambda e: -weights[e])
+        physical = list(range(experts)) + [hottest[i % experts] for i in range(redundant)]
+    else:
+        physical = [i % experts for i in range(experts + redundant)]
+    copies = [physical.count(e) for e in range(experts)]
+    shares = [weights[e] / copies[e] for e in physical]
+    per_rank = -(-len(physical) // ranks)  # the last ranks host fewer when it does not divide
     if not balanced:
-        return [sum(weights[g * per_rank:(g + 1) * per_rank]) for g in range(ranks)]
+        return [sum(shares[g * per_rank:(g + 1) * per_rank]) for g in range(ranks)]
     loads, room = [0.0] * ranks, [per_rank] * ranks
-    for w in sorted(weights, reverse=True):
-        g = min((r for r in range(ranks) if room[r]), key=lambda r: loads[r], default=None)
-        if g is None:
-            break
-        loads[g] += w
+    for share in sorted(shares, reverse=True):
+        g = min((r for r in range(ranks) if room[r]), key=lambda r: loads[r])
+        loads[g] += share
         room[g] -= 1
     return loads
 
 
-def moe_imbalance(model_path: str, ep: int, balanced: bool) -> float:
+def moe_imbalance(model_path: str, ep: int, balanced: bool, redundant: int = 0) -> float:
     """Mean over routed layers of max/mean routed load per EP rank (1.0 = even)."""
     layers, dense, experts, _topk = model_shape(model_path)
     ratios = []
     for layer in range(dense, layers):
-        loads = _rank_loads(_popularity(layer, experts), max(ep, 1), balanced)
+        loads = _rank_loads(_popularity(layer, experts), max(ep, 1), balanced, redundant)
         mean = sum(loads) / len(loads)
         ratios.append(max(loads) / mean if mean else 1.0)
     return sum(ratios) / len(ratios) if ratios else 1.0
