@@ -286,6 +286,22 @@ def test_eplb_static_without_a_file_needs_the_recorded_one():
     assert static_expert_location(cfg, results, replace(point, eplb="none")) is None
 
 
+@pytest.mark.parametrize("prefill", [False, True])
+def test_static_prefill_starts_from_the_location_only_when_configured(prefill):
+    cfg = eplb_cfg("static", eplb__static={"init_expert_location": "/shared/eplb/d.pt",
+                                           "prefill": prefill},
+                   eplb__redundant_experts=32)
+    point = point_of(cfg, eplb="static")
+    prefill_argv = server_argvs(cfg, point, plan_of(cfg, point), "prefill-1")[0]
+    assert ("--init-expert-location" in prefill_argv) is prefill
+    if prefill:
+        assert flag_value(prefill_argv, "--init-expert-location") == "/shared/eplb/d.pt"
+    assert ("--ep-num-redundant-experts" in prefill_argv) is prefill
+    decode = server_argvs(cfg, point, plan_of(cfg, point), "decode")[0]
+    assert decode[-4:] == ["--init-expert-location", "/shared/eplb/d.pt",
+                           "--ep-num-redundant-experts", "32"]
+
+
 @pytest.mark.parametrize("records, expected", [
     (True, ["--expert-distribution-recorder-mode", "stat",
             "--expert-distribution-recorder-buffer-size", "-1"]),

@@ -169,6 +169,9 @@ def test_static_eplb_records_in_the_none_points_run_and_relaunches_from_the_dump
             assert dump not in block
     for point in ("p2", "p3"):
         assert f"results/ep48/{point}/expert_distribution/started.json" not in result.stdout
+    # prefill keeps the trivial placement unless eplb.static.prefill says otherwise
+    assert dump not in rule_block(result.stdout, "prefill_server",
+                                  "output: results/ep48/p1-eplb_static/ready/prefill-1.json")
     assert dump in rule_block(result.stdout, "report", "output: results/ep48/report.html")
 
 
@@ -198,3 +201,18 @@ def test_the_eplb_rehearsal_records_once_and_relaunches_three_static_points(work
     for point in ("p1", "p2", "p3"):
         assert dump in rule_block(result.stdout, "decode_server",
                                   f"output: results/ep48/{point}-eplb_static/ready/decode.json")
+
+
+def test_static_prefill_starts_from_the_dump_when_configured(workdir, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"eplb": ["none", "static"], "prefill_groups": [2]},
+                                    "eplb": {"static": {"prefill": True}}}))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(grid),
+                       cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    dump = "results/ep48/eplb/expert_distribution.pt"
+    for group in (1, 2):
+        assert dump in rule_block(result.stdout, "prefill_server",
+                                  f"output: results/ep48/p2-eplb_static/ready/prefill-{group}")
+        assert dump not in rule_block(result.stdout, "prefill_server",
+                                      f"output: results/ep48/p2/ready/prefill-{group}")

@@ -75,7 +75,8 @@ def server_argvs(
     ``server_args`` in config order, then EPLB.
 
     EPLB applies to the decode server, the one being measured (as in the runbook,
-    whose prefill commands carry no expert location): ``none`` adds nothing, or on the
+    whose prefill commands carry no expert location; ``eplb.static.prefill`` gives static
+    points' prefill servers the same location): ``none`` adds nothing, or on the
     point that records for static EPLB (``point.records_experts``) the recorder's
     ``--expert-distribution-recorder-mode stat --expert-distribution-recorder-buffer-size
     -1``; ``online`` adds ``--enable-eplb --eplb-algorithm A
@@ -139,6 +140,8 @@ def server_argvs(
 
 def _eplb_args(cfg, point: Point, role: str, expert_location, dialect: Dialect) -> list[str]:
     if role != "decode":
+        if point.eplb == "static" and cfg["eplb"]["static"]["prefill"]:
+            return _static_args(cfg, expert_location, dialect)
         return []
     if point.eplb == "none":
         if not point.records_experts:
@@ -169,7 +172,12 @@ def _eplb_args(cfg, point: Point, role: str, expert_location, dialect: Dialect) 
                                  .replace("-", "_")))]
     if point.eplb != "static":
         raise ConfigError(f"config key grid.eplb: unknown EPLB mode {point.eplb!r}")
-    location = expert_location or cfg["eplb"]["static"]["init_expert_location"]
+    return _static_args(cfg, expert_location, dialect)
+
+
+def _static_args(cfg, expert_location, dialect: Dialect) -> list[str]:
+    eplb = cfg["eplb"]
+    location = expert_location or eplb["static"]["init_expert_location"]
     if not location:
         raise ConfigError(
             "config key eplb.static.init_expert_location: static EPLB needs a recorded "

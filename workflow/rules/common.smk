@@ -290,6 +290,11 @@ def get_expert_location(wildcards):
     return str(RES.experiment(wildcards.experiment).expert_distribution)
 
 
+def get_prefill_expert_location(wildcards):
+    """With eplb.static.prefill, a static point's prefill starts from it too."""
+    return get_expert_location(wildcards) if CFG["eplb"]["static"]["prefill"] else []
+
+
 def get_snapshots(wildcards):
     paths = point_paths(wildcards)
     return [str(paths.snapshot(k)) for k in range(1, CFG["profile"]["snapshots"] + 1)]
