@@ -689,6 +689,14 @@ def test_eplb_none_static_online_runs_to_the_end(make_chain):
     for row in rows:
         assert float(row["step_ms"]) == pytest.approx(expected[row["point"]], rel=0.005), row
     assert_clean(chain)
+    page = (exp / "report.html").read_text()
+    assert "EPLB: none vs static vs online (ep8)" in page
+    assert (exp / "figures" / "expert-load.svg").exists()
+    # Done means done: a second dry run neither records nor relaunches anything.
+    proc = subprocess.run(chain.argv("-n", f"results/{EXPERIMENT}/report.html"), cwd=chain.dir,
+                          env=chain.env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not jobs_run(proc.stdout + proc.stderr), proc.stdout[-4000:]
 
 
 def test_dry_run_and_lint_on_a_live_tree_change_nothing(make_chain):
