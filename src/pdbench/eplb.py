@@ -40,11 +40,19 @@ def _check_recorder(ctx: PointContext) -> None:
             "when grid.eplb has 'static' without eplb.static.init_expert_location)")
 
 
+def start_request(ctx: PointContext) -> commands.ControlRequest:
+    return commands.control_request("start_expert_distribution_record", ctx.plan.decode.url)
+
+
+def dump_request(ctx: PointContext) -> commands.ControlRequest:
+    return commands.control_request("dump_expert_distribution_record", ctx.plan.decode.url)
+
+
 def start_recording(ctx: PointContext) -> dict:
     """``/start_expert_distribution_record`` to decode node 0 (before the fill)."""
     _check_recorder(ctx)
     check_servers(ctx, ["decode"])
-    req = commands.control_request("start_expert_distribution_record", ctx.plan.decode.url)
+    req = start_request(ctx)
     requested_at = now()
     call(req.method, req.url, req.body, timeout_s=120)
     started = {"request": {"url": req.url, "body": req.body}, "requested_at": requested_at,
@@ -99,7 +107,7 @@ def dump_recording(ctx: PointContext, *, timeout_s: float = DUMP_TIMEOUT_S) -> d
         check_servers(ctx, ["decode"])
     recorder_dir = ctx.paths.expert_distribution_dir
     before = {p.name for p in recorder_dir.glob(DUMP_GLOB)}
-    req = commands.control_request("dump_expert_distribution_record", ctx.plan.decode.url)
+    req = dump_request(ctx)
     requested_at = now()
     # No retry: every dump resets the recorder, so a second one would hold nothing.
     call(req.method, req.url, req.body, timeout_s=timeout_s, retry=False)
@@ -132,4 +140,4 @@ def dump_recording(ctx: PointContext, *, timeout_s: float = DUMP_TIMEOUT_S) -> d
     return recording
 
 
-__all__ = ["dump_recording", "start_recording"]
+__all__ = ["dump_recording", "dump_request", "start_recording", "start_request"]
