@@ -243,7 +243,7 @@ def test_big_endian_archive(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The emulator's JSON dump
+# The emulator's dump: SGLang's stat .pt, one row per recorded forward pass
 
 
 def test_emulator_dump(tmp_path):
@@ -252,20 +252,35 @@ def test_emulator_dump(tmp_path):
     for tokens in (64, 64, 32):
         recorder.record(tokens)
     path = recorder.dump()
+    assert Path(path).suffix == ".pt"
     dump = read_dump(path)
-    assert dump.format == "emulator JSON" and dump.reader == "json"
-    assert dump.logical_count.shape == (1, 61, 256)
-    raw = json.loads(Path(path).read_text())["logical_count"][0]
+    assert dump.format == "sglang .pt (stat)" and dump.reader == "built-in"
+    assert dump.logical_count.shape == (3, 61, 256)
+    # each pass's row: its tokens x top-k (8) on every routed layer, rounded per expert
+    per_pass = dump.logical_count[:, 30, :].sum(axis=1)
+    assert per_pass.tolist() == pytest.approx([64 * 8, 64 * 8, 32 * 8], abs=256)
+    raw = dump.logical_count.sum(axis=0)
     r = balance(dump, ep=8)
     assert r["routed_layers"] == 58 and r["per_layer"][0]["tokens"] == 0
     # independent of the module: each GPU holds 32 consecutive experts
     for layer in (3, 30, 60):
-        loads = [sum(raw[layer][g * 32:(g + 1) * 32]) for g in range(8)]
-        assert r["per_layer"][layer]["gpu_load"] == loads
-        assert sum(loads) == pytest.approx(160 * 8, abs=256)  # tokens x top-k, rounded
+        loads = [raw[layer][g * 32:(g + 1) * 32].sum() for g in range(8)]
+        assert r["per_layer"][layer]["gpu_load"] == pytest.approx(loads)
+        assert sum(loads) == pytest.approx(160 * 8, abs=3 * 256)
         assert r["per_layer"][layer]["balancedness"] == pytest.approx(
             sglang_rate(sum(loads) / 8, max(loads)), abs=1e-6)
     assert 0 < r["balancedness_routed_layers"] < 1
+
+
+def test_emulator_dump_loads_with_torch(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed in this environment")
+    recorder = ExpertRecorder("stat", -1, str(tmp_path / "no-model"), out_dir=str(tmp_path))
+    recorder.start()
+    recorder.record(16)
+    doc = torch.load(recorder.dump(), weights_only=True)
+    assert doc["rank"] == 0 and doc["average_utilization_rate_over_window"] is None
+    assert doc["logical_count"].dtype == torch.int32
+    assert tuple(doc["logical_count"].shape) == (1, 61, 256)
 
 
 # --------------------------------------------------------------------------------------------

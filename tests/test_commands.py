@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,11 @@ from pdbench.commands import (
     server_argvs,
     server_env,
     srun_argv,
+    static_expert_location,
 )
 from pdbench.dialects import dialect_for, dialect_for_version
 from pdbench.errors import ConfigError
+from pdbench.layout import ResultsPaths
 
 REPO = Path(__file__).resolve().parents[1]
 NODES = topology.expand_nodelist("gb-[001-018]")
@@ -246,6 +249,17 @@ def test_eplb_online_overrides_algorithm_once():
     assert flag_value(prefill, "--eplb-algorithm") == "deepseek"
 
 
+def test_eplb_online_knobs_and_redundant_experts():
+    cfg = eplb_cfg("online", eplb__online={"rebalance_layers_per_chunk": 4,
+                                           "min_rebalancing_utilization_threshold": 0.85},
+                   eplb__redundant_experts=32)
+    point = point_of(cfg, eplb="online")
+    decode = server_argvs(cfg, point, plan_of(cfg, point), "decode")[0]
+    assert flag_value(decode, "--eplb-rebalance-layers-per-chunk") == "4"
+    assert flag_value(decode, "--eplb-min-rebalancing-utilization-threshold") == "0.85"
+    assert flag_value(decode, "--ep-num-redundant-experts") == "32"
+
+
 def test_eplb_static_uses_location():
     cfg = eplb_cfg("static", eplb__static={"init_expert_location": "/shared/eplb/decode.pt"})
     point = point_of(cfg, eplb="static")
@@ -257,28 +271,51 @@ def test_eplb_static_uses_location():
     assert "--init-expert-location" not in server_argvs(cfg, point, plan, "prefill-1")[0]
 
 
-def test_eplb_static_record_pass():
+def test_eplb_static_without_a_file_needs_the_recorded_one():
     cfg = eplb_cfg("static", eplb__static__init_expert_location="/shared/eplb/dist.pt")
-    cfg["eplb"]["static"]["init_expert_location"] = None  # validation refuses it; launch too
+    cfg["eplb"]["static"]["init_expert_location"] = None
     point = point_of(cfg, eplb="static")
-    plan = plan_of(cfg, point)
-    decode = server_argvs(cfg, point, plan, "decode", eplb_stage="record")[0]
-    assert decode[-4:] == [
-        "--expert-distribution-recorder-mode",
-        "stat",
-        "--expert-distribution-recorder-buffer-size",
-        "-1",
-    ]
-    assert "--init-expert-location" not in decode
     with pytest.raises(ConfigError, match="eplb.static.init_expert_location"):
-        server_argvs(cfg, point, plan, "decode")
+        server_argvs(cfg, point, plan_of(cfg, point), "decode")
+    results = ResultsPaths(Path("/work/results"))
+    location = static_expert_location(cfg, results, point)
+    assert location == Path("/work/results", point.experiment, "eplb", "expert_distribution.pt")
+    decode = server_argvs(cfg, point, plan_of(cfg, point), "decode", expert_location=location)[0]
+    assert decode[-2:] == ["--init-expert-location", str(location)]
+    cfg["eplb"]["static"]["init_expert_location"] = "/shared/given.pt"
+    assert static_expert_location(cfg, results, point) == Path("/shared/given.pt")
+    assert static_expert_location(cfg, results, replace(point, eplb="none")) is None
 
 
-def test_eplb_record_needs_static(cfg, p3, plan):
-    with pytest.raises(ValueError, match="static"):
-        server_argvs(cfg, p3, plan, "decode", eplb_stage="record")
-    with pytest.raises(ValueError, match="eplb_stage"):
-        server_argvs(cfg, p3, plan, "decode", eplb_stage="replay")
+@pytest.mark.parametrize("prefill", [False, True])
+def test_static_prefill_starts_from_the_location_only_when_configured(prefill):
+    cfg = eplb_cfg("static", eplb__static={"init_expert_location": "/shared/eplb/d.pt",
+                                           "prefill": prefill},
+                   eplb__redundant_experts=32)
+    point = point_of(cfg, eplb="static")
+    prefill_argv = server_argvs(cfg, point, plan_of(cfg, point), "prefill-1")[0]
+    assert ("--init-expert-location" in prefill_argv) is prefill
+    if prefill:
+        assert flag_value(prefill_argv, "--init-expert-location") == "/shared/eplb/d.pt"
+    assert ("--ep-num-redundant-experts" in prefill_argv) is prefill
+    decode = server_argvs(cfg, point, plan_of(cfg, point), "decode")[0]
+    assert decode[-4:] == ["--init-expert-location", "/shared/eplb/d.pt",
+                           "--ep-num-redundant-experts", "32"]
+
+
+@pytest.mark.parametrize("records, expected", [
+    (True, ["--expert-distribution-recorder-mode", "stat",
+            "--expert-distribution-recorder-buffer-size", "-1"]),
+    (False, []),
+])
+def test_the_recording_point_starts_decode_with_the_stat_recorder(cfg, p3, plan, records,
+                                                                  expected):
+    point = replace(p3, records_experts=records)
+    decode = server_argvs(cfg, point, plan, "decode")[0]
+    plain = server_argvs(cfg, p3, plan, "decode")[0]
+    assert decode == plain + expected
+    assert server_argvs(cfg, point, plan, "prefill-1") == server_argvs(cfg, p3, plan,
+                                                                       "prefill-1")
 
 
 # --------------------------------------------------------------------------------------

@@ -132,6 +132,31 @@ def test_grid_point_names_and_lookup(raw):
         config.find_point(cfg, "ep48", "p1")
 
 
+@pytest.mark.parametrize("eplb, supplied, recorders", [
+    # static without a file: each EP size's first none point (fewest groups) records
+    (["none", "static", "online"], None, {("ep16", "p1"), ("ep32", "p1")}),
+    (["static", "none"], None, {("ep16", "p1"), ("ep32", "p1")}),
+    # a supplied file: no recording pass
+    (["none", "static"], "/shared/eplb.pt", set()),
+    # no static point: nothing to record for
+    (["none", "online"], None, set()),
+])
+def test_the_recording_pass_is_each_ep_sizes_first_none_point(raw, eplb, supplied, recorders):
+    raw["grid"].update(ep_sizes=[32, 16], prefill_groups=[2, 1], eplb=eplb)
+    raw["server_args"]["decode"]["max-running-requests"] = 16384
+    raw["site"]["container"]["mounts"] = ["/shared"]
+    raw["eplb"] = {"static": {"init_expert_location": supplied}}
+    cfg = config.validate(raw)
+    got = {(p.experiment, p.name) for p in config.grid_points(cfg) if p.records_experts}
+    assert got == recorders
+    for ep in (16, 32):
+        recorder = config.expert_recorder(cfg, ep)
+        assert (recorder is None) == (not recorders)
+        if recorder is not None:
+            assert (recorder.eplb, recorder.prefill_groups) == ("none", 1)
+            assert config.find_point(cfg, recorder.experiment, recorder.name) == recorder
+
+
 def test_resolved_config_is_trusted_only_while_its_stamp_matches(tmp_path, monkeypatch):
     cfg = config.validate(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     path = Path(config.write_resolved(cfg, tmp_path / "config.json"))

@@ -25,9 +25,11 @@ import requests
 
 from packaging.version import Version
 
+from pdbench.balance import read_dump
 from pdbench.dialects import dialect_for_version
 from pdbench.emulator.args import Knobs, StartupError, parse_args
 from pdbench.emulator.dialect import dialect_for
+from pdbench.emulator.experts import moe_imbalance
 from pdbench.emulator.tracefmt import TraceRank, write_trace
 from pdbench.loglines import iter_log, parse_line
 from pdbench.measure import measure
@@ -723,18 +725,43 @@ def test_expert_distribution_and_static_eplb(launch, tmp_path):
         json={"input_ids": [[1, 2]] * 4, "sampling_params": {"max_new_tokens": 5}},
     )
     assert requests.post(rec.url + "/dump_expert_distribution_record", timeout=10).ok
-    (dump,) = rec_dir.glob("expert_distribution_recorder_*.json")
-    doc = json.loads(dump.read_text())
-    counts = doc["logical_count"]
-    assert (len(counts), len(counts[0]), len(counts[0][0])) == (1, 61, 256)
-    assert sum(counts[0][10]) > 0 and sum(counts[0][0]) == 0
+    (dump,) = rec_dir.glob("expert_distribution_recorder_*.pt")
+    counts = read_dump(dump).logical_count  # one row per recorded forward pass
+    assert counts.shape[1:] == (61, 256) and counts.shape[0] >= 4  # 5 tokens: 4 decode steps
+    assert counts[:, 10].sum() > 0 and counts[:, 0].sum() == 0
     assert "Write expert distribution to" in rec.text()
 
     static = launch("static", decode_args(2, ["--init-expert-location", str(dump)]))
     info = requests.get(static.url + "/server_info", timeout=5).json()
     assert info["init_expert_location"] == str(dump)
     warm = [r for r in static.records() if r["kind"] == "decode" and r["dp"] == 0]
-    assert warm[-1]["gen_throughput"] == pytest.approx(1000 / step_ms(1, 0.90), rel=0.01)
+    # the MoE half of the step shrinks with the balanced placement's imbalance
+    factor = 0.5 + 0.5 * moe_imbalance("dummy-model", 2, True) / moe_imbalance("dummy-model",
+                                                                               2, False)
+    assert factor < 0.99
+    assert warm[-1]["gen_throughput"] == pytest.approx(1000 / step_ms(1, factor), rel=0.01)
+
+
+@pytest.mark.parametrize("ep", [8, 16, 48])
+def test_balanced_placement_lowers_the_imbalance(ep):
+    trivial = moe_imbalance("dummy-model", ep, False)
+    balanced = moe_imbalance("dummy-model", ep, True)
+    assert 1.0 <= balanced < trivial
+
+
+def test_online_eplb_rebalances_every_n_passes(launch):
+    server = launch("online", decode_args(2, ["--enable-eplb", "--eplb-rebalance-num-iterations",
+                                              "3"]))
+    for _ in range(2):
+        requests.post(server.url + "/generate", timeout=10,
+                      json={"input_ids": [1, 2], "sampling_params": {"max_new_tokens": 5}})
+    text = server.text()
+    assert text.count("[EPLBManager] rebalance start") >= 2  # per rank with a line, per rebalance
+    assert "[EPLBManager] rebalance end" in text
+    factor = 0.5 + 0.5 * moe_imbalance("dummy-model", 2, True) / moe_imbalance("dummy-model",
+                                                                               2, False)
+    warm = [r for r in server.records() if r["kind"] == "decode" and r["dp"] == 0]
+    assert warm[-1]["gen_throughput"] == pytest.approx(1000 / step_ms(1, factor), rel=0.01)
 
 
 def test_plateau_one_short_quirk(launch):
@@ -964,3 +991,20 @@ def test_decode_rank_choice_over_http(launch, version, bodies, batch):
 
     wait_for(lambda: sum(latest().values()) == len(bodies), 20, "every request running")
     assert {dp: n for dp, n in latest().items() if n} == batch
+
+
+@pytest.mark.parametrize("ep, redundant", [(8, 0), (8, 8), (48, 32)])
+def test_redundant_experts_balance_further_and_the_trivial_placement_wraps(ep, redundant):
+    from pdbench.emulator.experts import _popularity, _rank_loads
+
+    weights = _popularity(10, 256)
+    for balanced in (False, True):
+        loads = _rank_loads(weights, ep, balanced, redundant)
+        assert len(loads) == ep and sum(loads) == pytest.approx(1.0)
+    # trivial with R redundant: slot i holds expert i mod 256, so experts 0..R-1 have a
+    # second replica and each replica carries half; rank 0 hosts the first slots
+    per_rank = -(-(256 + redundant) // ep)
+    expected = sum(weights[e] / (2 if e < redundant else 1) for e in range(per_rank))
+    assert _rank_loads(weights, ep, False, redundant)[0] == pytest.approx(expected)
+    assert (moe_imbalance("dummy-model", ep, True, redundant)
+            <= moe_imbalance("dummy-model", ep, True, 0))

@@ -101,7 +101,7 @@ CASES += [
      ["--no-container-remap-root"], "site.container.extra_args"),
     ("no container but container settings", "site.container.mounts", ["/lustre:/lustre"],
      "site.container.mounts"),
-    ("static EPLB without its source", "grid.eplb", ["none", "static"],
+    ("static EPLB without its source", "grid.eplb", ["static", "online"],
      "eplb.static.init_expert_location"),
     ("secret as a plain value", "env.common.HF_TOKEN", "hf_abc", "env.common.HF_TOKEN"),
     ("secret as a plain value", "env.decode.WANDB_API_KEY", "k", "env.decode.WANDB_API_KEY"),

@@ -950,6 +950,22 @@ OTHER_CASES = [
         rec("ready", "2026-11-29 06:46:35", 1795934795.0, arrival=1795934795.551548),
         id="glued-after-progress-bar-with-arrival",
     ),
+    # Online EPLB (sglang/srt/eplb/eplb_manager.py): timed when all layers move at once.
+    pytest.param(
+        f"[{T1} DP3 TP3 EP3] [EPLBManager] rebalance start",
+        rec("eplb_rebalance_start", T1, E1, ranks={"dp": 3, "tp": 3, "ep": 3}),
+        id="eplb-rebalance-start",
+    ),
+    pytest.param(
+        f"[{T1} DP3 TP3 EP3] [EPLBManager] rebalance end time=2.417s",
+        rec("eplb_rebalance_end", T1, E1, ranks={"dp": 3, "tp": 3, "ep": 3}, seconds=2.417),
+        id="eplb-rebalance-end-timed",
+    ),
+    pytest.param(
+        f"[{T1} DP0 TP0 EP0] [EPLBManager] rebalance end",
+        rec("eplb_rebalance_end", T1, E1, ranks={"dp": 0, "tp": 0, "ep": 0}, seconds=None),
+        id="eplb-rebalance-end-by-chunks",
+    ),
 ]
 
 
@@ -1024,6 +1040,8 @@ def test_every_kind_is_covered_and_known():
         "profile_done",
         "slow_down",
         "ready",
+        "eplb_rebalance_start",
+        "eplb_rebalance_end",
     )
 
 

@@ -163,3 +163,21 @@ def test_rerun_config_refuses_a_manifest_whose_grid_has_other_points(ctx, tmp_pa
     path.write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="not exactly point ep48/p1"):
         provenance.rerun_config(path)
+
+
+def test_a_static_point_reruns_from_the_recorded_file(tmp_path):
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["grid"]["eplb"] = ["none", "static"]
+    cfg = config.validate(raw)
+    static = config.find_point(cfg, "ep48", "p1-eplb_static")
+    dump = tmp_path / "results" / "ep48" / "eplb" / "expert_distribution.pt"
+    dump.parent.mkdir(parents=True)
+    dump.write_bytes(b"recorded")
+    narrowed = provenance.point_config(cfg, static, dump)
+    rerun = config.validate(narrowed, workdir=tmp_path)
+    (point,) = config.grid_points(rerun)
+    assert point.name == "p1-eplb_static" and not point.records_experts
+    assert rerun["eplb"]["static"]["init_expert_location"] == str(dump)
+    assert provenance.expert_distribution(dump)["sha256"] == hashlib.sha256(
+        b"recorded").hexdigest()
+    assert provenance.expert_distribution(None) is None

@@ -104,3 +104,25 @@ def test_render_errors_are_one_line(tmp_path, args, message):
     assert proc.returncode == 2 and proc.stdout == ""
     assert message in proc.stderr and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_render_shows_the_recording_pass_and_the_relaunch_from_its_dump(tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = json.loads(json.dumps(config_mod.load(REPO / "config" / "config.yaml")))
+    raw["grid"]["eplb"] = ["none", "static"]
+    cfg = config_mod.validate(raw)
+    nodes = [f"gb-{i:03d}" for i in range(1, 19)]
+
+    def text(point):
+        return "\n".join(s["text"] for s in render_point(cfg, "ep48", point, nodes))
+
+    recording, static, other = text("p1"), text("p1-eplb_static"), text("p2")
+    assert "/start_expert_distribution_record" in recording
+    assert "/dump_expert_distribution_record" in recording
+    assert "--expert-distribution-recorder-mode stat" in recording
+    dump = tmp_path / "results" / "ep48" / "eplb" / "expert_distribution.pt"
+    assert f"--init-expert-location {dump}" in static
+    assert "expert_distribution_record" not in static + other
+    assert "--expert-distribution-recorder-mode" not in static + other
+    assert not (tmp_path / "results").exists()

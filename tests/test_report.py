@@ -143,3 +143,52 @@ def test_the_grid_page_draws_every_experiment(tmp_path):
     assert "EP16 \u00b7 EPLB none" in page and "EP48 \u00b7 EPLB none" in page
     assert 'href="ep16/p1/manifest.json"' in page and "ep48/p2" in page
     assert len(re.findall(r"<svg[\s>]", page)) == 2  # throughput and GPU-hours
+
+
+def eplb_row(point: str, k: int, tps: float, step: float, **kw) -> dict:
+    r = row(point, k, tps, step=step, **kw)
+    r["eplb"] = point.split("-eplb_")[1] if "-eplb_" in point else "none"
+    return r
+
+
+def test_eplb_modes_side_by_side_with_the_recorded_balance(tmp_path):
+    from pdbench.emulator.experts import ExpertRecorder
+
+    rows = [eplb_row("p1", 1, 100.0, 60.0), eplb_row("p1-eplb_static", 1, 120.0, 50.0),
+            eplb_row("p1-eplb_online", 1, 110.0, 54.5), eplb_row("p2", 1, 130.0, 60.0)]
+    csv = experiment(tmp_path, "ep48", rows)
+    exp_paths = ExperimentPaths(tmp_path / "ep48")
+    recorder = ExpertRecorder("stat", -1, str(tmp_path / "no-model"),
+                              out_dir=str(exp_paths.eplb_dir))
+    recorder.start()
+    recorder.record(384)
+    Path(recorder.dump()).rename(exp_paths.expert_distribution)
+    exp = report.load_experiment(csv, page_dir=exp_paths.root)
+    table = {r["eplb"]: r for r in report.eplb_comparison(exp)}
+    assert set(table) == {"none", "static", "online"}  # p2 has one mode: no comparison
+    assert table["static"]["vs_none"] == pytest.approx(0.2)
+    assert table["online"]["step_ms"] == pytest.approx(54.5)
+    # 256 experts do not divide over 48 GPUs: no trivial layout, the estimate has spares
+    assert "do not divide" in exp.expert_balance["before"]["error"]
+    after = exp.expert_balance["after"]["balancedness"]
+    assert table["static"]["balancedness"] == after and 0 < after <= 1
+    assert table["none"]["balancedness"] is None
+
+    out = exp_paths.report
+    report.write(out, [csv], references=REFERENCES, figures_dir=exp_paths.figures)
+    page = out.read_text()
+    assert "EPLB: none vs static vs online (ep48)" in page
+    assert "+20.0 %" in page and "(estimate)" in page
+    assert (exp_paths.figures / "expert-load.svg").exists()
+
+
+def test_recorded_balance_before_and_after_on_a_dividing_ep(tmp_path):
+    from pdbench.emulator.experts import ExpertRecorder
+
+    recorder = ExpertRecorder("stat", -1, str(tmp_path / "no-model"), out_dir=str(tmp_path))
+    recorder.start()
+    recorder.record(64)
+    result = report.recorded_balance(Path(recorder.dump()), 8)
+    before, after = result["before"]["balancedness"], result["after"]["balancedness"]
+    assert 0 < before < after <= 1  # the balanced placement evens the load
+    assert len(result["after"]["gpu_load"]) == 8

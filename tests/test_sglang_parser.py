@@ -8,6 +8,7 @@ locally and fail under CI (``CI`` set), where the check must run.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import os
 from pathlib import Path
 
@@ -33,7 +34,10 @@ def _config(router_implementation: str = "sglang-router", **workload) -> dict:
     del raw["server_args"]["decode"]["prefill-round-robin-balance"]
     raw["grid"]["eplb"] = ["none", "static", "online"]
     raw["site"]["container"]["mounts"] = ["/shared"]
-    raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb/expert_distribution.pt"}}
+    raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb/expert_distribution.pt"},
+                   "online": {"rebalance_layers_per_chunk": 8,
+                              "min_rebalancing_utilization_threshold": 0.9},
+                   "redundant_experts": 32}
     raw["workload"] = {**raw.get("workload", {}), **workload}
     raw["router"] = {**raw.get("router", {}), "implementation": router_implementation}
     return config_mod.validate(raw, workdir=REPO)
@@ -48,13 +52,14 @@ def _cases() -> list[tuple[str, list[str]]]:
         if point.prefill_groups != 3:
             continue
         plan = topology.plan(point, nodes, cfg["ports"])
-        stages = [None, "record"] if point.eplb == "static" else [None]
-        for stage in stages:
+        # a none point also as static EPLB's recording pass
+        variants = [point, replace(point, records_experts=True)] if point.eplb == "none" \
+            else [point]
+        for variant in variants:
+            stage = "record" if variant.records_experts else "-"
             for server in plan.servers:
-                for rank, argv in enumerate(
-                    server_argvs(cfg, point, plan, server.name, eplb_stage=stage)
-                ):
-                    cases.append((f"{point.name}/{stage or '-'}/{server.name}/{rank}", argv))
+                for rank, argv in enumerate(server_argvs(cfg, variant, plan, server.name)):
+                    cases.append((f"{point.name}/{stage}/{server.name}/{rank}", argv))
         if point.eplb == "none":
             cases.append(("router", router_argv(cfg, plan)))
             cases.append(("router-smg", router_argv(_config(router_implementation="smg"), plan)))
@@ -148,11 +153,15 @@ def test_parsed_values_mean_what_was_meant(checked):
     assert prefill["disable_cuda_graph"] is True
     static = positive["p3-eplb_static/-/decode/0"]["explicit"]
     assert static["init_expert_location"] == "/shared/eplb/expert_distribution.pt"
-    record = positive["p3-eplb_static/record/decode/0"]["explicit"]
+    record = positive["p3/record/decode/0"]["explicit"]
     assert record["expert_distribution_recorder_mode"] == "stat"
     assert record["expert_distribution_recorder_buffer_size"] == -1
     online = positive["p3-eplb_online/-/decode/0"]["explicit"]
     assert online["enable_eplb"] is True and online["eplb_algorithm"] == "deepseek"
+    assert online["eplb_rebalance_layers_per_chunk"] == 8
+    assert online["eplb_min_rebalancing_utilization_threshold"] == 0.9
+    assert online["ep_num_redundant_experts"] == 32
+    assert static["ep_num_redundant_experts"] == 32
     for label in ("router", "router-smg"):
         router = positive[label]["explicit"]
         assert router["pd_disaggregation"] is True

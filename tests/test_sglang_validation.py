@@ -14,6 +14,7 @@ missing one is a failure, locally a skip.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import os
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def _config(version: str) -> dict:
         del raw["server_args"]["decode"]["prefill-round-robin-balance"]
     raw["grid"]["eplb"] = ["none", "static", "online"]
     raw["site"]["container"]["mounts"] = ["/shared"]
-    raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb/expert_distribution.pt"}}
+    raw["eplb"] = {"static": {"init_expert_location": "/shared/eplb/expert_distribution.pt"},
+                   "online": {"rebalance_layers_per_chunk": 8,
+                              "min_rebalancing_utilization_threshold": 0.9},
+                   "redundant_experts": 32}
     return config_mod.validate(raw, workdir=REPO)
 
 
@@ -73,12 +77,15 @@ def _cases(version: str) -> list[tuple[str, list[str]]]:
         if point.prefill_groups != 3:
             continue
         plan = topology.plan(point, NODES, cfg["ports"])
-        for stage in [None, "record"] if point.eplb == "static" else [None]:
+        # a none point also as static EPLB's recording pass
+        variants = [point, replace(point, records_experts=True)] if point.eplb == "none" \
+            else [point]
+        for variant in variants:
+            stage = "record" if variant.records_experts else "-"
             for server in plan.servers:
-                argvs = server_argvs(cfg, point, plan, server.name, eplb_stage=stage)
+                argvs = server_argvs(cfg, variant, plan, server.name)
                 for rank in sorted({0, 1, len(argvs) - 1}):
-                    cases.append((f"{point.name}/{stage or '-'}/{server.name}/{rank}",
-                                  argvs[rank]))
+                    cases.append((f"{point.name}/{stage}/{server.name}/{rank}", argvs[rank]))
     return cases
 
 

@@ -264,3 +264,13 @@ def test_sweep_after_the_fill_restarts_the_client_with_the_measurement(tmp_path,
     (aside,) = swept["set_aside"]
     assert set(aside["moved"]) == {"fill", "bench", "logs"}
     assert not (point / "bench").exists()
+
+
+@pytest.mark.parametrize("kinds, open_", [
+    ([], False),
+    (["eplb_rebalance_start"], True),
+    (["eplb_rebalance_start", "eplb_rebalance_end"], False),
+    (["eplb_rebalance_start", "eplb_rebalance_end", "decode", "eplb_rebalance_start"], True),
+])
+def test_a_snapshot_of_online_eplb_waits_for_an_open_rebalance(kinds, open_):
+    assert profile.rebalancing([{"kind": k} for k in kinds]) is open_

@@ -127,3 +127,92 @@ def test_rehearsal_profile_merges_its_config(workdir):
     assert counts["profile_snapshot"] == 3 * 2  # rehearsal.yaml: 2 snapshots per point
     # A dry run writes nothing, not even the resolved config (a real run's onstart does).
     assert not (workdir / "results" / ".pdbench").exists()
+
+
+def rule_block(stdout: str, rule: str, output: str) -> str:
+    """The dry run's block of ``rule`` whose output names ``output``."""
+    for block in re.split(r"\n(?=\S)", stdout):  # a job: its unindented line, then details
+        if block.startswith(f"rule {rule}:") and output in block:
+            return block
+    raise AssertionError(f"no {rule} job for {output}")
+
+
+def test_static_eplb_records_in_the_none_points_run_and_relaunches_from_the_dump(workdir,
+                                                                               tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"eplb": ["none", "static", "online"]}}))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(grid),
+                       cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["expert_record_start"] == counts["expert_dump"] == 1, counts
+    assert counts["allocation"] == 9, counts  # no allocation for the recording pass
+    dump = "results/ep48/eplb/expert_distribution.pt"
+    # record: p1's decode records from before its fill ...
+    start = rule_block(result.stdout, "expert_record_start", "results/ep48/p1/")
+    assert "results/ep48/p1/ready/decode.json" in start
+    fill = rule_block(result.stdout, "fill", "output: results/ep48/p1/fill/filled.json")
+    assert "results/ep48/p1/expert_distribution/started.json" in fill
+    # ... dump: after its release, before its teardown ...
+    dumped = rule_block(result.stdout, "expert_dump", dump)
+    assert "results/ep48/p1/fill/released.json" in dumped
+    teardown = rule_block(result.stdout, "teardown", "output: results/ep48/p1/teardown.json")
+    assert dump in teardown
+    # ... relaunch: every static point's decode starts from the dump, no other server does.
+    for point in ("p1", "p2", "p3"):
+        decode = rule_block(result.stdout, "decode_server",
+                            f"output: results/ep48/{point}-eplb_static/ready/decode.json")
+        assert dump in decode
+        for other in (point, f"{point}-eplb_online"):
+            block = rule_block(result.stdout, "decode_server",
+                               f"output: results/ep48/{other}/ready/decode.json")
+            assert dump not in block
+    for point in ("p2", "p3"):
+        assert f"results/ep48/{point}/expert_distribution/started.json" not in result.stdout
+    # prefill keeps the trivial placement unless eplb.static.prefill says otherwise
+    assert dump not in rule_block(result.stdout, "prefill_server",
+                                  "output: results/ep48/p1-eplb_static/ready/prefill-1.json")
+    assert dump in rule_block(result.stdout, "report", "output: results/ep48/report.html")
+
+
+def test_a_supplied_expert_distribution_skips_the_recording_pass(workdir, tmp_path):
+    (workdir / "recorded.pt").write_bytes(b"")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"eplb": ["none", "static"]},
+                                    "eplb": {"static": {"init_expert_location": "recorded.pt"}}}))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(grid),
+                       cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert "expert_dump" not in counts and "expert_record_start" not in counts, counts
+    assert "results/ep48/eplb/" not in result.stdout
+    assert "expert_distribution/started.json" not in result.stdout
+
+
+def test_the_eplb_rehearsal_records_once_and_relaunches_three_static_points(workdir):
+    result = snakemake(
+        "--profile", "profiles/rehearsal", "-n", "results/ep48/report.html",
+        "--configfile", "config/rehearsal.yaml", "config/rehearsal-eplb.yaml", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    assert counts["allocation"] == 9 and counts["expert_dump"] == 1, counts
+    dump = "results/ep48/eplb/expert_distribution.pt"
+    for point in ("p1", "p2", "p3"):
+        assert dump in rule_block(result.stdout, "decode_server",
+                                  f"output: results/ep48/{point}-eplb_static/ready/decode.json")
+
+
+def test_static_prefill_starts_from_the_dump_when_configured(workdir, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"grid": {"eplb": ["none", "static"], "prefill_groups": [2]},
+                                    "eplb": {"static": {"prefill": True}}}))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(grid),
+                       cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    dump = "results/ep48/eplb/expert_distribution.pt"
+    for group in (1, 2):
+        assert dump in rule_block(result.stdout, "prefill_server",
+                                  f"output: results/ep48/p2-eplb_static/ready/prefill-{group}")
+        assert dump not in rule_block(result.stdout, "prefill_server",
+                                      f"output: results/ep48/p2/ready/prefill-{group}")

@@ -600,6 +600,31 @@ def balance(dump: ExpertDump, ep: int | None = None, placement: np.ndarray | Non
     return result
 
 
+def greedy_placement(dump: ExpertDump, ep: int) -> np.ndarray:
+    """A physical-to-logical map ``[layers, physical experts]`` that balances the dump's
+    summed counts over ``ep`` GPUs: ``ceil(logical / ep)`` slots per GPU, the spare slots
+    replicas of the hottest experts (a replica carries an equal share), then the heaviest
+    replica first onto the lightest GPU with room. An estimate of what a rebalance
+    achieves, not SGLang's EPLB algorithm; :func:`balance` takes it as ``placement``."""
+    counts = dump.logical_count.sum(axis=0)  # [layers, logical]
+    logical = counts.shape[1]
+    per_gpu = -(-logical // ep)
+    mapping = np.zeros((counts.shape[0], ep * per_gpu), dtype=np.int64)
+    for layer, load in enumerate(counts):
+        replicas = list(range(logical)) + [int(e) for e in np.argsort(-load, kind="stable")
+                                           [:ep * per_gpu - logical]]
+        copies = np.bincount(replicas, minlength=logical)
+        order = sorted(replicas, key=lambda e: -load[e] / copies[e])
+        gpu_load, slots = np.zeros(ep), [[] for _ in range(ep)]
+        for expert in order:
+            gpu = min((g for g in range(ep) if len(slots[g]) < per_gpu),
+                      key=lambda g: gpu_load[g])
+            slots[gpu].append(expert)
+            gpu_load[gpu] += load[expert] / copies[expert]
+        mapping[layer] = [e for gpu in slots for e in gpu]
+    return mapping
+
+
 def balance_of_file(path: str | Path, ep: int | None = None,
                     placement: str | Path | None = None, redundant: int | None = None) -> dict:
     """:func:`balance` of the dump at ``path`` (and the placement file, if any)."""

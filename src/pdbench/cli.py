@@ -239,6 +239,18 @@ def cmd_snapshot(args) -> None:
     _dump(take_snapshot(_point(args), args.snapshot))
 
 
+def cmd_expert_record_start(args) -> None:
+    from .eplb import start_recording
+
+    _dump(start_recording(_point(args)))
+
+
+def cmd_expert_dump(args) -> None:
+    from .eplb import dump_recording
+
+    _dump(dump_recording(_point(args)))
+
+
 def cmd_bench_result(args) -> None:
     from .client import collect_bench
 
@@ -463,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     point_cmd("release", cmd_release, "confirm decode runs again without slow_down")
     p = point_cmd("snapshot", cmd_snapshot, "take torch-profiler snapshot K of decode")
     p.add_argument("--snapshot", type=COUNT, required=True, metavar="K")
+    point_cmd("expert-record-start", cmd_expert_record_start,
+              "start static EPLB's expert-distribution recording on decode (before the fill)")
+    point_cmd("expert-dump", cmd_expert_dump, "after eplb.static.record_s at full batch, dump "
+              "the expert distribution to the experiment's eplb/expert_distribution.pt")
     point_cmd("bench-result", cmd_bench_result, "wait for the client and validate its JSONL")
     point_cmd("teardown", cmd_teardown, "stop a point's servers and release its allocation")
     point_cmd("point-throughput", cmd_point_throughput, "throughput.csv of one point")

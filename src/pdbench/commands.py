@@ -35,14 +35,16 @@ from .dialects import ROOM, Dialect, client_dialect_for, dialect_for, server_dp_
 from .errors import ConfigError
 from .fillsize import prompts_to_fill
 from .routers import router_dialect
-from .layout import PointPaths, node_log_name, node_versions_name
+from .layout import PointPaths, ResultsPaths, node_log_name, node_versions_name
 from .topology import NodePlan
 
 # Where the servers' fallback directories go under a point's shared directory.
 
 # Options the EPLB mode of a point sets; a server_args value for them would be rendered
 # twice, so the EPLB value replaces it.
-_EPLB_OVERRIDES = ("eplb-algorithm", "eplb-rebalance-num-iterations")
+_EPLB_OVERRIDES = ("eplb-algorithm", "eplb-rebalance-num-iterations",
+                   "eplb-rebalance-layers-per-chunk",
+                   "eplb-min-rebalancing-utilization-threshold", "ep-num-redundant-experts")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -62,7 +64,6 @@ def server_argvs(
     plan: NodePlan,
     server_name: str,
     *,
-    eplb_stage: str | None = None,
     expert_location: str | os.PathLike | None = None,
     dialect: Dialect | None = None,
 ) -> list[list[str]]:
@@ -74,25 +75,24 @@ def server_argvs(
     ``server_args`` in config order, then EPLB.
 
     EPLB applies to the decode server, the one being measured (as in the runbook,
-    whose prefill commands carry no expert location): ``none`` adds nothing;
-    ``online`` adds ``--enable-eplb --eplb-algorithm A --eplb-rebalance-num-iterations
-    N`` from ``eplb.online``; ``static`` adds ``--init-expert-location PATH`` (from
-    ``expert_location`` or ``eplb.static.init_expert_location``), or with ``eplb_stage
-    == "record"`` the recording pass's ``--expert-distribution-recorder-mode stat
-    --expert-distribution-recorder-buffer-size -1`` instead.
+    whose prefill commands carry no expert location; ``eplb.static.prefill`` gives static
+    points' prefill servers the same location): ``none`` adds nothing, or on the
+    point that records for static EPLB (``point.records_experts``) the recorder's
+    ``--expert-distribution-recorder-mode stat --expert-distribution-recorder-buffer-size
+    -1``; ``online`` adds ``--enable-eplb --eplb-algorithm A
+    --eplb-rebalance-num-iterations N`` and the optional knobs of ``eplb.online``;
+    ``static`` adds ``--init-expert-location PATH``: ``expert_location`` (the recorded
+    file, :func:`static_expert_location`) or ``eplb.static.init_expert_location``. Both
+    add ``--ep-num-redundant-experts`` when ``eplb.redundant_experts`` is set.
     """
     dialect = dialect or dialect_for(cfg)
     try:
         server = plan.server(server_name)
     except KeyError as exc:
         raise ValueError(str(exc)) from None
-    if eplb_stage not in (None, "record"):
-        raise ValueError(f"eplb_stage must be None or 'record', not {eplb_stage!r}")
-    if eplb_stage == "record" and point.eplb != "static":
-        raise ValueError(f"eplb_stage 'record' needs a point with static EPLB, not {point.eplb!r}")
     role = server.role
 
-    eplb = _eplb_args(cfg, point, role, eplb_stage, expert_location)
+    eplb = _eplb_args(cfg, point, role, expert_location, dialect)
     overridden = {name for name in _EPLB_OVERRIDES if f"--{name}" in eplb}
     options: list[str] = []
     merged = prefill_server_args(cfg) if role == "prefill" else decode_server_args(cfg)
@@ -138,34 +138,66 @@ def server_argvs(
     return argvs
 
 
-def _eplb_args(cfg, point: Point, role: str, stage, expert_location) -> list[str]:
-    if role != "decode" or point.eplb == "none":
+def _eplb_args(cfg, point: Point, role: str, expert_location, dialect: Dialect) -> list[str]:
+    if role != "decode":
+        if point.eplb == "static" and cfg["eplb"]["static"]["prefill"]:
+            return _static_args(cfg, expert_location, dialect)
         return []
-    if point.eplb == "online":
-        online = cfg["eplb"]["online"]
-        return [
-            "--enable-eplb",
-            "--eplb-algorithm",
-            str(online["algorithm"]),
-            "--eplb-rebalance-num-iterations",
-            str(online["rebalance_num_iterations"]),
-        ]
-    if point.eplb != "static":
-        raise ConfigError(f"config key grid.eplb: unknown EPLB mode {point.eplb!r}")
-    if stage == "record":
+    if point.eplb == "none":
+        if not point.records_experts:
+            return []
         return [
             "--expert-distribution-recorder-mode",
             "stat",
             "--expert-distribution-recorder-buffer-size",
             "-1",
         ]
-    location = expert_location or cfg["eplb"]["static"]["init_expert_location"]
+    eplb = cfg["eplb"]
+    if point.eplb == "online":
+        online = eplb["online"]
+        knobs = {
+            "enable-eplb": True,
+            "eplb-algorithm": online["algorithm"],
+            "eplb-rebalance-num-iterations": online["rebalance_num_iterations"],
+            "eplb-rebalance-layers-per-chunk": online["rebalance_layers_per_chunk"],
+            "eplb-min-rebalancing-utilization-threshold":
+                online["min_rebalancing_utilization_threshold"],
+            "ep-num-redundant-experts": eplb["redundant_experts"] or None,
+        }
+        keys = {"enable-eplb": "grid.eplb", "ep-num-redundant-experts": "eplb.redundant_experts"}
+        return [arg for name, value in knobs.items()
+                for arg in dialect.option_args(
+                    name, value,
+                    key=keys.get(name, "eplb.online." + name.removeprefix("eplb-")
+                                 .replace("-", "_")))]
+    if point.eplb != "static":
+        raise ConfigError(f"config key grid.eplb: unknown EPLB mode {point.eplb!r}")
+    return _static_args(cfg, expert_location, dialect)
+
+
+def _static_args(cfg, expert_location, dialect: Dialect) -> list[str]:
+    eplb = cfg["eplb"]
+    location = expert_location or eplb["static"]["init_expert_location"]
     if not location:
         raise ConfigError(
             "config key eplb.static.init_expert_location: static EPLB needs a recorded "
-            "expert distribution; set it, or run the recording pass first"
+            "expert distribution; set it, or let a 'none' point of the grid record it"
         )
-    return ["--init-expert-location", os.fspath(location)]
+    return ["--init-expert-location", os.fspath(location),
+            *dialect.option_args("ep-num-redundant-experts", eplb["redundant_experts"] or None,
+                                 key="eplb.redundant_experts")]
+
+
+def static_expert_location(cfg: Mapping, results: ResultsPaths, point: Point) -> Path | None:
+    """The file a static point's decode starts from: ``eplb.static.init_expert_location``
+    if given, else the recording pass's dump of the point's EP size (absolute, as the
+    servers see the shared results tree); None for other points."""
+    if point.eplb != "static":
+        return None
+    supplied = cfg["eplb"]["static"]["init_expert_location"]
+    if supplied:
+        return Path(supplied)
+    return results.experiment(point.experiment).expert_distribution.absolute()
 
 
 def server_env(
@@ -680,6 +712,9 @@ _CONTROL_PATHS = {
     "slow_down": ("POST", "/slow_down"),
     "start_profile": ("POST", "/start_profile"),
     "server_info": ("GET", None),  # per dialect
+    # The expert-distribution recorder (SGLang's http_server, every release here): no body.
+    "start_expert_distribution_record": ("POST", "/start_expert_distribution_record"),
+    "dump_expert_distribution_record": ("POST", "/dump_expert_distribution_record"),
 }
 
 _START_PROFILE_ORDER = (
@@ -716,6 +751,8 @@ def control_request(
       for ``num_steps=N`` when neither ``start_step`` nor ``profile_by_stage`` goes out,
       so N+1 is sent to them.
     - ``server_info`` (path per release): GET.
+    - ``start_expert_distribution_record``, ``dump_expert_distribution_record``: POST,
+      no body (the recording pass of static EPLB).
 
     Only the calls a stage makes are here; the others of SGLang's control API are in
     docs/sglang-formats.md.
@@ -789,6 +826,7 @@ __all__ = [
     "render_shell",
     "router_argv",
     "server_argvs",
+    "static_expert_location",
     "server_env",
     "srun_argv",
 ]

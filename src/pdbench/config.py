@@ -28,6 +28,7 @@ from .grid import (  # noqa: F401 - the grid is part of what a config means
     allocation_neighbours,
     decode_server_args,
     experiments,
+    expert_recorder,
     find_point,
     grid_points,
     prefill_server_args,
@@ -288,11 +289,13 @@ def _check_semantics(cfg: dict) -> None:
                     "the runtime (pyxis, apptainer)")
     _check_ports(cfg["ports"])
     _check_secrets(cfg)
-    if "static" in grid["eplb"] and not cfg["eplb"]["static"]["init_expert_location"]:
+    if ("static" in grid["eplb"] and "none" not in grid["eplb"]
+            and not cfg["eplb"]["static"]["init_expert_location"]):
         raise ConfigError(
             "config key eplb.static.init_expert_location: grid.eplb has 'static', which "
-            "starts the servers with --init-expert-location: give the recorded expert "
-            "distribution file")
+            "starts decode with --init-expert-location, and no 'none' point whose run "
+            "records the expert distribution: add 'none' to grid.eplb or give a recorded "
+            "expert-distribution file")
     if isinstance(cfg["fill"]["sleep_s"], str) and cfg["fill"]["sleep_s"] != "auto":
         raise ConfigError("config key fill.sleep_s: must be a number of seconds or 'auto'")
     if isinstance(cfg["fill"]["sleep_s"], (int, float)) and not 0 < cfg["fill"]["sleep_s"] <= 600:

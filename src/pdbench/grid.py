@@ -8,7 +8,7 @@ Results of a point live in ``results/{experiment}/{name}/`` (:mod:`pdbench.layou
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import ConfigError
 
@@ -70,6 +70,9 @@ class Point:
     gpus_per_node: int
     nodes_per_prefill_group: int
     decode_max_running_requests: int
+    # This point's run is also static EPLB's recording pass for its EP size (see
+    # :func:`grid_points`): its decode records the expert distribution.
+    records_experts: bool = False
 
     @property
     def experiment(self) -> str:
@@ -126,14 +129,24 @@ class Point:
             "decode_max_running_requests": self.decode_max_running_requests,
             "target_batch_per_rank": self.target_batch_per_rank,
             "target_global_batch": self.target_global_batch,
+            "records_experts": self.records_experts,
         }
 
 
 def grid_points(cfg: Mapping) -> list[Point]:
-    """Every point of the grid, in a stable order (EP, prefill groups, EPLB mode)."""
+    """Every point of the grid, in a stable order (EP, prefill groups, EPLB mode).
+
+    Static EPLB without a supplied file (``eplb.static.init_expert_location``) needs a
+    recorded expert distribution per EP size. The recording pass is the run of that EP
+    size's first ``none`` point (fewest prefill groups): no extra allocation, the same EP
+    size and workload, and it comes first in grid order, so with ``site.reuse_allocation``
+    the static points (later in that order) never wait on a point that waits on them. Its
+    ``records_experts`` is true. The routing depends on the tokens, not on how many
+    prefill groups feed them, so one recording serves every static point of the size.
+    """
     grid = cfg["grid"]
     mrr = decode_server_args(cfg)["max-running-requests"]
-    return [
+    points = [
         Point(
             ep=ep,
             prefill_groups=groups,
@@ -146,6 +159,23 @@ def grid_points(cfg: Mapping) -> list[Point]:
         for groups in sorted(grid["prefill_groups"])
         for eplb in sorted(grid["eplb"], key=EPLB_MODES.index)
     ]
+    if "static" not in grid["eplb"] or cfg["eplb"]["static"]["init_expert_location"]:
+        return points
+    recorders = {}
+    for point in points:
+        if point.eplb == "none":
+            recorders.setdefault(point.ep, point)
+    return [replace(p, records_experts=True) if recorders.get(p.ep) == p else p
+            for p in points]
+
+
+def expert_recorder(cfg: Mapping, ep: int) -> Point | None:
+    """The point whose run records static EPLB's expert distribution for EP size ``ep``
+    (None: a file is supplied, or the grid has no static point)."""
+    for point in grid_points(cfg):
+        if point.ep == ep and point.records_experts:
+            return point
+    return None
 
 
 def find_point(cfg: Mapping, experiment: str, name: str) -> Point:

@@ -43,7 +43,7 @@ POINT_FILES = {
 }
 
 # A point's directories that hold one measurement; an unfinished one is set aside whole.
-MEASUREMENT_DIRS = ("fill", "profile", "bench")
+MEASUREMENT_DIRS = ("fill", "profile", "bench", "expert_distribution")
 
 
 def node_log_name(role: str, rank: int) -> str:
@@ -228,6 +228,11 @@ class PointPaths:
         return self.root / "expert_distribution"
 
     @property
+    def expert_record_started(self) -> Path:
+        """The recording pass's /start_expert_distribution_record was answered."""
+        return self.expert_distribution_dir / "started.json"
+
+    @property
     def attempts(self) -> Path:
         return self.root / "attempts"
 
@@ -297,6 +302,22 @@ class ExperimentPaths:
 
     def stage_log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
+
+    @property
+    def eplb_dir(self) -> Path:
+        """Static EPLB's recorded expert distribution and what recorded it."""
+        return self.root / "eplb"
+
+    @property
+    def expert_distribution(self) -> Path:
+        """The recording pass's dump (SGLang's ``stat`` dump, a ``torch.save`` file):
+        what static points' decode starts from (``--init-expert-location``)."""
+        return self.eplb_dir / "expert_distribution.pt"
+
+    @property
+    def expert_recording(self) -> Path:
+        """Where the dump came from: point, source file, times, sha256."""
+        return self.eplb_dir / "recording.json"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ Kinds (``KINDS``)
 ``profile_done``   ``Profiling done. Traces are saved to: DIR[ Merged trace: … | Merge failed: …]``
 ``slow_down``      ``Scheduler.run_batch sleep {t}s``
 ``ready``          ``The server is fired up and ready to roll!``
+``eplb_rebalance_start``  ``[EPLBManager] rebalance start`` (online EPLB, every rank)
+``eplb_rebalance_end``    ``[EPLBManager] rebalance end[ time=S s]`` (adds ``seconds``, or None)
 
 Record keys
 -----------
@@ -106,7 +108,8 @@ __all__ = [
     "rank_key",
 ]
 
-KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready")
+KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready",
+         "eplb_rebalance_start", "eplb_rebalance_end")
 
 # ---------------------------------------------------------------------------------------
 # Prefix and timestamp
@@ -557,6 +560,9 @@ _MERGE_FAILED = " Merge failed"
 _MERGED_TAIL = re.compile(r" \(Events: [^()]*\)$")
 _SLEEP = re.compile(r"Scheduler\.run_batch sleep (\S+?)s$")
 _READY = "The server is fired up and ready to roll!"
+# sglang/srt/eplb/eplb_manager.py (v0.4.10 to v0.5.23): EPLBManager.rebalance logs both.
+_REBALANCE_START = "[EPLBManager] rebalance start"
+_REBALANCE_END = re.compile(r"\[EPLBManager\] rebalance end(?: time=(\S+?)s)?$")
 
 
 def _parse_message(msg: str, rec: dict, line: str | None) -> dict | None:
@@ -613,6 +619,18 @@ def _parse_message(msg: str, rec: dict, line: str | None) -> dict | None:
         if msg.rstrip() == _READY:
             rec["kind"] = "ready"
             return rec
+    elif c == "[":
+        if msg.rstrip() == _REBALANCE_START:
+            rec["kind"] = "eplb_rebalance_start"
+            return rec
+        m = _REBALANCE_END.match(msg.rstrip())
+        if m is not None:
+            try:
+                rec["seconds"] = float(m.group(1)) if m.group(1) is not None else None
+            except ValueError:
+                return None
+            rec["kind"] = "eplb_rebalance_end"
+            return rec
     return None
 
 
@@ -662,11 +680,12 @@ def parse_line(line: str) -> dict | None:
         rec = _by_plan(line)  # the common path: a layout seen before, standard prefix
         if rec is not None:
             return rec
-    elif "rofiling" not in line and "fired up" not in line:
+    elif "rofiling" not in line and "fired up" not in line and "EPLBManager" not in line:
         if "\x1b" not in line:
             return None
         line = _ANSI.sub("", line)
-        if "batch" not in line and "rofiling" not in line and "fired up" not in line:
+        if ("batch" not in line and "rofiling" not in line and "fired up" not in line
+                and "EPLBManager" not in line):
             return None
     return _parse_prefixed(line)
 

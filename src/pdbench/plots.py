@@ -295,6 +295,37 @@ def throughput_vs_prefill(
         return to_svg(fig, name, label=label)
 
 
+def expert_load_per_rank(
+    series: Sequence[Mapping[str, Any]], *, emulated: bool, name: str = "expert-load"
+) -> str:
+    """Routed tokens per EP rank (summed over layers), one bar group per series (e.g. the
+    recorded distribution as recorded and with a balanced placement), as a share of the
+    mean rank's load, so 1.0 is perfectly even."""
+    title = "Expert load per EP rank (recorded distribution)"
+    bars = []
+    for s in series or ():
+        loads = [v for v in (_num(x) for x in s.get("gpu_load") or ()) if v is not None]
+        mean = sum(loads) / len(loads) if loads else 0
+        if mean > 0:
+            bars.append((str(s.get("label", "")), [v / mean for v in loads]))
+    if not bars:
+        return _no_data(name, title, "no recorded expert distribution", emulated)
+    with _style():
+        fig = _figure(WIDTH_IN, HEIGHT_IN + 0.3)
+        ax = fig.add_subplot()
+        width = 0.8 / len(bars)
+        for i, (text, loads) in enumerate(bars):
+            x = np.arange(len(loads)) + (i - (len(bars) - 1) / 2) * width
+            ax.bar(x, loads, width=width, label=text)
+        ax.axhline(1.0, ls="--", lw=1, color="#555555", zorder=1)
+        ax.set_xlabel("EP rank (GPU)")
+        ax.set_ylabel("routed tokens / mean rank")
+        ax.grid(axis="x", visible=False)
+        fig.legend(loc="outside lower center", ncols=min(len(bars), 2), frameon=False)
+        label = _decorate(fig, title, emulated)
+        return to_svg(fig, name, label=label)
+
+
 def _plain_number(value: float, _pos: object = None) -> str:
     return f"{value:,.0f}" if value >= 1 else f"{value:g}"
 

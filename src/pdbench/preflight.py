@@ -32,7 +32,7 @@ from . import commands, runstate, slurm, topology
 from .context import PointContext, now, progress
 from .errors import PdbenchError
 from .grid import Point, grid_points
-from .layout import ExperimentPaths, PointPaths, write_json, write_text
+from .layout import ExperimentPaths, PointPaths, ResultsPaths, write_json, write_text
 from .routers import router_dialect
 
 PROBE = Path(__file__).with_name("data") / "preflight_probe.py"
@@ -149,7 +149,9 @@ def probe_spec(cfg: Mapping, points: list[Point], results: Path, node: str, addr
         plan = ctx.plan
         for server in plan.servers:
             try:
+                location = commands.static_expert_location(cfg, ResultsPaths(results), point)
                 argvs = commands.server_argvs(cfg, point, plan, server.name,
+                                              expert_location=location,
                                               dialect=ctx.dialect)
             except PdbenchError as exc:
                 failed.append(_result(f"server_args:{point.name}/{server.name}", "failed",

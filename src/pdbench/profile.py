@@ -52,6 +52,41 @@ def interval_start(ctx: PointContext, k: int) -> float:
     return requested if requested is not None else ctx.paths.released.stat().st_mtime
 
 
+REBALANCE_KINDS = ("eplb_rebalance_start", "eplb_rebalance_end")
+
+
+def rebalancing(records) -> bool:
+    """Whether the last online-EPLB rebalance in ``records`` (one rank's log) started and
+    has not ended yet."""
+    last = None
+    for record in records:
+        if record["kind"] in REBALANCE_KINDS:
+            last = record["kind"]
+    return last == "eplb_rebalance_start"
+
+
+def wait_for_rebalance_end(ctx: PointContext, k: int, timeout_s: float) -> None:
+    """Online EPLB: a snapshot starts once the last rebalance that decode node 0's log
+    shows has ended (every rank rebalances together; node 0's ranks stand for them). A
+    rebalance that starts during the profile is recorded in the snapshot instead
+    (``eplb_rebalance_overlap``)."""
+    node0 = ctx.decode_logs()[:1]
+    follower = LogFollower(node0)
+    state = {"open": rebalancing(follower.read())}
+    if not state["open"]:
+        return
+    progress(f"snapshot {k}: waiting for online EPLB's rebalance to end")
+
+    def ended() -> bool | None:
+        for record in follower.read():
+            if record["kind"] in REBALANCE_KINDS:
+                state["open"] = record["kind"] == "eplb_rebalance_start"
+        return None if state["open"] else True
+
+    wait_for(f"snapshot {k}: rebalance end", ended, timeout_s=timeout_s,
+             alive=lambda: check_servers(ctx, ["decode"]), check_run=ctx.check_run)
+
+
 def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIMEOUT_S) -> dict:
     if not ctx.paths.ready("decode").exists():
         raise StageError(
@@ -64,6 +99,8 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIME
     if wait > 0:
         progress(f"snapshot {k}: waiting {wait:.0f} s (profile.interval_s)")
         time.sleep(wait)
+    if ctx.point.eplb == "online":
+        wait_for_rebalance_end(ctx, k, timeout_s)
     out_dir = ctx.paths.snapshot_traces(k).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     follower = LogFollower(ctx.decode_logs(), from_end=True)
@@ -71,7 +108,7 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIME
     requested_at = now()
     call(req.method, req.url, req.body, timeout_s=120)
     ranks = ctx.point.decode_dp
-    seen: dict = {"profile_id": None, "done": set(), "files": []}
+    seen: dict = {"profile_id": None, "done": set(), "files": [], "rebalance_lines": 0}
 
     def traces_complete() -> list | None:
         for record in follower.read():
@@ -79,6 +116,9 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIME
                 seen["profile_id"] = seen["profile_id"] or record["profile_id"]
             elif record["kind"] == "profile_done" and seen["profile_id"]:
                 seen["done"].add(rank_key(record))
+            elif record["kind"] in REBALANCE_KINDS and seen["profile_id"]:
+                # online EPLB moved experts while the profile ran: its steps mix placements
+                seen["rebalance_lines"] += 1
         profile_id = seen["profile_id"]
         seen["files"] = list(traces_for(out_dir, profile_id).values()) if profile_id else []
         done = profile_id and len(seen["done"]) >= ranks and len(seen["files"]) >= ranks
@@ -100,9 +140,12 @@ def take_snapshot(ctx: PointContext, k: int, *, timeout_s: float = SNAPSHOT_TIME
         "done_at": now(),
         "files": sorted(p.name for p in files),
     }
+    if ctx.point.eplb == "online":
+        snapshot["eplb_rebalance_overlap"] = seen["rebalance_lines"] > 0
     write_json(ctx.paths.snapshot(k), snapshot)
     progress(f"snapshot {k}: profile {seen['profile_id']}, {len(files)} trace files")
     return snapshot
 
 
-__all__ = ["interval_start", "start_profile_request", "take_snapshot"]
+__all__ = ["interval_start", "rebalancing", "start_profile_request", "take_snapshot",
+           "wait_for_rebalance_end"]

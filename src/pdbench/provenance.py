@@ -19,11 +19,12 @@ import platform
 import subprocess
 from pathlib import Path
 
+from . import commands
 from . import config as pdconfig
 from .context import PointContext, now
 from .errors import InputError
 from .filltrack import iso_epoch
-from .layout import read_json, read_json_if
+from .layout import ResultsPaths, read_json, read_json_if
 from .throughput import emulated
 
 MANIFEST_SCHEMA = 1
@@ -226,12 +227,24 @@ def gpu_hours(stages: list[dict], sacct: dict, shared_allocation: bool) -> dict:
     return result
 
 
-def point_config(cfg: dict, point) -> dict:
-    """The resolved config narrowed to one point: what reruns exactly that point."""
+def point_config(cfg: dict, point, expert_location: Path | None = None) -> dict:
+    """The resolved config narrowed to one point: what reruns exactly that point. A static
+    point reruns from the file it started from (``expert_location``), with no recording
+    pass."""
     narrowed = copy.deepcopy(cfg)
     narrowed["grid"] = {"ep_sizes": [point.ep], "prefill_groups": [point.prefill_groups],
                         "eplb": [point.eplb]}
+    if expert_location is not None:
+        narrowed["eplb"]["static"]["init_expert_location"] = str(expert_location)
     return narrowed
+
+
+def expert_distribution(location: Path | None) -> dict | None:
+    """The expert distribution a static point started from, and its sha256."""
+    if location is None:
+        return None
+    return {"file": str(location),
+            "sha256": sha256(location) if location.is_file() else None}
 
 
 def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
@@ -245,6 +258,8 @@ def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
                   or ctx.cfg["site"]["reuse_allocation"])
     container = dict(ctx.cfg["site"]["container"])
     image = str(container.get("image") or "")
+    location = commands.static_expert_location(
+        ctx.cfg, ResultsPaths(ctx.shared_dir.parent.parent), point)
     return {
         "schema": MANIFEST_SCHEMA,
         "point": {"experiment": point.experiment, "name": point.name, "ep": point.ep,
@@ -252,7 +267,8 @@ def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
                   "decode_gpus": point.decode_gpus},
         "emulated": emulated(ctx.cfg),
         "built_at": now("seconds"),
-        "config": point_config(ctx.cfg, point),
+        "config": point_config(ctx.cfg, point, location),
+        "expert_distribution": expert_distribution(location),
         "plan": read_json_if(paths.plan, None),
         "commands": launched_commands(ctx),
         "container": {

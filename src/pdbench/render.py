@@ -18,7 +18,7 @@ from pathlib import Path
 from . import commands, topology
 from .grid import Point, find_point
 from .context import PointContext
-from .layout import PointPaths
+from .layout import ExperimentPaths, PointPaths
 
 JOB_ID_PLACEHOLDER = "JOBID"
 
@@ -29,6 +29,7 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
     """The point's launch as sections ``{"title", "kind", "text"}`` in the order the
     workflow runs them; ``kind`` is ``shell`` (a command line), ``file`` (a file the
     workflow writes) or ``http`` (a control call, as the equivalent ``curl``)."""
+    from . import eplb
     from .allocation import holder_sbatch_argv
     from .client import client_launch
     from .fill import fill_sleep_s
@@ -71,6 +72,9 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
         (f"fill: slow decode down ({why})",
          commands.control_request("slow_down", decode, forward_sleep_time=sleep_s)),
     ]
+    if point.records_experts:
+        calls.insert(0, ("static EPLB's recording pass: start recording before the fill",
+                         eplb.start_request(ctx)))
     sections += [{"title": title, "kind": "http", "text": shell(commands.curl_argv(req))}
                  for title, req in calls]
     sections.append({"title": "fill: let the client go (repeated until its log says "
@@ -84,6 +88,12 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
         sections.append({"title": f"snapshot {k}: profile {cfg['profile']['num_steps']} "
                                   "decode steps", "kind": "http",
                          "text": shell(commands.curl_argv(start_profile_request(ctx, k)))})
+    if point.records_experts:
+        sections.append({"title": f"static EPLB's recording pass: dump "
+                                  f"{cfg['eplb']['static']['record_s']:g} s after the release "
+                                  "(eplb.static.record_s), copied to "
+                                  f"{ExperimentPaths(ctx.paths.root.parent).expert_distribution}",
+                         "kind": "http", "text": shell(commands.curl_argv(eplb.dump_request(ctx)))})
     return sections
 
 

@@ -127,6 +127,9 @@ class Experiment:
     manifests: dict[str, dict] = field(default_factory=dict)
     root: Path = Path(".")  # results/{experiment}
     page_dir: Path = Path(".")  # where the page that links to its files is
+    # Static EPLB's recorded distribution: its balance as recorded (trivial placement,
+    # what the none points run) and with a balanced placement (an estimate), or an error.
+    expert_balance: dict | None = None
 
     def link(self, path: Path) -> str:
         return os.path.relpath(path, self.page_dir)
@@ -147,7 +150,55 @@ def load_experiment(csv_path: str | os.PathLike, *, page_dir: Path) -> Experimen
         paths = PointPaths(exp_dir.root / point)
         exp.measurements[point] = read_json(paths.measurement)
         exp.manifests[point] = read_json_if(paths.manifest, {})
+    if exp_dir.expert_distribution.exists():
+        exp.expert_balance = recorded_balance(exp_dir.expert_distribution,
+                                              int(df["ep"].iloc[0]))
     return exp
+
+
+def recorded_balance(path: Path, ep: int) -> dict:
+    """Balance of the recorded dump over ``ep`` GPUs as recorded (the trivial placement)
+    and with :func:`pdbench.balance.greedy_placement` (the estimate of a rebalance)."""
+    from .balance import balance, greedy_placement, read_dump
+
+    try:
+        dump = read_dump(path)
+        after = balance(dump, ep, placement=greedy_placement(dump, ep))
+    except InputError as exc:
+        return {"file": str(path), "error": str(exc)}
+    try:
+        before = balance(dump, ep)
+    except InputError as exc:  # experts that do not divide over the GPUs: no trivial layout
+        before = {"error": str(exc)}
+    return {"file": str(path), "before": before, "after": after}
+
+
+def eplb_comparison(exp: Experiment) -> list[dict]:
+    """Per prefill-group count with more than one EPLB mode: each mode's median
+    throughput and step time, the change against ``none``, and the balancedness its
+    placement has on the recorded distribution (none: as recorded; static and online:
+    the balanced estimate)."""
+    summary = exp.summary
+    if summary.empty:
+        return []
+    balance = exp.expert_balance or {}
+    rows = []
+    for groups, group in summary.groupby("prefill_groups", sort=True):
+        if group["eplb"].nunique() < 2:
+            continue
+        base = group[group["eplb"] == "none"]["tokens_per_s_per_gpu_median"]
+        base_tps = _finite(base.iloc[0]) if len(base) else None
+        for row in group.to_dict("records"):
+            placed = balance.get("before" if row["eplb"] == "none" else "after") or {}
+            tps = _finite(row["tokens_per_s_per_gpu_median"])
+            rows.append({
+                "prefill_groups": int(groups), "eplb": row["eplb"], "point": row["point"],
+                "tokens_per_s_per_gpu": tps, "step_ms": _finite(row["step_ms_median"]),
+                "vs_none": (tps / base_tps - 1) if tps and base_tps else None,
+                "balancedness": placed.get("balancedness"),
+                "balancedness_estimated": row["eplb"] != "none",
+            })
+    return rows
 
 
 def _finite(value) -> float | None:
@@ -206,6 +257,15 @@ def figures(experiments: Sequence[Experiment], references: Sequence[dict], *,
             hours.append({"label": label, "stages": {
                 s["stage"]: s["gpu_hours"] for s in stages if s.get("gpu_hours") is not None}})
     figs["gpu-hours"] = plots.gpu_hours_by_stage(hours, emulated=emulated)
+    balanced = [e for e in experiments if e.expert_balance and "after" in e.expert_balance]
+    if balanced:
+        figs["expert-load"] = plots.expert_load_per_rank([
+            {"label": f"{e.name} {when}",
+             "gpu_load": (e.expert_balance[key] or {}).get("gpu_load") or []}
+            for e in balanced
+            for key, when in (("before", "as recorded (trivial placement)"),
+                              ("after", "balanced placement (estimate)"))],
+            emulated=emulated)
     if detail:
         figs["rank-batches"] = plots.rank_batches(batches, emulated=emulated)
         figs["step-times"] = plots.step_time_distribution(steps, emulated=emulated)
@@ -301,6 +361,9 @@ def render(experiments: Sequence[Experiment], *, title: str, figs: dict[str, str
         tolerance=next((m["config"]["profile"]["log_step_tolerance"] for m in manifests
                         if m.get("config")), None),
         detail=detail,
+        eplb=[{"experiment": e.name, "rows": eplb_comparison(e),
+               "balance": e.expert_balance} for e in experiments
+              if eplb_comparison(e) or e.expert_balance],
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import commands, slurm
 from .context import PointContext, now, progress
 from .http import HTTPCallError, call, probe
-from .layout import read_json, write_json
+from .layout import ResultsPaths, read_json, write_json
 from .routers import RouterDialect, router_dialect, worker_failures
 from .steps import (
     ServerError,
@@ -41,12 +41,13 @@ def _read(log: Path) -> str:
         return ""
 
 
-
-
 def server_launch(ctx: PointContext, server: str) -> StepLaunch:
     """Prefill group g or the decode server."""
     spec = ctx.plan.server(server)
-    argvs = commands.server_argvs(ctx.cfg, ctx.point, ctx.plan, server)
+    location = commands.static_expert_location(
+        ctx.cfg, ResultsPaths(ctx.shared_dir.parent.parent), ctx.point)
+    argvs = commands.server_argvs(ctx.cfg, ctx.point, ctx.plan, server,
+                                  expert_location=location)
     env = commands.server_env(ctx.cfg, spec.role, shared_dir=ctx.shared_dir)
     return step_launch(ctx, server, argvs, env, spec.node_names,
                        ctx.paths.server_log_role(server))

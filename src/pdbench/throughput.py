@@ -89,6 +89,8 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
             tolerance=cfg["profile"]["log_step_tolerance"],
         )
         spread = m.get("step_ms_spread") or {}
+        if snap.get("eplb_rebalance_overlap"):  # online EPLB moved experts mid-profile
+            m["flags"] = [*m["flags"], "eplb_rebalance_in_window"]
         invalid = "" if m["global_batch"] >= minimum else (
             f"global batch {m['global_batch']} below fill.min_batch_fraction "
             f"({cfg['fill']['min_batch_fraction']}) x target {point.target_global_batch}")

@@ -734,6 +734,54 @@ def tree_state(root: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(root.rglob("*"))}
 
 
+def test_eplb_none_static_online_runs_to_the_end(make_chain):
+    """The recording pass of p1 feeds p1-eplb_static's decode; online rebalances before its
+    snapshots; balancing shortens the emulator's step by its imbalance model."""
+    from pdbench.balance import balance, read_dump
+    from pdbench.emulator.experts import moe_imbalance
+
+    chain = make_chain("eplb", overlays=("chain-small.yaml", "chain-eplb.yaml"))
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
+    assert rc == 0, text[-8000:]
+    print(f"eplb chain: {wall:.0f} s")
+    ran = jobs_run(text)
+    assert ran["expert_record_start"] == ran["expert_dump"] == 1, ran
+    assert ran["allocation"] == 3, ran
+    exp = chain.results / EXPERIMENT
+    dump_path = exp / "eplb" / "expert_distribution.pt"
+    recording = json.loads((exp / "eplb" / "recording.json").read_text())
+    assert recording["point"] == "p1" and recording["file"] == str(dump_path)
+    dump = read_dump(dump_path)
+    assert dump.format == "sglang .pt (stat)" and dump.logical_count.sum() > 0
+    assert 0 < balance(dump, ep=8)["balancedness"] < 1
+    scripts = "\n".join(p.read_text() for p in (exp / "p1-eplb_static" / "commands").glob("*"))
+    assert f"--init-expert-location {dump_path.resolve()}" in scripts
+    for point in ("p1", "p1-eplb_online"):
+        assert "--init-expert-location" not in "\n".join(
+            p.read_text() for p in (exp / point / "commands").glob("*"))
+    online_log = exp / "p1-eplb_online" / "logs" / "launch_server_decode_node_rank_0.log"
+    assert "[EPLBManager] rebalance end" in online_log.read_text()
+    snapshot = json.loads((exp / "p1-eplb_online" / "profile" / "1" / "snapshot.json").read_text())
+    assert isinstance(snapshot["eplb_rebalance_overlap"], bool)
+    step = STEP_BASE_MS + STEP_PER_REQ_MS * TARGET_PER_RANK
+    factor = 0.5 + 0.5 * (moe_imbalance(str(TINY_MODEL), DECODE_GPUS, True)
+                          / moe_imbalance(str(TINY_MODEL), DECODE_GPUS, False))
+    expected = {"p1": step, "p1-eplb_static": step * factor, "p1-eplb_online": step * factor}
+    rows = chain.rows()
+    assert {r["point"] for r in rows} == set(expected), rows
+    for row in rows:
+        assert float(row["step_ms"]) == pytest.approx(expected[row["point"]], rel=0.005), row
+    assert_clean(chain)
+    page = (exp / "report.html").read_text()
+    assert "EPLB: none vs static vs online (ep8)" in page
+    assert (exp / "figures" / "expert-load.svg").exists()
+    # Done means done: a second dry run neither records nor relaunches anything.
+    proc = subprocess.run(chain.argv("-n", f"results/{EXPERIMENT}/report.html"), cwd=chain.dir,
+                          env=chain.env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not jobs_run(proc.stdout + proc.stderr), proc.stdout[-4000:]
+
+
 def test_dry_run_and_lint_on_a_live_tree_change_nothing(make_chain):
     """Servers of a point run (the run stopped after the router); one decode node dies.
     `snakemake -n`, `--lint`, `--summary` and `--unlock` then show what would run again,

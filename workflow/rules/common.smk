@@ -232,6 +232,69 @@ def get_adopt_option(wildcards):
     return f"--adopt {ADOPT_JOB_ID}" if ADOPT_JOB_ID else ""
 
 
+def get_recorder(wildcards):
+    """The point whose run records static EPLB's distribution for the experiment."""
+    recorder = pdconfig.expert_recorder(CFG, int(wildcards.experiment[2:]))
+    if recorder is None:
+        raise WorkflowError(
+            f"{RES.experiment(wildcards.experiment).expert_distribution}: no point of "
+            f"{wildcards.experiment} records the expert distribution (the grid has no "
+            "static point, or eplb.static.init_expert_location gives the file)"
+        )
+    return recorder
+
+
+def get_recorder_dir(wildcards):
+    recorder = get_recorder(wildcards)
+    return str(RES.point(recorder.experiment, recorder.name).root)
+
+
+def get_recording_inputs(wildcards):
+    """The dump waits for the recording point at full batch, its recording started."""
+    recorder = get_recorder(wildcards)
+    paths = RES.point(recorder.experiment, recorder.name)
+    return {
+        "started": str(paths.expert_record_started),
+        "released": str(paths.released),
+        "decode": ancient(str(paths.ready("decode"))),
+    }
+
+
+def get_recording_start(wildcards):
+    """The recording point's fill waits until its decode records."""
+    if not get_point(wildcards).records_experts:
+        return []
+    return str(point_paths(wildcards).expert_record_started)
+
+
+def get_recording_dump(wildcards):
+    """The recording point's teardown waits for the dump (its decode must be live)."""
+    if not get_point(wildcards).records_experts:
+        return []
+    return str(RES.experiment(wildcards.experiment).expert_distribution)
+
+
+def get_recorded_distribution(wildcards):
+    """The experiment's report compares EPLB modes on the recorded distribution."""
+    if pdconfig.expert_recorder(CFG, int(wildcards.experiment[2:])) is None:
+        return []
+    return str(RES.experiment(wildcards.experiment).expert_distribution)
+
+
+def get_expert_location(wildcards):
+    """A static point's decode starts from the recorded dump (a supplied file is no
+    workflow output: the config names it)."""
+    point = get_point(wildcards)
+    if point.eplb != "static" or CFG["eplb"]["static"]["init_expert_location"]:
+        return []
+    return str(RES.experiment(wildcards.experiment).expert_distribution)
+
+
+def get_prefill_expert_location(wildcards):
+    """With eplb.static.prefill, a static point's prefill starts from it too."""
+    return get_expert_location(wildcards) if CFG["eplb"]["static"]["prefill"] else []
+
+
 def get_snapshots(wildcards):
     paths = point_paths(wildcards)
     return [str(paths.snapshot(k)) for k in range(1, CFG["profile"]["snapshots"] + 1)]

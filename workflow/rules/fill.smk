@@ -6,6 +6,7 @@ rule fill:
     input:
         router=str(PT.ready("router")),
         client=str(PT.client),
+        expert_recording=get_recording_start,
     output:
         filled=str(PT.filled),
         curve=str(PT.fill_curve),

@@ -8,6 +8,7 @@ rule report:
         csv=str(EXP.throughput),
         measurements=get_point_measurements,
         manifests=get_point_manifests,
+        expert_distribution=get_recorded_distribution,
         code=REPORT_CODE,
     output:
         html=report(

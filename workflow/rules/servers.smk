@@ -5,6 +5,7 @@
 rule prefill_server:
     input:
         plan=ancient(str(PT.plan)),
+        expert_location=get_prefill_expert_location,
     output:
         ready=str(PT.ready("prefill-{group}")),
     log:
@@ -23,6 +24,7 @@ rule prefill_server:
 rule decode_server:
     input:
         plan=ancient(str(PT.plan)),
+        expert_location=get_expert_location,
     output:
         ready=str(PT.ready("decode")),
     log:

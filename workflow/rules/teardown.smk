@@ -5,6 +5,7 @@ rule teardown:
     input:
         snapshots=get_snapshots,
         bench=str(PT.bench),
+        expert_dump=get_recording_dump,
     output:
         teardown=str(PT.teardown),
     log:

@@ -57,9 +57,9 @@ class Knobs:
     768 per rank gives 100.0 ms. ``PREFILL_TOKENS_PER_S`` [100000]: prefill speed of one
     prefill server (or of a plain server's prefill). ``WARMUP_S`` [1.0]: model-loading time
     before the warm-up requests. ``PLATEAU_ONE_SHORT`` [0]: the 0.5.17 quirk, a rank admits
-    at most max_running_requests // dp - 1. ``EPLB_STATIC_FACTOR`` [0.90] and
-    ``EPLB_ONLINE_FACTOR`` [0.93]: step-time factor with a non-trivial
-    ``--init-expert-location`` / with ``--enable-eplb``. ``PROFILE_OVERHEAD`` [0]: fraction by
+    at most max_running_requests // dp - 1. ``MOE_SHARE`` [0.5]: the share of the decode step
+    that scales with the expert-load imbalance (max/mean per EP rank) relative to the trivial
+    placement's. ``PROFILE_OVERHEAD`` [0]: fraction by
     which profiled steps are slower. ``DIST_TIMEOUT_S`` [300]: how long node 0 waits for its
     peers and peers try to reach node 0. ``STRICT_FLAGS`` [1]: reject flags the emulated
     version rejects.
@@ -71,8 +71,7 @@ class Knobs:
     prefill_tokens_per_s: float = 100000.0
     warmup_s: float = 1.0
     plateau_one_short: bool = False
-    eplb_static_factor: float = 0.90
-    eplb_online_factor: float = 0.93
+    moe_share: float = 0.5
     profile_overhead: float = 0.0
     dist_timeout_s: float = 300.0
     strict_flags: bool = True
@@ -104,8 +103,7 @@ class Knobs:
             prefill_tokens_per_s=prefill,
             warmup_s=_env_float(env, "WARMUP_S", 1.0, 0.0),
             plateau_one_short=bool(flags["PLATEAU_ONE_SHORT"]),
-            eplb_static_factor=_env_float(env, "EPLB_STATIC_FACTOR", 0.90, 1e-6),
-            eplb_online_factor=_env_float(env, "EPLB_ONLINE_FACTOR", 0.93, 1e-6),
+            moe_share=min(_env_float(env, "MOE_SHARE", 0.5, 0.0), 1.0),
             profile_overhead=_env_float(env, "PROFILE_OVERHEAD", 0.0, 0.0),
             dist_timeout_s=_env_float(env, "DIST_TIMEOUT_S", 300.0, 0.1),
             strict_flags=flags["STRICT_FLAGS"] is not False,
@@ -140,10 +138,8 @@ REPORTED_DEFAULTS: dict[str, Any] = {
     "moe_dense_tp_size": None,
     "moe_a2a_backend": "none",
     "deepep_mode": "auto",
-    "ep_num_redundant_experts": 0,
     "ep_dispatch_algorithm": None,
     "eplb_algorithm": "auto",
-    "eplb_rebalance_num_iterations": 1000,
     "disaggregation_transfer_backend": "mooncake",
     "disaggregation_ib_device": None,
     "attention_backend": None,
@@ -204,6 +200,8 @@ def build_parser(dialect: Dialect | None = None) -> argparse.ArgumentParser:
                    choices=list(dialect.base.load_balance_methods))
     p.add_argument("--prefill-round-robin-balance", action="store_true")
     _bool_flag(p, "--enable-eplb", dest="enable_eplb")
+    p.add_argument("--eplb-rebalance-num-iterations", type=int, default=1000)
+    p.add_argument("--ep-num-redundant-experts", type=int, default=0)
     p.add_argument("--init-expert-location", default="trivial")
     p.add_argument(
         "--expert-distribution-recorder-mode",

@@ -3,35 +3,41 @@
 Recording (``--expert-distribution-recorder-mode``; ``--enable-eplb`` implies ``stat``):
 ``/start_expert_distribution_record`` resets and starts, ``/stop_…`` stops,
 ``/dump_…`` writes a file and resets. Without a mode the three endpoints fail with
-SGLang's message. The emulator cannot write torch's ``.pt`` (no torch), so the dump is JSON,
-``expert_distribution_recorder_{time.time()}.json`` in ``$SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR``
-(else ``/tmp``), written by node 0 (rank 0, as SGLang's ``stat`` mode does)::
+SGLang's message. The dump is SGLang's ``stat`` dump: ``expert_distribution_recorder_{time.time()}.pt``
+in ``$SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR`` (else ``/tmp``), written by node 0 (rank 0),
+a ``torch.save`` zip archive of ``{"rank": 0, "logical_count": int32 tensor,
+"average_utilization_rate_over_window": None}``. The emulator has no torch: it writes the
+archive itself (:func:`torch_archive`: ``data.pkl`` naming ``torch._utils._rebuild_tensor_v2``
+and one ``IntStorage``), which ``torch.load(weights_only=True)`` and
+:mod:`pdbench.balance` read.
 
-    {"format": "pdbench-emulator expert distribution v1", "emulator": true, "rank": 0,
-     "logical_count": [[[int, ...experts], ...layers]],   # [buffer=1, layers, experts]
-     "average_utilization_rate_over_window": null,
-     "recorded_forward_passes": int, "recorded_tokens": int, "mode": "stat"}
-
-``logical_count`` has SGLang's shape ``[buffer, layers, logical experts]``. As in a real
-``stat`` dump with ``--expert-distribution-recorder-buffer-size -1`` (the runbook
-author's GB200 EP48 ``expert_distribution_recorder.pt``, shifangx/Scripts-SGLang 481e976,
-has shape [1, 61, 256]) the buffer
-axis holds one row, the sum over the recorded forward passes (with a positive buffer size,
-over the last that many passes). Counts are tokens x top-k x a fixed skewed popularity per
-layer (dense layers count 0), so a dump is deterministic given the batches.
+``logical_count`` has SGLang's shape ``[buffer, layers, logical experts]`` with one row per
+recorded forward pass, as SGLang's ``_StatAccumulator`` keeps them (all of them with
+``--expert-distribution-recorder-buffer-size -1``, else the last that many). A file that
+a script summed over the passes, like the runbook author's GB200 EP48 dump
+(shifangx/Scripts-SGLang 481e976, shape [1, 61, 256]), holds one row. Counts are tokens x
+top-k x a fixed skewed popularity per layer (dense layers count 0), so a dump is
+deterministic given the batches.
 
 ``--init-expert-location``: ``trivial`` (default), a ``.json`` file, a JSON string, or a
 ``.pt`` file. JSON must hold ``logical_count`` (2-D or 3-D numbers) or
 ``physical_to_logical_map``; a ``.pt`` must be a torch zip archive whose pickle names one
-of those keys. Anything else is a startup error naming the file. A non-trivial location
-makes the step-time model faster by ``PDBENCH_EMULATOR_EPLB_STATIC_FACTOR`` (0.90).
+of those keys. Anything else is a startup error naming the file.
+
+Imbalance: :func:`moe_imbalance` is the mean over routed layers of max/mean routed tokens
+per EP rank for the emulator's popularity, with the trivial placement (rank ``g`` hosts
+experts ``[g*k, (g+1)*k)``) or a balanced one (what a recorded distribution or online EPLB
+gives: the emulator assumes the distribution is its own routing). The scheduler scales the
+MoE share of the decode step by it (docs/emulator.md, *EPLB*).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import struct
 import time
 import zipfile
 from collections import deque
@@ -41,7 +47,6 @@ from .args import StartupError
 NOT_SET_MESSAGE = (
     "Please set ServerArgs.expert_distribution_recorder_mode to use ExpertDistributionRecorder."
 )
-FORMAT = "pdbench-emulator expert distribution v1"
 
 
 class RecorderError(Exception):
@@ -73,6 +78,42 @@ def _popularity(layer: int, experts: int) -> list[float]:
         weights[expert] = 1.0 / (1.0 + position) ** 0.8
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def _rank_loads(weights: list[float], ranks: int, balanced: bool, redundant: int = 0) -> list[float]:
+    """Routed-token share per EP rank, each hosting ``ceil((experts + redundant) / ranks)``
+    physical experts, a replica carrying an equal share of its expert. Trivial: physical
+    expert ``i`` is logical ``i mod experts`` in contiguous blocks (SGLang's trivial
+    placement); balanced: replicas of the hottest experts, then the heaviest replica first
+    onto the lightest rank with room (a stand-in for SGLang's EPLB algorithm)."""
+    experts = len(weights)
+    if balanced:
+        hottest = sorted(range(experts), key=lambda e: -weights[e])
+        physical = list(range(experts)) + [hottest[i % experts] for i in range(redundant)]
+    else:
+        physical = [i % experts for i in range(experts + redundant)]
+    copies = [physical.count(e) for e in range(experts)]
+    shares = [weights[e] / copies[e] for e in physical]
+    per_rank = -(-len(physical) // ranks)  # the last ranks host fewer when it does not divide
+    if not balanced:
+        return [sum(shares[g * per_rank:(g + 1) * per_rank]) for g in range(ranks)]
+    loads, room = [0.0] * ranks, [per_rank] * ranks
+    for share in sorted(shares, reverse=True):
+        g = min((r for r in range(ranks) if room[r]), key=lambda r: loads[r])
+        loads[g] += share
+        room[g] -= 1
+    return loads
+
+
+def moe_imbalance(model_path: str, ep: int, balanced: bool, redundant: int = 0) -> float:
+    """Mean over routed layers of max/mean routed load per EP rank (1.0 = even)."""
+    layers, dense, experts, _topk = model_shape(model_path)
+    ratios = []
+    for layer in range(dense, layers):
+        loads = _rank_loads(_popularity(layer, experts), max(ep, 1), balanced, redundant)
+        mean = sum(loads) / len(loads)
+        ratios.append(max(loads) / mean if mean else 1.0)
+    return sum(ratios) / len(ratios) if ratios else 1.0
 
 
 class ExpertRecorder:
@@ -111,32 +152,76 @@ class ExpertRecorder:
 
     def dump(self) -> str:
         self._check()
-        tokens = sum(self.passes)
-        counts = []
-        for layer in range(self.layers):
-            if layer < self.dense:
-                counts.append([0] * self.experts)
-                continue
+        popularity = [None if layer < self.dense else _popularity(layer, self.experts)
+                      for layer in range(self.layers)]
+        rows = []
+        for tokens in self.passes:
             total = tokens * self.topk
-            counts.append([int(round(total * p)) for p in _popularity(layer, self.experts)])
-        doc = {
-            "format": FORMAT,
-            "emulator": True,
-            "rank": 0,
-            "mode": self.mode,
-            "logical_count": [counts],
-            "average_utilization_rate_over_window": None,
-            "recorded_forward_passes": len(self.passes),
-            "recorded_tokens": tokens,
-        }
+            for weights in popularity:
+                rows.extend([0] * self.experts if weights is None
+                            else [int(round(total * p)) for p in weights])
+        shape = (len(self.passes), self.layers, self.experts)
+        doc = {"rank": 0, "logical_count": (shape, rows),
+               "average_utilization_rate_over_window": None}
         os.makedirs(self.out_dir, exist_ok=True)
-        path = os.path.join(self.out_dir, f"expert_distribution_recorder_{time.time()}.json")
+        path = os.path.join(self.out_dir, f"expert_distribution_recorder_{time.time()}.pt")
         tmp = path + ".partial"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"))
+        with open(tmp, "wb") as f:
+            f.write(torch_archive(doc))
         os.replace(tmp, path)
         self.passes.clear()
         return path
+
+
+def _pickle_str(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+
+def _pickle_int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)  # BININT
+
+
+def torch_archive(doc: dict) -> bytes:
+    """What ``torch.save(doc)`` writes, for a dict of str keys whose values are ints,
+    None, or int32 tensors (SGLang's count dtype) as ``(shape, flat row-major values)``:
+    a zip of
+    ``archive/data.pkl`` (pickle protocol 2), ``archive/data/<n>`` (one little-endian
+    storage per tensor), ``archive/byteorder`` and ``archive/version``, stored
+    uncompressed, as torch's writer does."""
+    pkl = [b"\x80\x02}(" ]  # PROTO 2, EMPTY_DICT, MARK
+    storages = []
+    for key, value in doc.items():
+        pkl.append(_pickle_str(key))
+        if value is None:
+            pkl.append(b"N")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            pkl.append(_pickle_int(value))
+        else:
+            shape, flat = value
+            numel = len(flat)
+            strides, step = [], 1
+            for n in reversed(shape):
+                strides.insert(0, step)
+                step *= n
+            key_n = str(len(storages))
+            storages.append(struct.pack(f"<{numel}i", *flat))
+            pkl += [b"ctorch._utils\n_rebuild_tensor_v2\n(",
+                    b"(" + _pickle_str("storage") + b"ctorch\nIntStorage\n"
+                    + _pickle_str(key_n) + _pickle_str("cpu") + _pickle_int(numel) + b"tQ",
+                    _pickle_int(0),
+                    b"(" + b"".join(_pickle_int(n) for n in shape) + b"t",
+                    b"(" + b"".join(_pickle_int(n) for n in strides) + b"t",
+                    b"\x89ccollections\nOrderedDict\n)Rt", b"R"]
+    pkl.append(b"u.")  # SETITEMS, STOP
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", b"".join(pkl))
+        archive.writestr("archive/byteorder", "little")
+        for n, data in enumerate(storages):
+            archive.writestr(f"archive/data/{n}", data)
+        archive.writestr("archive/version", "3\n")
+    return out.getvalue()
 
 
 def _check_nested(value, what: str) -> None:

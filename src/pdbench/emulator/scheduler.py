@@ -39,7 +39,7 @@ from typing import Any
 from pdbench.dialects import FAILS, FEWEST_REQUESTS, FEWEST_TOKENS, ROOM
 
 from .args import ServerConfig
-from .experts import ExpertRecorder, RecorderError
+from .experts import ExpertRecorder, RecorderError, moe_imbalance
 from .tracefmt import TraceRank, write_merged, write_trace
 
 _rid_counter = itertools.count(1)
@@ -268,17 +268,49 @@ class Engine:
         self.started = time.monotonic()
         self.cap = cfg.cap_per_rank
         self.cap_eff = max(self.cap - 1, 1) if self.knobs.plateau_one_short else self.cap
-        factor = 1.0
-        if eplb == "static":
-            factor = self.knobs.eplb_static_factor
-        elif cfg.ns.enable_eplb:
-            factor = self.knobs.eplb_online_factor
-        self.step_factor = factor
+        # The MoE share of a decode step scales with the expert-load imbalance per EP rank,
+        # relative to the trivial placement's (so EPLB none keeps the configured step).
+        redundant = cfg.ns.ep_num_redundant_experts or 0
+        self.moe_imbalance = {
+            "none": moe_imbalance(cfg.model_path, cfg.ep, False),
+            False: moe_imbalance(cfg.model_path, cfg.ep, False, redundant),
+            True: moe_imbalance(cfg.model_path, cfg.ep, True, redundant),
+        }
+        # Online EPLB rebalances every --eplb-rebalance-num-iterations forward passes, as
+        # SGLang's EPLBManager does; until the first one the placement is trivial.
+        self.rebalance_every = (
+            cfg.ns.eplb_rebalance_num_iterations
+            if cfg.ns.enable_eplb and eplb != "static" else None
+        )
+        self.passes_since_rebalance = 0
+        self.rebalances = 0
+        self.balanced = eplb == "static"
+        self.step_factor = self._eplb_factor()
         self.touched: set[Call] = set()
         self.all_tp = list(range(cfg.tp))
         self.line_tp = [t for t in self.all_tp if t % cfg.attn_tp == 0]  # attn_tp_rank == 0
 
     # ------------------------------------------------------------------ model
+
+    def _eplb_factor(self) -> float:
+        share = self.knobs.moe_share
+        ratio = self.moe_imbalance[self.balanced] / self.moe_imbalance["none"]
+        return (1.0 - share) + share * ratio
+
+    def _eplb_pass_end(self) -> None:
+        """SGLang's EPLBManager.on_forward_pass_end: a rebalance every N passes, logged by
+        every rank like the release's ``[EPLBManager] rebalance start`` / ``end``."""
+        if self.rebalance_every is None:
+            return
+        self.passes_since_rebalance += 1
+        if self.passes_since_rebalance < self.rebalance_every:
+            return
+        self.passes_since_rebalance = 0
+        self.rebalances += 1
+        self.emit([(t, "[EPLBManager] rebalance start") for t in self.line_tp])
+        self.balanced = True
+        self.step_factor = self._eplb_factor()
+        self.emit([(t, "[EPLBManager] rebalance end time=0.000s") for t in self.line_tp])
 
     def decode_step_s(self, max_bs: int) -> float:
         return (
@@ -292,6 +324,10 @@ class Engine:
             "step_base_ms": self.knobs.step_base_ms,
             "step_per_req_ms": self.knobs.step_per_req_ms,
             "step_factor": self.step_factor,
+            "moe_share": self.knobs.moe_share,
+            "moe_imbalance": self.moe_imbalance[self.balanced],
+            "moe_imbalance_trivial": self.moe_imbalance["none"],
+            "rebalances": self.rebalances,
             "eplb": self.eplb
             if self.eplb == "static"
             else ("online" if self.cfg.ns.enable_eplb else "none"),
@@ -804,6 +840,7 @@ class Engine:
         else:
             self._complete_extend(plan, end)
             self.recorder.record(sum(plan.toks))
+        self._eplb_pass_end()
         self._flush_touched()
         self.last_output = time.monotonic()
         self._notify_step()

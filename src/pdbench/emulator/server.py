@@ -316,6 +316,8 @@ class NodeZero:
         self.recorder = ExpertRecorder(
             mode, cfg.ns.expert_distribution_recorder_buffer_size, cfg.model_path
         )
+        if cfg.ns.enable_eplb:  # EPLBManager starts the recorder itself
+            self.recorder.start()
         self.hub = (
             Hub("0.0.0.0", cfg.dist_addr()[1], cfg.nnodes, self._lost_peer, self.info)
             if cfg.nnodes > 1
