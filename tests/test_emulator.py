@@ -394,7 +394,9 @@ def test_pd_fill_release_and_multinode_profile(pd, tmp_path):
         batches = [r["running_req"] for r in lines]
         assert max(batches) <= 4, (dp, batches)  # capped at max_running_requests // dp
     growth = [r["running_req"] for r in decode_by_rank(decode.records(0))[0]]
-    assert {2, 3} <= set(growth), growth  # the batch grows as prefill supplies requests
+    # The batch grows as prefill supplies requests: through at least two sizes below the
+    # cap (how many arrive between two decode lines depends on the host's load).
+    assert len({b for b in growth if 0 < b < 4}) >= 2 and growth[-1] == 4, growth
     assert any(
         r.get("queue_req", 0) > 0 or r.get("transfer_req", 0) > 0
         for r in records
