@@ -269,10 +269,10 @@ class Engine:
         self.cap = cfg.cap_per_rank
         self.cap_eff = max(self.cap - 1, 1) if self.knobs.plateau_one_short else self.cap
         # The MoE share of a decode step scales with the expert-load imbalance per EP rank,
-        # relative to the trivial placement's (so EPLB none keeps the configured step).
+        # relative to the trivial placement of the same physical experts (redundant ones
+        # included): EPLB none keeps the configured step, whatever --ep-num-redundant-experts.
         redundant = cfg.ns.ep_num_redundant_experts or 0
         self.moe_imbalance = {
-            "none": moe_imbalance(cfg.model_path, cfg.ep, False),
             False: moe_imbalance(cfg.model_path, cfg.ep, False, redundant),
             True: moe_imbalance(cfg.model_path, cfg.ep, True, redundant),
         }
@@ -294,7 +294,7 @@ class Engine:
 
     def _eplb_factor(self) -> float:
         share = self.knobs.moe_share
-        ratio = self.moe_imbalance[self.balanced] / self.moe_imbalance["none"]
+        ratio = self.moe_imbalance[self.balanced] / self.moe_imbalance[False]
         return (1.0 - share) + share * ratio
 
     def _eplb_pass_end(self) -> None:
@@ -326,7 +326,7 @@ class Engine:
             "step_factor": self.step_factor,
             "moe_share": self.knobs.moe_share,
             "moe_imbalance": self.moe_imbalance[self.balanced],
-            "moe_imbalance_trivial": self.moe_imbalance["none"],
+            "moe_imbalance_trivial": self.moe_imbalance[False],
             "rebalances": self.rebalances,
             "eplb": self.eplb
             if self.eplb == "static"
