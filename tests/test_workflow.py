@@ -1,5 +1,6 @@
 """The Snakemake workflow itself: dry-run DAG, lint, format, config errors before any job."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -59,6 +60,31 @@ def test_dry_run_lists_every_stage_for_every_point(workdir):
         assert f"results/ep48/{point}/node_list_env.sh" in result.stdout
     assert "results/ep48/p3/ready/prefill-3.json" in result.stdout
     assert "results/ep48/p2/ready/prefill-3.json" not in result.stdout
+
+
+def test_dry_run_prints_the_grids_estimate_from_earlier_runs_where_the_tree_has_them(
+        workdir):
+    def estimate_line():
+        result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
+        assert result.returncode == 0, result.stderr + result.stdout
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("pdbench: estimate")]
+        return line
+
+    # the default site.estimate: 1200 + 900 + 300 + 120 s on 56, 64 and 72 GPUs
+    assert ("3 points, one allocation per point 134.4 GPU-hours, 2h06 one after another; "
+            "servers shared across prefill-group counts 100.8 GPU-hours; bound 96.0"
+            in estimate_line())
+    # an earlier run of p1 that started in 600 s: every point's start-up is now 600 s
+    manifest = workdir / "results" / "ep48" / "p1" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"stages": [{"stage": "servers start-up", "seconds": 600}]}))
+    assert "one allocation per point 102.4 GPU-hours" in estimate_line()
+    # a broken one says so and stops nothing
+    manifest.write_text("{")
+    result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"pdbench: no estimate: {Path('results/ep48/p1/manifest.json')} is not valid JSON" \
+        in result.stderr
 
 
 def test_several_ep_sizes_add_the_grid_page_over_every_experiment(workdir, tmp_path):

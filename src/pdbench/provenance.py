@@ -129,6 +129,16 @@ def repository(workdir: Path) -> dict:
     return {"commit": commit, "dirty": bool(status), "at": now("seconds")}
 
 
+# The stages of a point's timeline, in order (the manifest's ``stages`` names them so;
+# pdbench.estimate reads earlier runs' times by these names).
+STAGE_STARTUP = "servers start-up"
+STAGE_ROUTER_CLIENT = "router and client"
+STAGE_FILL = "fill"
+STAGE_RELEASE = "release"
+STAGE_PROFILES = "profiles"
+STAGE_TEARDOWN = "drain and teardown"
+
+
 def allocated_gpus(ctx: PointContext) -> int:
     return len(ctx.allocation["nodes"]) * int(ctx.cfg["site"]["gpus_per_node"])
 
@@ -153,15 +163,15 @@ def timeline(ctx: PointContext, ready: list[dict], client: dict) -> list[dict]:
     servers_ready = max([r["ready_at"] for r in ready if r.get("role") and r.get("ready_at")]
                         or [i["at"] for i in infos if i.get("at")], key=iso_epoch, default=None)
     events = [
-        ("servers start-up", begin, servers_ready),
-        ("router and client", servers_ready, filled.get("started_at")),
-        ("fill", filled.get("started_at"), filled.get("filled_at")),
-        ("release", filled.get("release_requested_at"), released.get("released_at")),
-        ("profiles", released.get("released_at"),
+        (STAGE_STARTUP, begin, servers_ready),
+        (STAGE_ROUTER_CLIENT, servers_ready, filled.get("started_at")),
+        (STAGE_FILL, filled.get("started_at"), filled.get("filled_at")),
+        (STAGE_RELEASE, filled.get("release_requested_at"), released.get("released_at")),
+        (STAGE_PROFILES, released.get("released_at"),
          max((s.get("done_at") for s in snaps if s.get("done_at")), key=iso_epoch,
              default=None)),
     ]
-    events.append(("drain and teardown", events[-1][2], teardown.get("at")))
+    events.append((STAGE_TEARDOWN, events[-1][2], teardown.get("at")))
     gpus = allocated_gpus(ctx)
     stages = []
     for name, start, end in events:

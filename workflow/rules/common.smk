@@ -8,7 +8,9 @@ from snakemake.exceptions import WorkflowError
 from pdbench import config as pdconfig
 from pdbench import runstate
 from pdbench.allocation import adopt_from_environment
-from pdbench.errors import ConfigError
+from pdbench.errors import ConfigError, PdbenchError
+from pdbench.estimate import estimate as estimate_grid
+from pdbench.estimate import summary_line
 from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
 from pdbench.layout import ResultsPaths
 from pdbench.preflight import fingerprint as preflight_fingerprint
@@ -119,6 +121,15 @@ for _point in SWEEP_PLAN["points"]:
             " and the measurement starts again on new servers",
             file=sys.stderr,
         )
+
+# What the grid will cost (pdbench.estimate: per point and shared servers, from earlier
+# runs' stage times where the tree has them): one line in the log of every run, the dry
+# run's included, before any job. A bad earlier manifest does not stop the run.
+if workflow.is_main_process:
+    try:
+        print(f"pdbench: {summary_line(estimate_grid(CFG, RESULTS))}", file=sys.stderr)
+    except PdbenchError as exc:
+        print(f"pdbench: no estimate: {exc}", file=sys.stderr)
 
 
 RUN = {"owner": False}
