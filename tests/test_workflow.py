@@ -87,6 +87,30 @@ def test_dry_run_prints_the_grids_estimate_from_earlier_runs_where_the_tree_has_
         in result.stderr
 
 
+def test_shared_servers_chain_the_points_of_a_group_through_one_allocation(workdir, tmp_path):
+    share = tmp_path / "share.yaml"
+    share.write_text(yaml.safe_dump({"site": {"share_servers": True}}))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(share),
+                       cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    # every point has a marker for each server started (taken over after the first)
+    assert counts["prefill_server"] == 3 * 3 and counts["decode_server"] == 3
+    assert "this run: shared servers" in result.stderr
+    # p1's router waits for the idle groups too; p2 and p3 follow their predecessor's
+    # teardown (which drains and resets the servers)
+    router_p1 = rule_block(result.stdout, "router", "results/ep48/p1/ready/router.json")
+    assert "results/ep48/p1/ready/prefill-3.json" in router_p1
+    for point, previous in (("p2", "p1"), ("p3", "p2")):
+        block = rule_block(result.stdout, "allocation", f"results/ep48/{point}/allocation.json")
+        assert f"results/ep48/{previous}/teardown.json" in block
+    # without it, each point has its own allocation and servers
+    result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
+    block = rule_block(result.stdout, "allocation", "results/ep48/p2/allocation.json")
+    assert "teardown.json" not in block
+    assert job_counts(result.stdout)["prefill_server"] == 1 + 2 + 3
+
+
 def test_several_ep_sizes_add_the_grid_page_over_every_experiment(workdir, tmp_path):
     grid = tmp_path / "grid.yaml"
     # One max-running-requests (49152) for both: EP96's ranks hold 512 each, on 24 nodes.

@@ -86,5 +86,12 @@ class PointContext:
         """Raise :class:`pdbench.runstate.RunFailed` if another stage of the run failed."""
         runstate.check(self.results_root)
 
+    @property
+    def servers_paths(self) -> PointPaths:
+        """The point directory of the run that started this point's servers: its own, or
+        on shared servers (site.share_servers) the first point of its group."""
+        home = pdconfig.servers_home(self.cfg, self.point)
+        return self.paths.results.point(home.experiment, home.name)
+
     def decode_logs(self) -> list[Path]:
-        return self.paths.server_logs("decode")
+        return self.servers_paths.server_logs("decode")

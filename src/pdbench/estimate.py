@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import InputError
-from .grid import EPLB_MODES, Point, grid_points
+from .grid import Point, grid_points, sharing_groups
 from .layout import ResultsPaths, read_json
 from .provenance import (
     STAGE_FILL,
@@ -104,38 +104,6 @@ def point_parts(cfg: Mapping, point: Point, runs: Mapping) -> dict[str, dict]:
     return parts
 
 
-def share_key(point: Point) -> tuple | None:
-    """Points with the same key may run on one set of servers; None: this point's servers
-    are its own."""
-    if point.records_experts:
-        return None
-    return (point.ep, point.eplb)
-
-
-def sharing_groups(points: list[Point]) -> tuple[list[list[Point]], list[dict]]:
-    """Groups of points that can share servers (more than one point each, in grid order),
-    and every other point with why it runs on its own servers."""
-    by_key: dict[tuple, list[Point]] = {}
-    alone = []
-    for point in points:
-        key = share_key(point)
-        if key is None:
-            alone.append({"point": point, "reason": "records static EPLB's expert "
-                          "distribution: its decode starts with the recorder on"})
-        else:
-            by_key.setdefault(key, []).append(point)
-    groups = []
-    # per EP size, EPLB modes in the grid's order
-    for (ep, eplb), members in sorted(by_key.items(),
-                                      key=lambda kv: (kv[0][0], EPLB_MODES.index(kv[0][1]))):
-        if len(members) > 1:
-            groups.append(members)
-        else:
-            alone.append({"point": members[0],
-                          "reason": f"no other point of EP {ep} with EPLB {eplb}"})
-    return groups, alone
-
-
 def _hours(gpus: int, seconds: float) -> float:
     return gpus * seconds / 3600.0
 
@@ -177,11 +145,11 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
             "bound_gpu_hours": _hours(gpus, bound),
             "per_point_gpu_hours": sum(rows[p]["gpu_hours"] for p in members),
         })
-    alone_rows = [rows[a["point"]] for a in alone]
+    alone_rows = [rows[p] for p, _ in alone]
     shared = {
         "groups": shared_groups,
-        "not_shared": [{"point": f"{a['point'].experiment}/{a['point'].name}",
-                        "reason": a["reason"]} for a in alone],
+        "not_shared": [{"point": f"{p.experiment}/{p.name}", "reason": reason}
+                       for p, reason in alone],
         "wall_s": sum(g["wall_s"] for g in shared_groups) + sum(r["wall_s"] for r in alone_rows),
         "gpu_hours": (sum(g["gpu_hours"] for g in shared_groups)
                       + sum(r["gpu_hours"] for r in alone_rows)),
@@ -191,6 +159,7 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
                    for r in alone_rows))
     return {
         "formula": FORMULA,
+        "share_servers": bool(cfg["site"]["share_servers"]),
         "points": list(rows.values()),
         "per_point": per_point,
         "shared": shared,
@@ -207,7 +176,9 @@ def _duration(seconds: float) -> str:
 def summary_line(result: Mapping) -> str:
     """One line for the dry run's log."""
     per_point, shared = result["per_point"], result["shared"]
-    return (f"estimate (docs/cost.md): {len(result['points'])} points, one allocation per "
+    mode = "shared servers" if result["share_servers"] else "one allocation per point"
+    return (f"estimate (docs/cost.md; this run: {mode}): {len(result['points'])} points, "
+            "one allocation per "
             f"point {per_point['gpu_hours']:.1f} GPU-hours, {_duration(per_point['wall_s'])} "
             f"one after another; servers shared across prefill-group counts "
             f"{shared['gpu_hours']:.1f} GPU-hours; bound {result['bound_gpu_hours']:.1f} "
@@ -237,6 +208,8 @@ def as_text(result: Mapping) -> str:
             f"{_duration(group['wall_s'])}")
     for point in shared["not_shared"]:
         lines.append(f"own servers {point['point']}: {point['reason']}")
+    mode = "on shared servers" if result["share_servers"] else "one allocation per point"
+    lines.append(f"this config runs {mode} (site.share_servers)")
     lines.append(f"shared servers: {shared['gpu_hours']:.1f} GPU-hours, "
                  f"{_duration(shared['wall_s'])} one after another; bound "
                  f"{result['bound_gpu_hours']:.1f} GPU-hours")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import commands, slurm
 from .context import PointContext, now, progress
+from .grid import Point, server_neighbours
 from .http import HTTPCallError, call, probe
 from .layout import ResultsPaths, read_json, write_json
 from .routers import RouterDialect, router_dialect, worker_failures
@@ -103,6 +104,9 @@ def _wait_ready(what: str, ready: Callable[[], bool], pid: int, log: Path,
 def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = None) -> dict:
     """Start prefill group g or the decode server and wait for node 0's /health (within
     ``timeouts.server_ready_s``, unless ``timeout_s`` says otherwise)."""
+    previous, _ = server_neighbours(ctx.cfg, ctx.point)
+    if previous is not None:
+        return adopt_server(ctx, server, previous)
     timeouts = ctx.cfg["timeouts"]
     timeout_s = timeouts["server_ready_s"] if timeout_s is None else timeout_s
     spec = ctx.plan.server(server)
@@ -147,6 +151,32 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = N
     write_json(ctx.paths.ready(server), marker)
     progress(f"{server} ready after {waited:.0f} s")
     return marker
+
+
+def adopt_server(ctx: PointContext, server: str, previous: Point) -> dict:
+    """On shared servers (site.share_servers): take over the running server of the
+    previous point of the group, which its teardown drained and reset. Its ready marker
+    is this point's, with when this point took it over (no start-up of its own)."""
+    name = f"{previous.experiment}/{previous.name}"
+    source = ctx.paths.results.point(previous.experiment, previous.name).ready(server)
+    if not source.exists():
+        raise ServerError(f"{server}: {source} does not exist: the shared server of {name} "
+                          "is not running (rerun from that point)")
+    marker = read_json(source)
+    if not server_alive(marker):
+        raise ServerError(f"{server}: the shared server started for {name} (step "
+                          f"{marker['step_id']}) is not running any more")
+    if probe(f"{marker['url']}/health") != 200:
+        raise ServerError(f"{server}: the shared server at {marker['url']} (step "
+                          f"{marker['step_id']}) does not answer /health")
+    at = now()
+    adopted = {**marker, "started_at": at, "ready_at": at, "startup_s": 0.0,
+               "shared_from": name,
+               "first_ready_at": marker.get("first_ready_at", marker["ready_at"])}
+    record_server_info(ctx, server, marker["url"])
+    write_json(ctx.paths.ready(server), adopted)
+    progress(f"{server}: shared server of {name} taken over (step {marker['step_id']})")
+    return adopted
 
 
 def record_server_info(ctx: PointContext, server: str, url: str) -> None:

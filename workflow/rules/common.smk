@@ -207,10 +207,13 @@ def get_point_csvs(wildcards):
 
 
 def get_prefill_ready(wildcards):
+    """The router waits for every prefill group started in the allocation: on shared
+    servers (site.share_servers) also those it leaves idle for the next points."""
     point = get_point(wildcards)
     paths = point_paths(wildcards)
     return [
-        str(paths.ready(f"prefill-{g}")) for g in range(1, point.prefill_groups + 1)
+        str(paths.ready(f"prefill-{g}"))
+        for g in range(1, point.started_prefill_groups + 1)
     ]
 
 
@@ -223,7 +226,8 @@ def get_previous_snapshot(wildcards):
 
 
 def get_allocation_predecessor(wildcards):
-    """With site.reuse_allocation, a point waits for the previous point of its size."""
+    """With site.reuse_allocation, a point waits for the previous point of its size; on
+    shared servers, for the previous point of its group (its teardown drains them)."""
     previous, _ = pdconfig.allocation_neighbours(CFG, get_point(wildcards))
     if previous is None:
         return []
