@@ -4,6 +4,7 @@ reset between points, and what the manifest says."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,35 @@ def test_the_manifest_says_the_point_ran_on_shared_servers(tmp_path):
     assert shared_servers(p1, {})["started_here"] is True
     alone = shared_ctx(tmp_path / "own", "p1", make_cfg(share=False))
     assert shared_servers(alone, {}) is None
+
+
+def test_the_reset_waits_for_an_emulated_decode_to_empty(tmp_path):
+    """Against the SGLang emulator: /flush_cache is refused (400, and decode logs "Cache
+    not flushed … #running-req: N") while requests run, and the reset ends once they are
+    done and the flush is logged."""
+    from types import SimpleNamespace
+
+    from test_emulator import Server, decode_args, fire
+
+    ctx = shared_ctx(tmp_path, "p1")
+    decode = Server(ctx.paths.logs, "launch_server_decode", decode_args(4))
+    ctx.paths.logs.mkdir(parents=True, exist_ok=True)
+    decode.start().wait_ready()
+    try:
+        spec = SimpleNamespace(name="decode", url=decode.url)
+        ctx.__dict__["plan"] = SimpleNamespace(decode=spec, started_servers=(spec,))
+        # decode-only requests (a fake prefill): 40 tokens each at about 20 ms a step
+        fire(decode.url, [{"input_ids": [1] * 16, "sampling_params": {"max_new_tokens": 40},
+                           "bootstrap_host": "2.2.2.2", "bootstrap_room": 0}] * 8)
+        deadline = time.monotonic() + 20
+        while "#running-req: " not in decode.text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = teardown.reset_shared_servers(ctx)
+        assert result["rounds"] >= 2, result  # refused while the requests ran
+        assert result["decode_log_flushed_records"] >= 1
+        text = decode.text()
+        assert "Cache not flushed because there are pending requests." in text
+        # the flush that ended it came after the last refusal
+        assert "Cache flushed successfully!" in text.rsplit("Cache not flushed", 1)[1]
+    finally:
+        decode.stop()
