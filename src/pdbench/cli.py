@@ -187,7 +187,10 @@ def cmd_render(args) -> None:
     point = config.find_point(cfg, args.experiment, args.point)
     sys.stdout.write(as_text(sections, (
         f"pdbench render: {args.experiment}/{args.point} on {args.nodelist} "
-        f"({point.total_nodes} nodes), SGLang {cfg['sglang']['version']}, container "
+        f"({point.allocated_nodes} nodes"
+        + (f"; shared servers: {point.started_prefill_groups} prefill groups started"
+           if point.shares_servers else "")
+        + f"), SGLang {cfg['sglang']['version']}, container "
         f"{cfg['site']['container']['runtime']}; nothing was started")) + "\n")
 
 
