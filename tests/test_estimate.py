@@ -127,6 +127,22 @@ def test_earlier_runs_replace_the_guesses_own_point_first_then_the_experiments_m
     assert {r["parts"]["startup"]["source"] for r in ep96} == {"site.estimate.startup_s"}
 
 
+@pytest.mark.parametrize("shared, known", [
+    (None, {"startup", "fill", "profiles", "teardown"}),
+    # the group's first point started the servers, then drained them for the next
+    ({"started_here": True, "passed_to": "ep48/p2"}, {"startup", "fill", "profiles"}),
+    # a middle point took them over and passed them on
+    ({"started_here": False, "passed_to": "ep48/p3"}, {"fill", "profiles"}),
+    # the last point took them over and stopped them
+    ({"started_here": False, "passed_to": None}, {"fill", "profiles", "teardown"}),
+])
+def test_a_run_on_shared_servers_says_nothing_of_the_start_up_or_teardown_it_skipped(
+        shared, known):
+    manifest = {"stages": stages(startup=5, router=1, fill=2, release=0, profiles=3,
+                                 teardown=4), "shared_servers": shared}
+    assert set(estimate.measured_parts(manifest, Path("m.json"))) == known
+
+
 def test_a_real_manifests_stage_times_are_read_back(ctx, tmp_path):  # noqa: F811
     manifest = provenance.build_manifest(ctx, workdir=tmp_path, sacct={})
     write_json(ctx.paths.manifest, manifest)

@@ -67,8 +67,18 @@ def measured_parts(manifest: Mapping, source: Path) -> dict[str, float]:
     for stage in stages:
         if isinstance(stage, Mapping) and isinstance(stage.get("seconds"), (int, float)):
             seconds[stage.get("stage")] = float(stage["seconds"])
-    return {part: sum(seconds[s] for s in names) for part, names in PARTS.items()
-            if all(s in seconds for s in names)}
+    parts = {part: sum(seconds[s] for s in names) for part, names in PARTS.items()
+             if all(s in seconds for s in names)}
+    # On shared servers a point that took the servers over started none, and one that
+    # passed them on drained and reset them instead of a teardown: neither measured
+    # what a point on servers of its own spends there.
+    shared = manifest.get("shared_servers")
+    if isinstance(shared, Mapping):
+        if not shared.get("started_here"):
+            parts.pop("startup", None)
+        if shared.get("passed_to"):
+            parts.pop("teardown", None)
+    return parts
 
 
 def earlier_runs(results: Path, points: list[Point]) -> dict[tuple[str, str], dict]:
