@@ -209,9 +209,12 @@ def stopped(monkeypatch):
     return record
 
 
+@pytest.mark.parametrize("keep_allocation", [False, True])
 def test_a_points_teardown_keeps_the_shared_servers_for_the_next_and_the_last_stops_them(
-        tmp_path, monkeypatch, stopped):
-    p1, p3 = shared_ctx(tmp_path, "p1"), shared_ctx(tmp_path, "p3")
+        tmp_path, monkeypatch, stopped, keep_allocation):
+    cfg = make_cfg()
+    cfg["site"]["keep_allocation"] = keep_allocation
+    p1, p3 = shared_ctx(tmp_path, "p1", cfg), shared_ctx(tmp_path, "p3", cfg)
     for ctx in (p1, p3):
         for i, server in enumerate(["prefill-1", "prefill-2", "prefill-3", "decode",
                                     "router"]):
@@ -224,6 +227,9 @@ def test_a_points_teardown_keeps_the_shared_servers_for_the_next_and_the_last_st
     assert result["servers_passed_to"] == "ep48/p2" and result["reset"] == {"rounds": 1}
     stopped["steps"].clear()
     result = teardown.teardown_point(p3)
+    if keep_allocation:  # the last point keeps everything for more snapshots
+        assert stopped == {"steps": [], "cancelled": []} and result["kept"]
+        return
     assert sorted(stopped["steps"]) == ["77.1", "77.2", "77.3", "77.4", "77.8", "77.9"]
     assert stopped["cancelled"] == ["77"] and "servers_passed_to" not in result
 

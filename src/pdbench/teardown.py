@@ -28,15 +28,17 @@ from .wait import wait_for
 
 def teardown_point(ctx: PointContext) -> dict:
     """Stop the point's servers and release its allocation, as the config says."""
-    if ctx.cfg["site"]["keep_allocation"]:
-        # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
-        return {"kept": True, "stopped_steps": [], "cancelled_job": None}
     from .grid import allocation_neighbours
 
     # With site.reuse_allocation the next point of the same size adopts the holder; on
-    # shared servers (site.share_servers) it adopts the servers too.
+    # shared servers (site.share_servers) it adopts the servers too, so they are passed on
+    # even with site.keep_allocation (which then keeps them after the group's last point).
     _, successor = allocation_neighbours(ctx.cfg, ctx.point)
-    if successor is not None and ctx.point.shares_servers:
+    passes_servers = successor is not None and ctx.point.shares_servers
+    if ctx.cfg["site"]["keep_allocation"] and not passes_servers:
+        # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
+        return {"kept": True, "stopped_steps": [], "cancelled_job": None}
+    if passes_servers:
         name = f"{successor.experiment}/{successor.name}"
         result = stop_point(ctx, release_allocation=False,
                             only=[ctx.paths.ready("router"), ctx.paths.client])
