@@ -120,26 +120,54 @@ def ready_marker(ctx: PointContext, server: str, step: int) -> dict:
     return marker
 
 
+class Launched(Exception):
+    """start_step was called: the server is being started, not taken over."""
+
+
 def test_the_next_point_takes_the_running_servers_over(tmp_path, monkeypatch):
     p1, p2 = shared_ctx(tmp_path, "p1"), shared_ctx(tmp_path, "p2")
-    original = ready_marker(p1, "decode", 5)
+    original = {**ready_marker(p1, "decode", 5), "servers_started_by": "ep48/p1"}
+    write_json(p1.paths.ready("decode"), original)
     alive = {"77.5"}
     monkeypatch.setattr(servers, "server_alive", lambda m: m["step_id"] in alive)
     monkeypatch.setattr(servers, "probe", lambda url: 200)
     monkeypatch.setattr(servers, "record_server_info", lambda *a: None)
-    monkeypatch.setattr(servers, "start_step", lambda *a: pytest.fail("launched again"))
+
+    def start_step(ctx, launch):
+        raise Launched(launch)
+
+    monkeypatch.setattr(servers, "start_step", start_step)
     marker = servers.launch_server(p2, "decode")
     assert marker["step_id"] == "77.5" and marker["shared_from"] == "ep48/p1"
+    assert marker["servers_started_by"] == "ep48/p1"
     assert marker["first_ready_at"] == original["ready_at"] and marker["startup_s"] == 0
     assert marker["ready_at"] > original["ready_at"]
-    # its logs are the first point's: what the fill, profiles and throughput read
-    assert p2.servers_paths.root == p1.paths.root
-    # a shared server that is gone is an error naming it, never a new launch
-    alive.clear()
-    with pytest.raises(servers.ServerError, match=r"started for ep48/p1 \(step 77\.5\)"):
+    # its logs and launch commands are the first point's: what the fill, profiles,
+    # throughput and manifest read
+    assert p2.servers_started_by == "ep48/p1" and p2.servers_paths.root == p1.paths.root
+    # one that runs but does not answer is an error naming it
+    monkeypatch.setattr(servers, "probe", lambda url: None)
+    with pytest.raises(servers.ServerError, match=r"77\.5\) runs but does not answer"):
         servers.launch_server(p2, "decode")
-    with pytest.raises(servers.ServerError, match="prefill-2.json does not exist"):
-        servers.launch_server(p2, "prefill-2")
+    # a shared server that is gone (a rerun after a failure) starts again here
+    alive.clear()
+    with pytest.raises(Launched):
+        servers.launch_server(p2, "decode")
+    with pytest.raises(Launched):
+        servers.launch_server(p2, "prefill-2")  # p1 has no marker of it
+
+
+def test_a_point_that_started_the_servers_again_is_where_its_group_continues(tmp_path):
+    p2, p3 = shared_ctx(tmp_path, "p2"), shared_ctx(tmp_path, "p3")
+    assert p2.servers_started_by == "ep48/p1"  # before any server: the group's first
+    write_json(p2.paths.ready("decode"), {"servers_started_by": "ep48/p2"})
+    write_json(p3.paths.ready("decode"), {"servers_started_by": "ep48/p2",
+                                          "shared_from": "ep48/p2"})
+    assert p2.servers_started_by == p3.servers_started_by == "ep48/p2"
+    assert p3.decode_logs() == p2.paths.server_logs("decode")
+    record = shared_servers(p2, {"decode": {}})
+    assert record["started_here"] and record["reset_before_fill"] is None
+    assert shared_servers(p3, {})["servers_started_by"] == "ep48/p2"
 
 
 DECODE_LOG = "launch_server_decode_node_rank_{}.log"

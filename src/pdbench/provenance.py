@@ -318,22 +318,22 @@ def shared_servers(ctx: PointContext, ready: dict[str, dict]) -> dict | None:
     """On shared servers (site.share_servers): the group, who started the servers, the
     prefill groups left idle (their GPUs are in this point's GPU-hours), and the drain
     and reset the previous point's teardown did before this point's fill."""
-    from .grid import grid_points, server_neighbours, servers_home, share_key
+    from .grid import grid_points, server_neighbours, share_key
 
     point = ctx.point
     if not point.shares_servers:
         return None
     previous, following = server_neighbours(ctx.cfg, point)
-    home = servers_home(ctx.cfg, point)
+    started_by = ctx.servers_started_by
     reset = None
-    if previous is not None:
+    if previous is not None and started_by != f"{point.experiment}/{point.name}":
         before = ctx.paths.results.point(previous.experiment, previous.name).teardown
         reset = read_json_if(before, {}).get("reset")
     return {
         "group": [f"{p.experiment}/{p.name}" for p in grid_points(ctx.cfg)
                   if p.shares_servers and share_key(p) == share_key(point)],
-        "servers_started_by": f"{home.experiment}/{home.name}",
-        "started_here": home == point,
+        "servers_started_by": started_by,
+        "started_here": started_by == f"{point.experiment}/{point.name}",
         "taken_over_from": {name: m["shared_from"] for name, m in ready.items()
                             if m.get("shared_from")},
         "idle_prefill": [s.name for s in ctx.plan.idle_prefill],

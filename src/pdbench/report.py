@@ -203,7 +203,7 @@ def eplb_comparison(exp: Experiment) -> list[dict]:
 
 def shared_servers_check(exp: Experiment, point: str) -> dict | None:
     """On shared servers: the point's first snapshot's step time against that of the
-    point whose run started the servers (fresh). Both ran the same decode server at the
+    point whose run started the servers it ran on (fresh). Both ran the same decode server at the
     same target batch, so a difference beyond ``report.shared_step_tolerance`` says that
     the servers' reuse (or what the prefill-group count changes in decode) moved the
     number. None: the point did not run on servers another point started."""
