@@ -5,6 +5,15 @@ profile", on the local Slurm cluster with the SGLang emulator.
     .venv/bin/python scripts/bench_rehearsal.py            # the small chain (EP8, 3 nodes)
     .venv/bin/python scripts/bench_rehearsal.py --ep48     # the EP48 rehearsal (3 points)
     .venv/bin/python scripts/bench_rehearsal.py --analyse DIR   # a finished working dir
+    .venv/bin/python scripts/bench_rehearsal.py --cost [--server-startup-s 60]
+
+``--cost`` runs the EP48 p1-p3 rehearsal twice with the emulator's start-up set to
+``--server-startup-s`` (PDBENCH_EMULATOR_WARMUP_S): one allocation per point, then on
+shared servers (site.share_servers), and prints each sweep's GPU-hours (every holder job
+from its start to the teardown that released it, x its GPUs) and wall time, the lower
+bound (one start-up of the largest allocation + every point's fill and profiles, x its
+GPUs) and what ``pdbench estimate`` predicted for sharing from the first sweep's
+manifests before the second ran.
 
 It runs ``snakemake ... results/<experiment>/report.html`` in a working directory of its
 own (free ports, absolute paths, its own Slurm job names), then for every point reports
@@ -94,7 +103,7 @@ def env(hf_online: bool) -> dict:
     return e
 
 
-def setup(workdir: Path, ep48: bool, exact_target: bool) -> str:
+def setup(workdir: Path, ep48: bool, exact_target: bool, extra: dict | None = None) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     # The Snakefile's configfile, and what the rehearsal config names relatively.
     for name in ("config", ".cache", ".venv-sglang"):
@@ -113,6 +122,8 @@ def setup(workdir: Path, ep48: bool, exact_target: bool) -> str:
         target = yaml.safe_load(first.read_text())["server_args"]["decode"][
             "max-running-requests"]
         override["workload"] = {"num_prompts": int(target)}
+    for key, value in (extra or {}).items():
+        override[key] = {**override.get(key, {}), **value}
     (workdir / "bench-config.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
     profile = yaml.safe_load((REPO / "profiles" / "rehearsal" / "config.yaml").read_text())
     profile["configfile"] = [str(first), str(workdir / "bench-config.yaml")]
@@ -263,6 +274,110 @@ def analyse(workdir: Path, experiment: str, startup_s: float) -> list[dict]:
     return rows
 
 
+def cost_config(startup_s: float, share: bool) -> dict:
+    """The rehearsal with the emulator's start-up (PDBENCH_EMULATOR_WARMUP_S: its "model
+    loading" before the warm-up requests) and with or without shared servers."""
+    env_common = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())["env"][
+        "common"]
+    return {"site": {"share_servers": share},
+            "env": {"common": {**env_common, "PDBENCH_EMULATOR_WARMUP_S": startup_s}}}
+
+
+def allocation_cost(workdir: Path, experiment: str) -> dict:
+    """GPU-hours as the holder jobs held them: each job from its start (the allocation
+    record that is not a reuse) to the teardown that cancelled it, x its GPUs."""
+    sys.path.insert(0, str(REPO / "src"))
+    from pdbench.estimate import measured_parts
+
+    cfg = json.loads((workdir / "results" / ".pdbench" / "config.json").read_text())
+    gpn = cfg["site"]["gpus_per_node"]
+    jobs: dict[str, dict] = {}
+    parts = {}
+    for point_dir in sorted((workdir / "results" / experiment).glob("p*")):
+        alloc = json.loads((point_dir / "allocation.json").read_text())
+        job = jobs.setdefault(str(alloc["job_id"]), {"gpus": len(alloc["nodes"]) * gpn})
+        if not alloc.get("reused_from"):
+            job["start"] = ts(alloc["start_time"])
+        teardown = json.loads((point_dir / "teardown.json").read_text())
+        if teardown.get("cancelled_job") is not None:
+            job["end"] = ts(teardown["at"])
+        manifest_path = point_dir / "manifest.json"
+        parts[point_dir.name] = measured_parts(json.loads(manifest_path.read_text()),
+                                               manifest_path)
+    hours = sum(j["gpus"] * (j["end"] - j["start"]) / 3600 for j in jobs.values())
+    return {"gpu_hours": hours, "jobs": jobs, "parts": parts}
+
+
+def cost(args) -> int:
+    """--cost: the EP48 p1-p3 sweep one allocation per point and on shared servers."""
+    sys.path.insert(0, str(REPO / "src"))
+    from pdbench import config as pdconfig
+    from pdbench.estimate import estimate
+
+    root = (args.workdir or Path(tempfile.mkdtemp(prefix="pdbench-cost-",
+                                                  dir="/var/tmp"))).resolve()
+    runs = {}
+    for mode, share in (("one allocation per point", False), ("shared servers", True)):
+        workdir = root / ("shared" if share else "fresh")
+        if args.analyse is None:
+            setup(workdir, True, False, cost_config(args.server_startup_s, share))
+            if share:
+                # What the estimate predicts for sharing from the runs one allocation per
+                # point measured (their manifests), before the shared sweep runs.
+                cfg = pdconfig.validate(_merged_config(workdir))
+                runs["predicted"] = estimate(cfg, root / "fresh" / "results")
+            wall = run_chain(workdir, "ep48", args.hf_online)
+        else:
+            wall = None
+        runs[mode] = {**allocation_cost(workdir, "ep48"), "wall_s": wall}
+    if "predicted" not in runs:
+        cfg = pdconfig.validate(_merged_config(root / "shared"))
+        runs["predicted"] = estimate(cfg, root / "fresh" / "results")
+    per_point, shared = runs["one allocation per point"], runs["shared servers"]
+    gpus = max(j["gpus"] for j in shared["jobs"].values())
+    parts = shared["parts"]
+    startup = parts["p1"]["startup"]
+    measuring = sum(p["fill"] + p["profiles"] for p in parts.values())
+    bound = gpus * (startup + measuring) / 3600
+    print(f"working directory: {root}; emulator start-up {args.server_startup_s:g} s")
+    for name, p in per_point["parts"].items():
+        print(f"  {name} one allocation per point: start-up {p['startup']:.0f} s, fill "
+              f"{p['fill']:.0f} s, profiles {p['profiles']:.0f} s, teardown "
+              f"{p['teardown']:.0f} s")
+    for mode in ("one allocation per point", "shared servers"):
+        run = runs[mode]
+        wall = "" if run["wall_s"] is None else f", wall {run['wall_s']:.0f} s"
+        print(f"{mode:<26} {run['gpu_hours']:8.3f} GPU-hours ({len(run['jobs'])} "
+              f"allocation(s)){wall}")
+    print(f"{'lower bound':<26} {bound:8.3f} GPU-hours (one start-up of {gpus} GPUs, "
+          f"{startup:.0f} s, + fill and profiles of every point, {measuring:.0f} s)")
+    saving = 1 - shared["gpu_hours"] / per_point["gpu_hours"]
+    ratio = shared["gpu_hours"] / bound
+    predicted = runs["predicted"]["shared"]["gpu_hours"]
+    error = predicted / shared["gpu_hours"] - 1
+    print(f"saving {saving:.1%} (goal >= 30%); shared / bound {ratio:.2f} (goal <= 1.15); "
+          f"estimate {predicted:.3f} GPU-hours from the per-point runs, {error:+.1%} against "
+          "the shared run (goal within 20%)")
+    return 0
+
+
+def _merged_config(workdir: Path) -> dict:
+    """config.yaml, the rehearsal overlay and the bench's own, merged as Snakemake does."""
+    merged: dict = {}
+
+    def update(target: dict, extra: dict) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                update(target[key], value)
+            else:
+                target[key] = value
+
+    for path in (REPO / "config" / "config.yaml", REPO / "config" / "rehearsal.yaml",
+                 workdir / "bench-config.yaml"):
+        update(merged, yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ep48", action="store_true", help="the EP48 rehearsal (3 points)")
@@ -279,9 +394,21 @@ def main() -> int:
                              "routes by the random bootstrap room, as the rehearsal's "
                              "0.5.5.post2 does, some rank then stays short and the fill "
                              "ends plateaued)")
+    parser.add_argument("--cost", action="store_true",
+                        help="GPU-hours and wall time of the EP48 p1-p3 sweep one allocation "
+                             "per point and on shared servers, against the lower bound and "
+                             "the estimate (with --analyse: of a finished --cost directory)")
+    parser.add_argument("--server-startup-s", type=float, default=60.0,
+                        help="with --cost: the emulator's start-up per server "
+                             "(PDBENCH_EMULATOR_WARMUP_S; default 60 s, longer than a "
+                             "point's fill and profiles)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the local Slurm cluster)")
+    if args.cost:
+        if args.analyse is not None:
+            args.workdir = args.analyse
+        return cost(args)
     experiment = "ep48" if args.ep48 else "ep8"
     if args.analyse:
         workdir, wall = args.analyse.resolve(), None

@@ -527,8 +527,11 @@ def test_control_requests(cfg, plan):
     assert control_request("slow_down", url + "/", forward_sleep_time=None).body == {
         "forward_sleep_time": None
     }
-    with pytest.raises(ValueError, match="unknown control call 'flush_cache'"):
-        control_request("flush_cache", url)  # no stage sends it
+    # the reset between points on shared servers
+    assert control_request("flush_cache", url) == ControlRequest(
+        "POST", "http://gb-007:30000/flush_cache", None)
+    with pytest.raises(ValueError, match="unknown control call 'update_weights'"):
+        control_request("update_weights", url)  # no stage sends it
     with pytest.raises(ValueError):
         control_request("slow_down", url)
     with pytest.raises(ValueError):

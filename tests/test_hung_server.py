@@ -71,4 +71,4 @@ def test_the_timeouts_are_config_keys():
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg = config.validate(raw)
     assert cfg["timeouts"] == {"server_ready_s": 3600, "router_ready_s": 600,
-                               "server_stall_s": 900}
+                               "server_stall_s": 900, "drain_s": 600}

@@ -966,6 +966,27 @@ OTHER_CASES = [
         rec("eplb_rebalance_end", T1, E1, ranks={"dp": 0, "tp": 0, "ep": 0}, seconds=None),
         id="eplb-rebalance-end-by-chunks",
     ),
+    # /flush_cache (sglang/srt/managers/scheduler.py, v0.4.6.post3 to v0.5.23): the one
+    # line per scheduler that tells whether decode was empty. The refusal goes through
+    # the root logger (logging.warning), the success through the scheduler's.
+    pytest.param(
+        f"[{T1} DP5 TP5 EP5] Cache flushed successfully!",
+        rec("cache_flushed", T1, E1, ranks={"dp": 5, "tp": 5, "ep": 5}),
+        id="cache-flushed",
+    ),
+    pytest.param(
+        f"[{T1} DP2 TP2 EP2] Cache not flushed because there are pending requests. "
+        "#queue-req: 3, #running-req: 17",
+        rec("cache_not_flushed", T1, E1, ranks={"dp": 2, "tp": 2, "ep": 2}, queue_req=3,
+            running_req=17),
+        id="cache-not-flushed",
+    ),
+    pytest.param(
+        "Cache not flushed because there are pending requests. #queue-req: 0, "
+        "#running-req: 1",
+        rec("cache_not_flushed", None, None, queue_req=0, running_req=1),
+        id="cache-not-flushed-root-logger-without-prefix",
+    ),
 ]
 
 
@@ -1042,6 +1063,8 @@ def test_every_kind_is_covered_and_known():
         "ready",
         "eplb_rebalance_start",
         "eplb_rebalance_end",
+        "cache_flushed",
+        "cache_not_flushed",
     )
 
 

@@ -192,3 +192,40 @@ def test_recorded_balance_before_and_after_on_a_dividing_ep(tmp_path):
     before, after = result["before"]["balancedness"], result["after"]["balancedness"]
     assert 0 < before < after <= 1  # the balanced placement evens the load
     assert len(result["after"]["gpu_load"]) == 8
+
+
+@pytest.mark.parametrize("p2_step, p3_step, flagged", [
+    (60.0, 60.0, []),
+    (60.0, 63.6, ["p3"]),            # +6% > 5%
+    (57.5, 61.0, []),                # -4.2%, +1.7%
+    (66.0, 54.0, ["p2", "p3"]),
+])
+def test_a_shared_point_whose_step_time_moved_from_the_fresh_servers_is_flagged(
+        tmp_path, p2_step, p3_step, flagged):
+    csv = experiment(tmp_path, "ep48", [row("p1", 1, 2000.0, step=60.0),
+                                        row("p2", 1, 2000.0, step=p2_step),
+                                        row("p2", 2, 2000.0, step=60.0),
+                                        row("p3", 1, 2000.0, step=p3_step)])
+    exp_paths = ResultsPaths(tmp_path).experiment("ep48")
+    for point in ("p1", "p2", "p3"):
+        path = PointPaths(exp_paths.root / point).manifest
+        manifest = {**report.read_json_if(path, {}),
+                    "config": {"report": {"shared_step_tolerance": 0.05},
+                               "profile": {"log_step_tolerance": 0.1}},
+                    "shared_servers": {"servers_started_by": "ep48/p1",
+                                       "started_here": point == "p1"}}
+        write_json(path, manifest)
+    exp = report.load_experiment(csv, page_dir=exp_paths.root)
+    assert report.shared_servers_check(exp, "p1") is None  # its servers were fresh
+    checks = {p: report.shared_servers_check(exp, p) for p in ("p2", "p3")}
+    assert checks["p3"]["ratio"] == pytest.approx(p3_step / 60.0)
+    assert checks["p2"]["step_ms"] == p2_step  # the first snapshot, not the median
+    assert [p for p, c in checks.items() if c["differ"]] == flagged
+    out = exp_paths.report
+    report.write(out, [csv], references=REFERENCES)
+    page = out.read_text()
+    for point in ("p2", "p3"):
+        paragraph = re.search(rf'<p class="sub" id="shared-{point}">(.*?)</p>', page, re.S)[1]
+        assert "started by ep48/p1" in paragraph
+        assert ("report.shared_step_tolerance" in paragraph) == (point in flagged)
+    assert 'id="shared-p1"' not in page

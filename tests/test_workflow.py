@@ -1,5 +1,6 @@
 """The Snakemake workflow itself: dry-run DAG, lint, format, config errors before any job."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -59,6 +60,55 @@ def test_dry_run_lists_every_stage_for_every_point(workdir):
         assert f"results/ep48/{point}/node_list_env.sh" in result.stdout
     assert "results/ep48/p3/ready/prefill-3.json" in result.stdout
     assert "results/ep48/p2/ready/prefill-3.json" not in result.stdout
+
+
+def test_dry_run_prints_the_grids_estimate_from_earlier_runs_where_the_tree_has_them(
+        workdir):
+    def estimate_line():
+        result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
+        assert result.returncode == 0, result.stderr + result.stdout
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("pdbench: estimate")]
+        return line
+
+    # the default site.estimate: 1200 + 900 + 300 + 120 s on 56, 64 and 72 GPUs
+    assert ("3 points, one allocation per point 134.4 GPU-hours, 2h06 one after another; "
+            "servers shared across prefill-group counts 100.8 GPU-hours; bound 96.0"
+            in estimate_line())
+    # an earlier run of p1 that started in 600 s: every point's start-up is now 600 s
+    manifest = workdir / "results" / "ep48" / "p1" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"stages": [{"stage": "servers start-up", "seconds": 600}]}))
+    assert "one allocation per point 102.4 GPU-hours" in estimate_line()
+    # a broken one says so and stops nothing
+    manifest.write_text("{")
+    result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"pdbench: no estimate: {Path('results/ep48/p1/manifest.json')} is not valid JSON" \
+        in result.stderr
+
+
+def test_shared_servers_chain_the_points_of_a_group_through_one_allocation(workdir, tmp_path):
+    share = tmp_path / "share.yaml"
+    share.write_text(yaml.safe_dump({"site": {"share_servers": True}}))
+    result = snakemake("-n", "results/ep48/report.html", "--configfile", str(share),
+                       cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = job_counts(result.stdout)
+    # every point has a marker for each server started (taken over after the first)
+    assert counts["prefill_server"] == 3 * 3 and counts["decode_server"] == 3
+    assert "this run: shared servers" in result.stderr
+    # p1's router waits for the idle groups too; p2 and p3 follow their predecessor's
+    # teardown (which drains and resets the servers)
+    router_p1 = rule_block(result.stdout, "router", "results/ep48/p1/ready/router.json")
+    assert "results/ep48/p1/ready/prefill-3.json" in router_p1
+    for point, previous in (("p2", "p1"), ("p3", "p2")):
+        block = rule_block(result.stdout, "allocation", f"results/ep48/{point}/allocation.json")
+        assert f"results/ep48/{previous}/teardown.json" in block
+    # without it, each point has its own allocation and servers
+    result = snakemake("-n", "results/ep48/report.html", cwd=workdir)
+    block = rule_block(result.stdout, "allocation", "results/ep48/p2/allocation.json")
+    assert "teardown.json" not in block
+    assert job_counts(result.stdout)["prefill_server"] == 1 + 2 + 3
 
 
 def test_several_ep_sizes_add_the_grid_page_over_every_experiment(workdir, tmp_path):

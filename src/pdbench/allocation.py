@@ -46,16 +46,16 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
         submitted = True
         write_json(paths.pending_allocation, {"job_id": job_id, "submitted_at": now("seconds"),
                                               "point": f"{point.experiment}/{point.name}"})
-        progress(f"submitted holder job {job_id} ({point.total_nodes} nodes) for "
+        progress(f"submitted holder job {job_id} ({point.allocated_nodes} nodes) for "
                  f"{point.experiment}/{point.name}")
     try:
         info = slurm.wait_running(job_id, queue_timeout_s, progress,
                                   check_run=lambda: runstate.check(paths.results.root))
         nodes = topology.expand_nodelist(info.nodelist)
-        if len(nodes) < point.total_nodes:
+        if len(nodes) < point.allocated_nodes:
             raise ConfigError(
                 f"allocation {job_id} has {len(nodes)} nodes ({info.nodelist}); "
-                f"{point.experiment}/{point.name} needs {point.total_nodes}"
+                f"{point.experiment}/{point.name} needs {point.allocated_nodes}"
             )
         addresses = topology.slurm_node_addresses(nodes)
         record = {
@@ -83,7 +83,7 @@ def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | 
 
 def holder_sbatch_argv(cfg: dict, point: Point, paths: PointPaths) -> list[str]:
     """The ``sbatch`` of the job that holds a point's nodes."""
-    return slurm.holder_sbatch_argv(cfg["site"], point.total_nodes,
+    return slurm.holder_sbatch_argv(cfg["site"], point.allocated_nodes,
                                     f"pdbench-{point.experiment}-{point.name}",
                                     str(Path(paths.holder_log()).resolve()))
 

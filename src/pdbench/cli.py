@@ -128,10 +128,31 @@ def cmd_validate_config(args) -> None:
     )
 
 
+def cmd_estimate(args) -> None:
+    from . import config
+    from .estimate import as_text, estimate
+
+    result = estimate(config.load(args.config), args.results)
+    if args.json:
+        _dump(result)
+    else:
+        sys.stdout.write(as_text(result) + "\n")
+
+
 def cmd_plan(args) -> None:
     from . import config, topology
     from .layout import read_json, write_text
 
+    if args.point is None:
+        # The grid's plan: what it will cost (pdbench estimate).
+        if args.experiment or args.nodelist or args.allocation or args.env_sh \
+                or args.json_out or args.address:
+            raise InputError("--experiment, --nodelist, --allocation, --address, --env-sh "
+                             "and --json-out plan one point: give --point too")
+        cmd_estimate(args)
+        return
+    if not args.experiment or not (args.nodelist or args.allocation):
+        raise InputError("--point needs --experiment and one of --nodelist or --allocation")
     cfg = config.load(args.config)
     point = config.find_point(cfg, args.experiment, args.point)
     addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
@@ -166,7 +187,10 @@ def cmd_render(args) -> None:
     point = config.find_point(cfg, args.experiment, args.point)
     sys.stdout.write(as_text(sections, (
         f"pdbench render: {args.experiment}/{args.point} on {args.nodelist} "
-        f"({point.total_nodes} nodes), SGLang {cfg['sglang']['version']}, container "
+        f"({point.allocated_nodes} nodes"
+        + (f"; shared servers: {point.started_prefill_groups} prefill groups started"
+           if point.shares_servers else "")
+        + f"), SGLang {cfg['sglang']['version']}, container "
         f"{cfg['site']['container']['runtime']}; nothing was started")) + "\n")
 
 
@@ -538,11 +562,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the sections as JSON")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("plan", help="node and port plan of one grid point")
+    p = sub.add_parser("estimate", help="wall time and GPU-hours of the grid before any job: "
+                       "per point, one allocation per point, shared servers, the bound")
     p.add_argument("--config", required=True)
-    p.add_argument("--experiment", required=True, help="e.g. ep48")
-    p.add_argument("--point", required=True, help="e.g. p2")
-    where = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--results", default="results",
+                   help="results tree whose earlier runs' stage times are used (default results)")
+    p.add_argument("--json", action="store_true", help="the estimate as JSON")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("plan", help="node and port plan of one grid point; without --point, "
+                       "the grid's estimate (pdbench estimate)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--experiment", help="e.g. ep48")
+    p.add_argument("--point", help="e.g. p2 (without it: the grid's estimate)")
+    p.add_argument("--results", default="results",
+                   help="without --point: results tree of earlier runs (default results)")
+    p.add_argument("--json", action="store_true", help="without --point: the estimate as JSON")
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--nodelist", help="Slurm hostlist, e.g. gb-[001-016]")
     where.add_argument("--allocation", metavar="JSON",
                        help="allocation.json (job_id, nodelist, addresses)")

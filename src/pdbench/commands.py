@@ -715,6 +715,10 @@ _CONTROL_PATHS = {
     # The expert-distribution recorder (SGLang's http_server, every release here): no body.
     "start_expert_distribution_record": ("POST", "/start_expert_distribution_record"),
     "dump_expert_distribution_record": ("POST", "/dump_expert_distribution_record"),
+    # Between points on shared servers (every release here: http_server.py's
+    # /flush_cache, GET or POST, no body): 200 once every scheduler flushed, 400 while a
+    # request runs or waits.
+    "flush_cache": ("POST", "/flush_cache"),
 }
 
 _START_PROFILE_ORDER = (
@@ -753,6 +757,7 @@ def control_request(
     - ``server_info`` (path per release): GET.
     - ``start_expert_distribution_record``, ``dump_expert_distribution_record``: POST,
       no body (the recording pass of static EPLB).
+    - ``flush_cache``: POST, no body (the reset between points on shared servers).
 
     Only the calls a stage makes are here; the others of SGLang's control API are in
     docs/sglang-formats.md.

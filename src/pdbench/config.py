@@ -32,6 +32,9 @@ from .grid import (  # noqa: F401 - the grid is part of what a config means
     find_point,
     grid_points,
     prefill_server_args,
+    server_neighbours,
+    servers_home,
+    sharing_groups,
 )
 
 @cache

@@ -86,5 +86,29 @@ class PointContext:
         """Raise :class:`pdbench.runstate.RunFailed` if another stage of the run failed."""
         runstate.check(self.results_root)
 
+    @property
+    def servers_started_by(self) -> str:
+        """``experiment/point`` of the run that started this point's servers: its own, or
+        on shared servers (site.share_servers) what its decode marker says (the group's
+        first point, or a later one that started them again after a failure); before
+        the servers are up, the group's first point."""
+        own = f"{self.point.experiment}/{self.point.name}"
+        if not self.point.shares_servers:
+            return own
+        marker = self.paths.ready("decode")
+        if marker.exists():
+            started_by = read_json(marker).get("servers_started_by")
+            if isinstance(started_by, str) and started_by.count("/") == 1:
+                return started_by
+        home = pdconfig.servers_home(self.cfg, self.point)
+        return f"{home.experiment}/{home.name}"
+
+    @property
+    def servers_paths(self) -> PointPaths:
+        """The point directory of the run that started this point's servers (their logs
+        and launch commands are there)."""
+        experiment, point = self.servers_started_by.split("/")
+        return self.paths.results.point(experiment, point)
+
     def decode_logs(self) -> list[Path]:
-        return self.paths.server_logs("decode")
+        return self.servers_paths.server_logs("decode")

@@ -73,6 +73,9 @@ class Point:
     # This point's run is also static EPLB's recording pass for its EP size (see
     # :func:`grid_points`): its decode records the expert distribution.
     records_experts: bool = False
+    # With site.share_servers: the prefill groups of the servers this point runs on (the
+    # largest point of its sharing group; :func:`sharing_groups`); 0: its own.
+    server_prefill_groups: int = 0
 
     @property
     def experiment(self) -> str:
@@ -104,6 +107,21 @@ class Point:
         return self.prefill_groups * self.nodes_per_prefill_group + self.decode_nodes
 
     @property
+    def shares_servers(self) -> bool:
+        return self.server_prefill_groups > 0
+
+    @property
+    def started_prefill_groups(self) -> int:
+        """Prefill groups started in the allocation: this point's, or on shared servers
+        every group of the largest point (those beyond this point's stay idle)."""
+        return max(self.prefill_groups, self.server_prefill_groups)
+
+    @property
+    def allocated_nodes(self) -> int:
+        """Nodes of the allocation this point runs in (its own, or the shared one)."""
+        return self.started_prefill_groups * self.nodes_per_prefill_group + self.decode_nodes
+
+    @property
     def target_batch_per_rank(self) -> int:
         """The per-DP-rank running batch SGLang admits: max_running_requests // dp."""
         return self.decode_max_running_requests // self.decode_dp
@@ -130,6 +148,8 @@ class Point:
             "target_batch_per_rank": self.target_batch_per_rank,
             "target_global_batch": self.target_global_batch,
             "records_experts": self.records_experts,
+            "shares_servers": self.shares_servers,
+            "allocated_nodes": self.allocated_nodes,
         }
 
 
@@ -159,14 +179,70 @@ def grid_points(cfg: Mapping) -> list[Point]:
         for groups in sorted(grid["prefill_groups"])
         for eplb in sorted(grid["eplb"], key=EPLB_MODES.index)
     ]
-    if "static" not in grid["eplb"] or cfg["eplb"]["static"]["init_expert_location"]:
+    if "static" in grid["eplb"] and not cfg["eplb"]["static"]["init_expert_location"]:
+        recorders = {}
+        for point in points:
+            if point.eplb == "none":
+                recorders.setdefault(point.ep, point)
+        points = [replace(p, records_experts=True) if recorders.get(p.ep) == p else p
+                  for p in points]
+    if not cfg["site"].get("share_servers"):
         return points
-    recorders = {}
-    for point in points:
-        if point.eplb == "none":
-            recorders.setdefault(point.ep, point)
-    return [replace(p, records_experts=True) if recorders.get(p.ep) == p else p
+    groups, _ = sharing_groups(points)
+    started = {p: max(q.prefill_groups for q in group) for group in groups for p in group}
+    return [replace(p, server_prefill_groups=started[p]) if p in started else p
             for p in points]
+
+
+def share_key(point: Point) -> tuple | None:
+    """Points with the same key need the same servers (same EP size, same flags) and may
+    share them; None: this point's servers are its own (the point that records static
+    EPLB's expert distribution starts its decode with the recorder on)."""
+    if point.records_experts:
+        return None
+    return (point.ep, point.eplb)
+
+
+def sharing_groups(points: list[Point]) -> tuple[list[list[Point]], list[tuple[Point, str]]]:
+    """Groups of points that can run on one set of servers (more than one point each; in
+    grid order, per EP size and EPLB mode), and every other point with why not."""
+    by_key: dict[tuple, list[Point]] = {}
+    alone = []
+    for point in points:
+        key = share_key(point)
+        if key is None:
+            alone.append((point, "records static EPLB's expert distribution: its decode "
+                                 "starts with the recorder on"))
+        else:
+            by_key.setdefault(key, []).append(point)
+    groups = []
+    for (ep, eplb), members in sorted(by_key.items(),
+                                      key=lambda kv: (kv[0][0], EPLB_MODES.index(kv[0][1]))):
+        if len(members) > 1:
+            groups.append(members)
+        else:
+            alone.append((members[0], f"no other point of EP {ep} with EPLB {eplb}"))
+    return groups, alone
+
+
+def server_neighbours(cfg: Mapping, point: Point) -> tuple[Point | None, Point | None]:
+    """With ``site.share_servers``: the points just before and after ``point`` on the
+    same servers (grid order); the first starts them, the last stops them."""
+    if not point.shares_servers:
+        return None, None
+    same = [p for p in grid_points(cfg)
+            if p.shares_servers and share_key(p) == share_key(point)]
+    i = same.index(point)
+    return (same[i - 1] if i > 0 else None), (same[i + 1] if i + 1 < len(same) else None)
+
+
+def servers_home(cfg: Mapping, point: Point) -> Point:
+    """The point whose run started the servers this point runs on (its logs are there)."""
+    previous, _ = server_neighbours(cfg, point)
+    while previous is not None:
+        point = previous
+        previous, _ = server_neighbours(cfg, point)
+    return point
 
 
 def expert_recorder(cfg: Mapping, ep: int) -> Point | None:
@@ -188,11 +264,15 @@ def find_point(cfg: Mapping, experiment: str, name: str) -> Point:
 
 
 def allocation_neighbours(cfg: Mapping, point: Point) -> tuple[Point | None, Point | None]:
-    """With ``site.reuse_allocation``: the grid points just before and after ``point``
-    that need the same number of nodes (they share one allocation, in grid order)."""
+    """The grid points just before and after ``point`` in its allocation: on shared
+    servers (``site.share_servers``) the points of its sharing group; with
+    ``site.reuse_allocation`` the other points of the same size (in grid order)."""
+    if point.shares_servers:
+        return server_neighbours(cfg, point)
     if not cfg["site"]["reuse_allocation"]:
         return None, None
-    same = [p for p in grid_points(cfg) if p.total_nodes == point.total_nodes]
+    same = [p for p in grid_points(cfg)
+            if not p.shares_servers and p.allocated_nodes == point.allocated_nodes]
     i = same.index(point)
     return (same[i - 1] if i > 0 else None), (same[i + 1] if i + 1 < len(same) else None)
 

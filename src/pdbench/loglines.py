@@ -109,7 +109,7 @@ __all__ = [
 ]
 
 KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready",
-         "eplb_rebalance_start", "eplb_rebalance_end")
+         "eplb_rebalance_start", "eplb_rebalance_end", "cache_flushed", "cache_not_flushed")
 
 # ---------------------------------------------------------------------------------------
 # Prefix and timestamp
@@ -563,6 +563,11 @@ _READY = "The server is fired up and ready to roll!"
 # sglang/srt/eplb/eplb_manager.py (v0.4.10 to v0.5.23): EPLBManager.rebalance logs both.
 _REBALANCE_START = "[EPLBManager] rebalance start"
 _REBALANCE_END = re.compile(r"\[EPLBManager\] rebalance end(?: time=(\S+?)s)?$")
+# sglang/srt/managers/scheduler.py flush_cache (v0.4.6.post3 to v0.5.23): one of these per
+# scheduler that was asked (/flush_cache); the refusal names what is still there.
+_FLUSHED = "Cache flushed successfully!"
+_NOT_FLUSHED = re.compile(r"Cache not flushed because there are pending requests\. "
+                          r"#queue-req: (\d+), #running-req: (\d+)$")
 
 
 def _parse_message(msg: str, rec: dict, line: str | None) -> dict | None:
@@ -614,6 +619,15 @@ def _parse_message(msg: str, rec: dict, line: str | None) -> dict | None:
                 return None
             rec["kind"] = "profile_stop"
             rec["stage"] = m.group(1)
+            return rec
+    elif c == "C":
+        if msg.rstrip() == _FLUSHED:
+            rec["kind"] = "cache_flushed"
+            return rec
+        m = _NOT_FLUSHED.match(msg.rstrip())
+        if m is not None:
+            rec["kind"] = "cache_not_flushed"
+            rec["queue_req"], rec["running_req"] = int(m.group(1)), int(m.group(2))
             return rec
     elif c == "T":
         if msg.rstrip() == _READY:
@@ -680,12 +694,13 @@ def parse_line(line: str) -> dict | None:
         rec = _by_plan(line)  # the common path: a layout seen before, standard prefix
         if rec is not None:
             return rec
-    elif "rofiling" not in line and "fired up" not in line and "EPLBManager" not in line:
+    elif ("rofiling" not in line and "fired up" not in line and "EPLBManager" not in line
+          and "Cache " not in line):
         if "\x1b" not in line:
             return None
         line = _ANSI.sub("", line)
         if ("batch" not in line and "rofiling" not in line and "fired up" not in line
-                and "EPLBManager" not in line):
+                and "EPLBManager" not in line and "Cache " not in line):
             return None
     return _parse_prefixed(line)
 

@@ -79,14 +79,14 @@ def check_secrets(cfg: Mapping) -> dict:
 def test_only_argv(cfg: Mapping, point: Point, log_path: str) -> list[str]:
     """The holder ``sbatch`` of ``point`` as ``sbatch --test-only`` (Slurm answers
     whether and when it would start; nothing is submitted)."""
-    argv = slurm.holder_sbatch_argv(cfg["site"], point.total_nodes,
+    argv = slurm.holder_sbatch_argv(cfg["site"], point.allocated_nodes,
                                     f"pdbench-{point.experiment}-{point.name}", log_path)
     return [argv[0], "--test-only", *[a for a in argv[1:] if a != "--parsable"]]
 
 
 def check_allocations(cfg: Mapping, points: list[Point], log_dir: Path,
                       adopted: int | None) -> list[dict]:
-    sizes = sorted({p.total_nodes for p in points})
+    sizes = sorted({p.allocated_nodes for p in points})
     if adopted:
         info = slurm.job_info(adopted)
         nodes = topology.expand_nodelist(info.nodelist) if info.nodelist else []
@@ -99,7 +99,7 @@ def check_allocations(cfg: Mapping, points: list[Point], log_dir: Path,
                         "" if ok else "adopt a running allocation with enough nodes")]
     results = []
     for size in sizes:
-        point = next(p for p in points if p.total_nodes == size)
+        point = next(p for p in points if p.allocated_nodes == size)
         argv = test_only_argv(cfg, point, str((log_dir / "test-only.log").resolve()))
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -130,7 +130,7 @@ def placeholder_plan_context(cfg: Mapping, point: Point, results: Path, node: st
                              address: str, shared: bool) -> PointContext:
     """The point placed on ``node`` and made-up neighbours: the commands and ports it
     would use (names differ from the real allocation's; flags and ports do not)."""
-    nodes = [node] + [f"{node}-planned-{i}" for i in range(1, point.total_nodes)]
+    nodes = [node] + [f"{node}-planned-{i}" for i in range(1, point.allocated_nodes)]
     addresses = {n: address if shared else n for n in nodes}
     addresses[node] = address
     allocation = {"job_id": "PREFLIGHT", "nodelist": ",".join(nodes), "addresses": addresses,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -54,16 +55,22 @@ def raw_files(ctx: PointContext) -> list[Path]:
 
 
 def file_hashes(ctx: PointContext) -> dict[str, str]:
+    """Relative to the point's directory (on shared servers decode's logs are in the
+    directory of the point that started them: ``../p1/logs/…``)."""
     root = ctx.paths.root
-    return {str(f.relative_to(root)): sha256(f) for f in raw_files(ctx)}
+    return {os.path.relpath(f, root): sha256(f) for f in raw_files(ctx)}
 
 
 def launched_commands(ctx: PointContext) -> dict[str, dict[str, str]]:
     """Per step (server, router, client): its launcher script (every node rank's
     command) and the srun line that ran it, as written when it started."""
-    paths = ctx.paths
-    return {step: {"launcher": _text(paths.launcher_script(step)),
-                   "srun": _text(paths.srun_script(step))} for step in paths.launched_steps()}
+    launched = {}
+    # On shared servers the servers were launched from the first point of the group.
+    for paths in dict.fromkeys([ctx.servers_paths, ctx.paths]):
+        launched.update({step: {"launcher": _text(paths.launcher_script(step)),
+                                "srun": _text(paths.srun_script(step))}
+                         for step in paths.launched_steps()})
+    return launched
 
 
 def _text(path: Path) -> str | None:
@@ -86,10 +93,11 @@ def server_reports(ctx: PointContext) -> dict[str, dict]:
             "server_args": {k: v for k, v in info.items()
                             if k not in ("internal_states", "version")},
         }
-    roles = {s.name: ctx.paths.server_log_role(s.name) for s in ctx.plan.servers}
-    roles.update({"router": "router", "client": "bench_client"})
-    for name, role in roles.items():
-        versions = ctx.paths.node_versions(role)
+    roles = {s.name: (ctx.servers_paths, ctx.paths.server_log_role(s.name))
+             for s in ctx.plan.servers}
+    roles.update({"router": (ctx.paths, "router"), "client": (ctx.paths, "bench_client")})
+    for name, (paths, role) in roles.items():
+        versions = paths.node_versions(role)
         entry = reports.setdefault(name, {})
         entry["packages"] = read_json_if(versions, None)
     return reports
@@ -129,6 +137,16 @@ def repository(workdir: Path) -> dict:
     return {"commit": commit, "dirty": bool(status), "at": now("seconds")}
 
 
+# The stages of a point's timeline, in order (the manifest's ``stages`` names them so;
+# pdbench.estimate reads earlier runs' times by these names).
+STAGE_STARTUP = "servers start-up"
+STAGE_ROUTER_CLIENT = "router and client"
+STAGE_FILL = "fill"
+STAGE_RELEASE = "release"
+STAGE_PROFILES = "profiles"
+STAGE_TEARDOWN = "drain and teardown"
+
+
 def allocated_gpus(ctx: PointContext) -> int:
     return len(ctx.allocation["nodes"]) * int(ctx.cfg["site"]["gpus_per_node"])
 
@@ -153,15 +171,15 @@ def timeline(ctx: PointContext, ready: list[dict], client: dict) -> list[dict]:
     servers_ready = max([r["ready_at"] for r in ready if r.get("role") and r.get("ready_at")]
                         or [i["at"] for i in infos if i.get("at")], key=iso_epoch, default=None)
     events = [
-        ("servers start-up", begin, servers_ready),
-        ("router and client", servers_ready, filled.get("started_at")),
-        ("fill", filled.get("started_at"), filled.get("filled_at")),
-        ("release", filled.get("release_requested_at"), released.get("released_at")),
-        ("profiles", released.get("released_at"),
+        (STAGE_STARTUP, begin, servers_ready),
+        (STAGE_ROUTER_CLIENT, servers_ready, filled.get("started_at")),
+        (STAGE_FILL, filled.get("started_at"), filled.get("filled_at")),
+        (STAGE_RELEASE, filled.get("release_requested_at"), released.get("released_at")),
+        (STAGE_PROFILES, released.get("released_at"),
          max((s.get("done_at") for s in snaps if s.get("done_at")), key=iso_epoch,
              default=None)),
     ]
-    events.append(("drain and teardown", events[-1][2], teardown.get("at")))
+    events.append((STAGE_TEARDOWN, events[-1][2], teardown.get("at")))
     gpus = allocated_gpus(ctx)
     stages = []
     for name, start, end in events:
@@ -289,9 +307,39 @@ def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
             "steps": {**{name: m.get("step_id") for name, m in ready.items()},
                       **({"client": client["step_id"]} if client.get("step_id") else {})},
         },
+        "shared_servers": shared_servers(ctx, ready),
         "stages": stages,
         "gpu_hours": gpu_hours(stages, usage, shared),
         "files_sha256": file_hashes(ctx),
+    }
+
+
+def shared_servers(ctx: PointContext, ready: dict[str, dict]) -> dict | None:
+    """On shared servers (site.share_servers): the group, who started the servers, the
+    prefill groups left idle (their GPUs are in this point's GPU-hours), and the drain
+    and reset the previous point's teardown did before this point's fill."""
+    from .grid import grid_points, server_neighbours, share_key
+
+    point = ctx.point
+    if not point.shares_servers:
+        return None
+    previous, following = server_neighbours(ctx.cfg, point)
+    started_by = ctx.servers_started_by
+    reset = None
+    if previous is not None and started_by != f"{point.experiment}/{point.name}":
+        before = ctx.paths.results.point(previous.experiment, previous.name).teardown
+        reset = read_json_if(before, {}).get("reset")
+    return {
+        "group": [f"{p.experiment}/{p.name}" for p in grid_points(ctx.cfg)
+                  if p.shares_servers and share_key(p) == share_key(point)],
+        "servers_started_by": started_by,
+        "started_here": started_by == f"{point.experiment}/{point.name}",
+        "taken_over_from": {name: m["shared_from"] for name, m in ready.items()
+                            if m.get("shared_from")},
+        "idle_prefill": [s.name for s in ctx.plan.idle_prefill],
+        "idle_prefill_gpus": sum(s.gpus for s in ctx.plan.idle_prefill),
+        "reset_before_fill": reset,
+        "passed_to": None if following is None else f"{following.experiment}/{following.name}",
     }
 
 

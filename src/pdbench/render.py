@@ -38,10 +38,10 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
 
     point: Point = find_point(cfg, experiment, point_name)
     nodes = list(nodes)
-    if len(nodes) < point.total_nodes:
+    if len(nodes) < point.allocated_nodes:
         from .errors import InputError
 
-        raise InputError(f"{experiment}/{point_name} needs {point.total_nodes} nodes; the "
+        raise InputError(f"{experiment}/{point_name} needs {point.allocated_nodes} nodes; the "
                          f"node list has {len(nodes)}")
     paths = PointPaths.of(results, experiment, point_name)
     allocation = {"job_id": job_id if job_id is not None else JOB_ID_PLACEHOLDER,
@@ -49,12 +49,12 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                   "addresses": dict(addresses) if addresses else None}
     ctx = PointContext.for_allocation(dict(cfg), point, paths, allocation)
     shell = commands.render_shell
-    sections = [{"title": f"allocation: holder job for {point.total_nodes} nodes "
+    sections = [{"title": f"allocation: holder job for {point.allocated_nodes} nodes "
                           f"({paths.allocation})", "kind": "shell",
                  "text": shell(holder_sbatch_argv(dict(cfg), point, paths))},
                 {"title": f"node plan ({paths.env_sh})", "kind": "file",
                  "text": ctx.plan.to_env_sh()}]
-    launches = [server_launch(ctx, s.name) for s in ctx.plan.servers]
+    launches = [server_launch(ctx, s.name) for s in ctx.plan.started_servers]
     launches.append(router_launch(ctx))
     client, client_argv = client_launch(ctx)
     launches.append(client)

@@ -201,6 +201,31 @@ def eplb_comparison(exp: Experiment) -> list[dict]:
     return rows
 
 
+def shared_servers_check(exp: Experiment, point: str) -> dict | None:
+    """On shared servers: the point's first snapshot's step time against that of the
+    point whose run started the servers it ran on (fresh). Both ran the same decode server at the
+    same target batch, so a difference beyond ``report.shared_step_tolerance`` says that
+    the servers' reuse (or what the prefill-group count changes in decode) moved the
+    number. None: the point did not run on servers another point started."""
+    manifest = exp.manifests.get(point) or {}
+    shared = manifest.get("shared_servers")
+    if not shared or shared.get("started_here"):
+        return None
+    started_by = str(shared.get("servers_started_by", ""))
+    fresh = started_by.rsplit("/", 1)[-1]
+    tolerance = ((manifest.get("config") or {}).get("report") or {}).get(
+        "shared_step_tolerance", 0.05)
+    steps = {}
+    if not exp.snapshots.empty:
+        first = exp.snapshots[exp.snapshots["snapshot"] == 1]
+        steps = {row["point"]: _finite(row["step_ms"]) for row in first.to_dict("records")}
+    step, fresh_step = steps.get(point), steps.get(fresh)
+    ratio = step / fresh_step if step and fresh_step else None
+    return {"fresh_point": started_by, "step_ms": step, "fresh_step_ms": fresh_step,
+            "ratio": ratio, "tolerance": tolerance,
+            "differ": ratio is not None and abs(ratio - 1) > tolerance}
+
+
 def _finite(value) -> float | None:
     try:
         number = float(value)
@@ -303,6 +328,7 @@ def _provenance(exp: Experiment, point: str) -> dict:
         "gpu_hours_sacct": gpu.get("from_sacct"),
         "gpu_hours_differ": gpu.get("differ"),
         "sacct_note": (gpu.get("sacct") or {}).get("unavailable") or gpu.get("note"),
+        "shared": shared_servers_check(exp, point),
     }
 
 

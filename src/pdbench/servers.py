@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import commands, slurm
 from .context import PointContext, now, progress
+from .grid import Point, server_neighbours
 from .http import HTTPCallError, call, probe
 from .layout import ResultsPaths, read_json, write_json
 from .routers import RouterDialect, router_dialect, worker_failures
@@ -102,7 +103,15 @@ def _wait_ready(what: str, ready: Callable[[], bool], pid: int, log: Path,
 
 def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = None) -> dict:
     """Start prefill group g or the decode server and wait for node 0's /health (within
-    ``timeouts.server_ready_s``, unless ``timeout_s`` says otherwise)."""
+    ``timeouts.server_ready_s``, unless ``timeout_s`` says otherwise). On shared servers
+    (site.share_servers) a point after the group's first takes the previous point's
+    server over while it runs; a server that is gone (a rerun after a failure) is started
+    again here, and this point's run is then the one that started it."""
+    previous, _ = server_neighbours(ctx.cfg, ctx.point)
+    if previous is not None:
+        adopted = adopt_server(ctx, server, previous)
+        if adopted is not None:
+            return adopted
     timeouts = ctx.cfg["timeouts"]
     timeout_s = timeouts["server_ready_s"] if timeout_s is None else timeout_s
     spec = ctx.plan.server(server)
@@ -143,10 +152,39 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = N
         "ready_at": now(),
         "startup_s": round(waited, 1),
     }
+    if ctx.point.shares_servers:
+        marker["servers_started_by"] = f"{ctx.point.experiment}/{ctx.point.name}"
     record_server_info(ctx, server, spec.url)
     write_json(ctx.paths.ready(server), marker)
     progress(f"{server} ready after {waited:.0f} s")
     return marker
+
+
+def adopt_server(ctx: PointContext, server: str, previous: Point) -> dict | None:
+    """On shared servers (site.share_servers): take over the running server of the
+    previous point of the group, which its teardown drained and reset. Its ready marker
+    is this point's, with when this point took it over (no start-up of its own). None:
+    the previous point's server is gone (its step ended, or it has no marker)."""
+    name = f"{previous.experiment}/{previous.name}"
+    source = ctx.paths.results.point(previous.experiment, previous.name).ready(server)
+    marker = read_json(source) if source.exists() else None
+    if marker is None or not server_alive(marker):
+        what = "has no ready marker" if marker is None else f"step {marker['step_id']} ended"
+        progress(f"{server}: the shared server of {name} is gone ({what}): starting it "
+                 "again for this point")
+        return None
+    if probe(f"{marker['url']}/health") != 200:
+        raise ServerError(f"{server}: the shared server at {marker['url']} (step "
+                          f"{marker['step_id']}) runs but does not answer /health")
+    at = now()
+    adopted = {**marker, "started_at": at, "ready_at": at, "startup_s": 0.0,
+               "shared_from": name,
+               "servers_started_by": marker.get("servers_started_by", name),
+               "first_ready_at": marker.get("first_ready_at", marker["ready_at"])}
+    record_server_info(ctx, server, marker["url"])
+    write_json(ctx.paths.ready(server), adopted)
+    progress(f"{server}: shared server of {name} taken over (step {marker['step_id']})")
+    return adopted
 
 
 def record_server_info(ctx: PointContext, server: str, url: str) -> None:

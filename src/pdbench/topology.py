@@ -152,10 +152,19 @@ class NodePlan:
     router_address: str
     router_port: int
     unused_nodes: tuple[str, ...] = field(default=())
+    # On shared servers (site.share_servers): prefill groups started in the allocation
+    # that this point's router leaves out.
+    idle_prefill: tuple[ServerPlan, ...] = field(default=())
 
     @property
     def servers(self) -> tuple[ServerPlan, ...]:
+        """The servers this point uses (its router's workers)."""
         return (*self.prefill, self.decode)
+
+    @property
+    def started_servers(self) -> tuple[ServerPlan, ...]:
+        """Every server started in the allocation, idle prefill groups included."""
+        return (*self.prefill, *self.idle_prefill, self.decode)
 
     @property
     def router_url(self) -> str:
@@ -166,10 +175,11 @@ class NodePlan:
         return self.router_node
 
     def server(self, name: str) -> ServerPlan:
-        for server in self.servers:
+        for server in self.started_servers:
             if server.name == name:
                 return server
-        raise KeyError(f"no server {name!r} in the plan (have {[s.name for s in self.servers]})")
+        raise KeyError(f"no server {name!r} in the plan "
+                       f"(have {[s.name for s in self.started_servers]})")
 
     def to_dict(self) -> dict:
         def server_dict(s: ServerPlan) -> dict:
@@ -195,6 +205,7 @@ class NodePlan:
             "addresses": dict(self.addresses),
             "shared_host": self.shared_host,
             "prefill": [server_dict(s) for s in self.prefill],
+            "idle_prefill": [server_dict(s) for s in self.idle_prefill],
             "decode": server_dict(self.decode),
             "router": {
                 "node": self.router_node,
@@ -270,15 +281,16 @@ def plan(
     nodes = list(nodes)
     if len(set(nodes)) != len(nodes):
         raise PdbenchError(f"node list has duplicates: {nodes}")
-    if len(nodes) < point.total_nodes:
+    if len(nodes) < point.allocated_nodes:
         raise ConfigError(
-            f"{point.experiment}/{point.name} needs {point.total_nodes} nodes "
-            f"({point.prefill_groups} prefill group(s) x {point.nodes_per_prefill_group} + "
+            f"{point.experiment}/{point.name} needs {point.allocated_nodes} nodes "
+            f"({point.started_prefill_groups} prefill group(s) x "
+            f"{point.nodes_per_prefill_group} + "
             f"{point.decode_nodes} decode) but the allocation has {len(nodes)}: "
             f"{compress_nodelist(nodes) if nodes else '(none)'}"
         )
     addresses = {n: (addresses or {}).get(n, n) for n in nodes}
-    used = nodes[: point.total_nodes]
+    used = nodes[: point.allocated_nodes]
     shared_host = len({addresses[n] for n in used}) < len(used)
 
     def http_port(slot: int, rank: int) -> int:
@@ -306,15 +318,17 @@ def plan(
         )
 
     n = point.nodes_per_prefill_group
-    prefill = tuple(
-        server("prefill", g + 1, g, used[g * n : (g + 1) * n]) for g in range(point.prefill_groups)
-    )
-    decode = server("decode", 0, _DECODE_SLOT, used[point.prefill_groups * n :])
+    # On shared servers every point of the group lays its nodes out as the largest one:
+    # the servers stay where they are, and a point's router takes the first groups.
+    started = tuple(server("prefill", g + 1, g, used[g * n : (g + 1) * n])
+                    for g in range(point.started_prefill_groups))
+    prefill, idle = started[: point.prefill_groups], started[point.prefill_groups :]
+    decode = server("decode", 0, _DECODE_SLOT, used[point.started_prefill_groups * n :])
     # On a shared host the router takes slot 10; router_port + 1 is kept for its metrics.
     router_port = (
         ports["router"] if not shared_host else ports["shared_host_base"] + 10 * _PORTS_PER_SLOT
     )
-    _check_ports_unique(prefill, decode, router_port, used[0], addresses)
+    _check_ports_unique(started, decode, router_port, used[0], addresses)
     return NodePlan(
         experiment=point.experiment,
         point=point.name,
@@ -326,7 +340,8 @@ def plan(
         router_node=used[0],
         router_address=addresses[used[0]],
         router_port=router_port,
-        unused_nodes=tuple(nodes[point.total_nodes :]),
+        unused_nodes=tuple(nodes[point.allocated_nodes :]),
+        idle_prefill=idle,
     )
 
 

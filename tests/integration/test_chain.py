@@ -786,6 +786,71 @@ def test_eplb_none_static_online_runs_to_the_end(make_chain):
     assert not jobs_run(proc.stdout + proc.stderr), proc.stdout[-4000:]
 
 
+def test_shared_servers_start_once_and_measure_what_fresh_servers_measure(make_chain):
+    """site.share_servers: p1 and p2 run in one allocation on servers started once; every
+    row equals the emulator's ground truth, and p2 on shared servers equals p2 measured on
+    fresh servers."""
+    shared = make_chain("share", overlays=("chain-small.yaml", "chain-share.yaml"))
+    rc, text, wall = shared.run(f"results/{EXPERIMENT}/report.html")
+    assert rc == 0, text[-8000:]
+    print(f"shared-servers chain: {wall:.0f} s")
+    exp = shared.results / EXPERIMENT
+    # one holder job, one decode start, both prefill groups started by p1's run
+    allocations = [json.loads((exp / p / "allocation.json").read_text()) for p in ("p1", "p2")]
+    assert allocations[0]["job_id"] == allocations[1]["job_id"]
+    assert allocations[1]["reused_from"] == f"{EXPERIMENT}/p1"
+    assert len(allocations[0]["nodes"]) == 4
+    decode_log = (exp / "p1" / "logs" / "launch_server_decode_node_rank_0.log").read_text()
+    assert decode_log.count("The server is fired up and ready to roll!") == 1
+    assert not list((exp / "p2" / "logs").glob("launch_server_*"))
+    assert not [p for p in (exp / "p2" / "commands").glob("*") if "router" not in p.name
+                and "client" not in p.name]
+    for server in ("decode", "prefill-1", "prefill-2"):
+        marker = json.loads((exp / "p2" / "ready" / f"{server}.json").read_text())
+        assert marker["shared_from"] == f"{EXPERIMENT}/p1", marker
+    # p1's router had group 1 only; p2's both
+    routers = {p: json.loads((exp / p / "ready" / "router.json").read_text())
+               for p in ("p1", "p2")}
+    assert len(routers["p1"]["prefill"]) == 1 and len(routers["p2"]["prefill"]) == 2
+    # the reset between the points: decode empty, every cache flushed
+    reset = json.loads((exp / "p1" / "teardown.json").read_text())["reset"]
+    assert reset["servers"] == ["prefill-1", "prefill-2", "decode"]
+    assert reset["decode_log_flushed_records"] >= 1
+    assert "Cache flushed successfully!" in decode_log
+    manifest = json.loads((exp / "p2" / "manifest.json").read_text())
+    assert manifest["shared_servers"]["servers_started_by"] == f"{EXPERIMENT}/p1"
+    assert manifest["shared_servers"]["reset_before_fill"]["rounds"] >= 1
+    assert json.loads((exp / "p1" / "manifest.json").read_text())["shared_servers"][
+        "idle_prefill"] == ["prefill-2"]
+    # every row is the emulator's ground truth (the profile ids of both points are in
+    # p1's decode log)
+    step_ms = STEP_BASE_MS + STEP_PER_REQ_MS * TARGET_PER_RANK
+    truth = shared.ground_truth()
+    rows = shared.rows()
+    assert sorted(r["point"] for r in rows) == ["p1"] * SNAPSHOTS + ["p2"] * SNAPSHOTS
+    for row in rows:
+        assert int(row["global_batch"]) == TARGET_GLOBAL, row
+        assert float(row["step_ms"]) == pytest.approx(step_ms, rel=0.005), row
+        steps = truth[row["profile_id"]]["steps"]
+        model_step = sum(s["forward_ms"] + s["sleep_ms"] for s in steps) / len(steps)
+        assert float(row["step_ms"]) == pytest.approx(model_step, rel=0.005), row
+        assert row["fill_ended_by"] == "reached" and not row["flags"], row
+    assert_clean(shared)
+    # the same point on fresh servers
+    fresh = make_chain("fresh", extra={"grid": {"prefill_groups": [2]}})
+    rc, text, _ = fresh.run(f"results/{EXPERIMENT}/report.html")
+    assert rc == 0, text[-8000:]
+    fresh_rows = [r for r in fresh.rows() if r["point"] == "p2"]
+    shared_rows = [r for r in rows if r["point"] == "p2"]
+    for a, b in zip(shared_rows, fresh_rows, strict=True):
+        for key in ("global_batch", "rank_batch_min", "rank_batch_max", "ranks"):
+            assert a[key] == b[key], (a, b)
+        assert float(a["step_ms"]) == pytest.approx(float(b["step_ms"]), rel=0.005)
+        assert float(a["tokens_per_s_per_gpu"]) == pytest.approx(
+            float(b["tokens_per_s_per_gpu"]), rel=0.005)
+    assert_clean(fresh)
+
+
 def test_dry_run_and_lint_on_a_live_tree_change_nothing(make_chain):
     """Servers of a point run (the run stopped after the router); one decode node dies.
     `snakemake -n`, `--lint`, `--summary` and `--unlock` then show what would run again,

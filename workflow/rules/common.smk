@@ -8,7 +8,9 @@ from snakemake.exceptions import WorkflowError
 from pdbench import config as pdconfig
 from pdbench import runstate
 from pdbench.allocation import adopt_from_environment
-from pdbench.errors import ConfigError
+from pdbench.errors import ConfigError, PdbenchError
+from pdbench.estimate import estimate as estimate_grid
+from pdbench.estimate import summary_line
 from pdbench.grid import EXPERIMENT_PATTERN, POINT_PATTERN
 from pdbench.layout import ResultsPaths
 from pdbench.preflight import fingerprint as preflight_fingerprint
@@ -120,6 +122,15 @@ for _point in SWEEP_PLAN["points"]:
             file=sys.stderr,
         )
 
+# What the grid will cost (pdbench.estimate: per point and shared servers, from earlier
+# runs' stage times where the tree has them): one line in the log of every run, the dry
+# run's included, before any job. A bad earlier manifest does not stop the run.
+if workflow.is_main_process:
+    try:
+        print(f"pdbench: {summary_line(estimate_grid(CFG, RESULTS))}", file=sys.stderr)
+    except PdbenchError as exc:
+        print(f"pdbench: no estimate: {exc}", file=sys.stderr)
+
 
 RUN = {"owner": False}
 
@@ -196,10 +207,13 @@ def get_point_csvs(wildcards):
 
 
 def get_prefill_ready(wildcards):
+    """The router waits for every prefill group started in the allocation: on shared
+    servers (site.share_servers) also those it leaves idle for the next points."""
     point = get_point(wildcards)
     paths = point_paths(wildcards)
     return [
-        str(paths.ready(f"prefill-{g}")) for g in range(1, point.prefill_groups + 1)
+        str(paths.ready(f"prefill-{g}"))
+        for g in range(1, point.started_prefill_groups + 1)
     ]
 
 
@@ -212,7 +226,8 @@ def get_previous_snapshot(wildcards):
 
 
 def get_allocation_predecessor(wildcards):
-    """With site.reuse_allocation, a point waits for the previous point of its size."""
+    """With site.reuse_allocation, a point waits for the previous point of its size; on
+    shared servers, for the previous point of its group (its teardown drains them)."""
     previous, _ = pdconfig.allocation_neighbours(CFG, get_point(wildcards))
     if previous is None:
         return []
