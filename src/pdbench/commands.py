@@ -213,20 +213,9 @@ def server_env(
     """
     if role not in ("prefill", "decode"):
         raise ValueError(f"role must be 'prefill' or 'decode', not {role!r}")
-    secrets = set(cfg["site"].get("secret_env", []))
-    env: dict[str, str] = {}
-    for key, values in (
-        ("site.env", cfg["site"].get("env", {})),
-        ("env.common", cfg["env"]["common"]),
-        (f"env.{role}", cfg["env"][role]),
-    ):
-        for name, value in values.items():
-            if name in secrets:
-                raise ConfigError(
-                    f"config key {key}.{name}: {name} is listed in site.secret_env; its "
-                    "value must come from the submitting environment, not the config"
-                )
-            env[name] = _env_value(value, f"{key}.{name}")
+    env = _config_env(cfg, (("site.env", cfg["site"].get("env", {})),
+                            ("env.common", cfg["env"]["common"]),
+                            (f"env.{role}", cfg["env"][role])))
     cache = cfg["site"].get("kernel_cache_dir")
     if cache:
         # The runbook's launcher exports these per role; compiled kernels then survive
@@ -536,10 +525,16 @@ def client_env(cfg: Mapping) -> dict[str, str]:
     """Environment of the benchmark client: ``site.env``, then ``workload.env`` (the
     servers' ``env.*`` sections are theirs). Names in ``site.secret_env`` may not be given
     values here."""
+    return _config_env(cfg, (("site.env", cfg["site"].get("env", {})),
+                             ("workload.env", cfg["workload"].get("env", {}))))
+
+
+def _config_env(cfg: Mapping, sections) -> dict[str, str]:
+    """The variables of config ``sections`` (``(key, mapping)``, later ones win) as
+    strings; a name listed in ``site.secret_env`` may not be given a value."""
     secrets = set(cfg["site"].get("secret_env", []))
     env: dict[str, str] = {}
-    for key, values in (("site.env", cfg["site"].get("env", {})),
-                        ("workload.env", cfg["workload"].get("env", {}))):
+    for key, values in sections:
         for name, value in values.items():
             if name in secrets:
                 raise ConfigError(
