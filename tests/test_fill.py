@@ -245,3 +245,20 @@ def test_the_fill_says_why_a_rank_starved():
         "dp17 received 5 of 8 requests at global batch 377 of 384, and no more arrive: decode "
         "spreads requests evenly (load-balance-method auto), so fewer than 48 x 8 reached it "
         "(the client sends 768;")
+
+
+@pytest.mark.parametrize("requests, starved", [(None, True), (12, False), (6, True)])
+def test_a_pause_in_arrivals_is_starvation_only_once_every_request_reached_decode(
+        requests, starved):
+    """Two ranks of target 4 hold 3 + 3 and nothing arrives for 12 lines: with 12 requests
+    sent, 6 are still upstream (one slow prefill group supplies in bursts), so the fill goes
+    on; with 6 sent, every one has arrived and the short ranks are starved."""
+    from pdbench.filltrack import FillTracker
+
+    tracker = FillTracker(4, ranks=2, plateau_forwards=10, requests=requests)
+    for _ in range(12):
+        for dp in (0, 1):
+            tracker.feed({"kind": "decode", "dp": dp, "running_req": 3, "queue_req": 0})
+    status = tracker.status()
+    assert status["plateaued"] is starved, status
+    assert all(v["starved"] is starved for v in status["ranks"].values()), status

@@ -125,7 +125,8 @@ def run_fill(ctx: PointContext) -> dict:
     follower = LogFollower(ctx.decode_logs(), from_end=True)
     tracker = FillTracker(point.target_batch_per_rank, ranks=point.decode_dp,
                           target_fraction=cfg["fill"]["target_fraction"],
-                          plateau_forwards=cfg["fill"]["plateau_forwards"])
+                          plateau_forwards=cfg["fill"]["plateau_forwards"],
+                          requests=commands.client_prompts(cfg, point))
     started = time.monotonic()
     started_at = now()
     req = commands.control_request("slow_down", ctx.plan.decode.url, forward_sleep_time=sleep_s)

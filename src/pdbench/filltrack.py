@@ -90,13 +90,17 @@ class FillTracker:
     """Consumes parsed log records (in order per rank) and reports the fill state."""
 
     def __init__(self, target: int, *, ranks: int | None = None, target_fraction: float = 1.0,
-                 plateau_forwards: int = 10) -> None:
+                 plateau_forwards: int = 10, requests: int | None = None) -> None:
         if target < 1:
             raise ValueError(f"target batch per rank must be >= 1, got {target}")
         self.target = target
         self.threshold = max(1, math.ceil(target * target_fraction))
         self.expected_ranks = ranks
         self.plateau_forwards = plateau_forwards
+        # The requests the client sends, when known: a pause in arrivals is starvation only
+        # once every one of them has reached decode (prefill may still hold the rest; one
+        # slow prefill group supplies a large batch in bursts seconds apart).
+        self.requests = requests
         self.ranks: dict[int, RankFill] = {}
 
     def feed(self, record: dict) -> None:
@@ -128,7 +132,11 @@ class FillTracker:
         return r.held_level_forwards >= self.plateau_forwards
 
     def _arrivals_stopped(self) -> bool:
-        """No rank has received a request for ``plateau_forwards`` decode lines."""
+        """No rank has received a request for ``plateau_forwards`` decode lines, and
+        (``requests`` known) every request the client sends has reached decode."""
+        if self.requests is not None and sum(r.max_held for r in self.ranks.values()) \
+                < self.requests:
+            return False
         return all(r.held_level_forwards >= self.plateau_forwards
                    for r in self.ranks.values() if r.decode_lines)
 
