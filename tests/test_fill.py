@@ -262,3 +262,16 @@ def test_a_pause_in_arrivals_is_starvation_only_once_every_request_reached_decod
     status = tracker.status()
     assert status["plateaued"] is starved, status
     assert all(v["starved"] is starved for v in status["ranks"].values()), status
+
+
+def test_a_rank_with_requests_in_kv_transfer_is_not_starved():
+    """A PD decode rank counts a request from the moment the router sends it: 3 running
+    and 16 in KV transfer is a rank whose batch is still coming, not a starved one."""
+    from pdbench.filltrack import FillTracker
+
+    tracker = FillTracker(8, ranks=1, plateau_forwards=10, requests=19)
+    for _ in range(12):
+        tracker.feed({"kind": "decode", "dp": 0, "running_req": 3, "queue_req": 0,
+                      "transfer_req": 16, "prealloc_req": 0})
+    status = tracker.status()
+    assert not status["plateaued"] and not status["ranks"]["0"]["starved"], status

@@ -123,9 +123,11 @@ class FillTracker:
         )
 
     def _rank_starved(self, r: RankFill) -> bool:
-        """Below the threshold, nothing queued, and no request arriving for
-        ``plateau_forwards`` lines (a rank that only sleeps holds none)."""
-        if self._rank_reached(r) or (r.queue_req or 0) > 0:
+        """Below the threshold, nothing on its way to the batch (queued, in KV transfer or
+        pre-allocated: a PD decode rank holds a request from the moment the router sends
+        it, long before its KV arrives), and no request arriving for ``plateau_forwards``
+        lines (a rank that only sleeps holds none)."""
+        if self._rank_reached(r) or r.held > (r.running_req or 0):
             return False
         if r.running_req is None:
             return r.sleeps >= self.plateau_forwards
