@@ -5,6 +5,8 @@ environment Snakemake was started in (inside ``salloc``). Otherwise a holder job
 submitted with the site settings and waited for while it queues. ``allocation.json``
 records the job id, whether it was adopted (an adopted allocation is never cancelled by
 pdbench, only the steps pdbench started in it), the node list and each node's address.
+With the local launcher (``site.launcher: local``) the allocation is the record of the
+point's slots on this host and their GPUs (:mod:`pdbench.localhost`); nothing is submitted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from . import runstate, slurm, topology
+from . import localhost, runstate, slurm, topology
 from .grid import Point
 from .context import now, progress
 from .errors import ConfigError
@@ -24,6 +26,13 @@ from .layout import PointPaths, write_json
 def allocate(cfg: dict, point: Point, paths: PointPaths, *, adopt_job_id: int | None = None,
              queue_timeout_s: float = 24 * 3600.0) -> dict:
     site = cfg["site"]
+    if site["launcher"] == localhost.LAUNCHER:
+        record = {**localhost.allocation_record(site, point.allocated_nodes),
+                  "start_time": now("seconds"), "point": f"{point.experiment}/{point.name}"}
+        write_json(paths.allocation, record)
+        progress(f"local launcher: {point.allocated_nodes} slot(s) on this host, GPUs "
+                 + " | ".join(f"{n}: {g}" for n, g in record["gpus"].items()))
+        return record
     adopted = site["allocation_job_id"] or adopt_job_id
     reused = _reusable(cfg, point, paths)
     if reused and not adopted:

@@ -16,7 +16,8 @@ from .benchresult import last_line, summarize
 from .context import PointContext, now, progress
 from .errors import PdbenchError, StageError
 from .layout import MEASUREMENT_DIRS, read_json, write_json, write_text
-from .steps import StepLaunch, log_tail, server_alive, start_step, step_launch
+from .steps import (StepLaunch, describe_step, log_tail, server_alive, signal_step, start_step,
+                    step_launch)
 from .wait import wait_for
 
 # A held client arms within seconds; a container image pulled on first use can take
@@ -55,7 +56,7 @@ def start_client(ctx: PointContext) -> dict:
 
 
 def dead_message(client: dict, what: str) -> str:
-    return (f"the benchmark client (Slurm step {client['step_id']}) {what}; srun "
+    return (f"the benchmark client ({describe_step(client)}) {what}; srun "
             f"({client['srun_log']}) ends:\n{log_tail(Path(client['srun_log']), 5)}\n"
             f"its log ({client['log']}) ends:\n{log_tail(Path(client['log']))}")
 
@@ -94,13 +95,13 @@ def let_client_go(ctx: PointContext, *, timeout_s: float = CLIENT_ARM_TIMEOUT_S)
 
     def signal() -> None:
         if signals["sent"] >= CLIENT_SIGNAL_ATTEMPTS:
-            raise StageError(f"the benchmark client (Slurm step {client['step_id']}) did not "
+            raise StageError(f"the benchmark client ({describe_step(client)}) did not "
                              f"start after {signals['sent']} start signals; scancel said: "
                              f"{signals['complaint'] or 'nothing'}; its log ends:\n"
                              + log_tail(log))
         if signals["sent"] and not server_alive(client):
             raise StageError(dead_message(client, "ended at its start signal"))
-        signals["complaint"] = slurm.signal_step(client["step_id"], "USR1") or \
+        signals["complaint"] = signal_step(client, "USR1") or \
             signals["complaint"]
         signals["sent"] += 1
         if signals["sent"] == 1:

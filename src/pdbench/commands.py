@@ -314,7 +314,8 @@ def node_launcher_script(
             f"%s is not set (it is passed by name, never written here)\\n' {q(role_name)} "
             f"{q(name)} >&2; exit 3; fi"
         )
-    lines += ['node_id="${SLURM_NODEID:-}"', 'case "$node_id" in']
+    # PDBENCH_NODE_RANK: the local launcher's tasks (site.launcher: local).
+    lines += ['node_id="${PDBENCH_NODE_RANK:-${SLURM_NODEID:-}}"', 'case "$node_id" in']
     for rank, argv in enumerate(argvs):
         lines.append(f"  {rank})")
         if node_names is not None:
@@ -397,6 +398,14 @@ def srun_argv(
         "--kill-on-bad-exit=1",
         "--export=ALL",
     ]
+    options, task = container_task(cfg, script_path)
+    return [*argv, *options, *task]
+
+
+def container_task(cfg: Mapping, script_path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """How one task runs ``bash script_path`` in ``site.container``: the ``srun`` options
+    (pyxis, or ``--chdir`` without a container) and the task's argv (apptainer wraps it).
+    """
     container = cfg["site"]["container"]
     runtime = container["runtime"]
     image, mounts, workdir = container["image"], container_mounts(cfg), container["workdir"]
@@ -407,29 +416,39 @@ def srun_argv(
     if runtime in ("pyxis", "apptainer") and not image:
         raise ConfigError(f"config key site.container.image: required for runtime {runtime!r}")
     if runtime == "pyxis":
-        argv += ["--container-image", image]
+        options = ["--container-image", image]
         if mounts:
-            argv += ["--container-mounts", ",".join(mounts)]
+            options += ["--container-mounts", ",".join(mounts)]
         if workdir:
-            argv += ["--container-workdir", workdir]
-        return [*argv, "--no-container-mount-home", *extra, *script]
+            options += ["--container-workdir", workdir]
+        return [*options, "--no-container-mount-home", *extra], script
     if runtime == "apptainer":
         wrap = ["apptainer", "exec", "--nv"]
         for mount in mounts:
             wrap += ["--bind", mount]
         if workdir:
             wrap += ["--pwd", workdir]
-        return [*argv, *wrap, *extra, image, *script]
+        return [], [*wrap, *extra, image, *script]
     if runtime == "none":
         if extra:
             raise ConfigError(
                 "config key site.container.extra_args: container options given but "
                 "site.container.runtime is 'none'"
             )
-        if workdir:
-            argv += ["--chdir", workdir]
-        return [*argv, *script]
+        return (["--chdir", workdir] if workdir else []), script
     raise ConfigError(f"config key site.container.runtime: unknown runtime {runtime!r}")
+
+
+def local_task_argv(cfg: Mapping, script_path: str | os.PathLike) -> list[str]:
+    """The task's argv of a local step (``site.launcher: local``): no ``srun`` to carry
+    pyxis options, so the container is apptainer or none."""
+    options, task = container_task(cfg, script_path)
+    if cfg["site"]["container"]["runtime"] == "pyxis":
+        raise ConfigError("config key site.container.runtime: pyxis starts containers "
+                          "through srun; site.launcher: local takes apptainer or none")
+    if options:  # --chdir DIR without a container
+        return ["env", "-C", options[1], *task]
+    return task
 
 
 def container_mounts(cfg: Mapping, workdir: str | os.PathLike | None = None) -> list[str]:

@@ -18,7 +18,9 @@ dozens of GPUs. What they encode (docs/launch-checks.md has the list with source
 - the config does not set environment the workflow sets itself;
 - the benchmark client can work through the configured router: bench_one_batch_server
   reads a server-info path that the router must answer with a worker's information
-  (``pdbench.routers``), and its dataset must be one its release knows.
+  (``pdbench.routers``), and its dataset must be one its release knows;
+- the local launcher (``site.launcher: local``) has a slot of GPUs for every planned
+  node, and no Slurm-only setting (pyxis, an allocation to adopt).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from . import localhost
 from .commands import one_batch_server_dataset_args
 from .dialects import client_dialect_for
 from .errors import ConfigError
@@ -48,9 +51,23 @@ def check(cfg: Mapping, points: Sequence[Point], workdir: str | os.PathLike | No
         _decode_capacity(cfg, point)
         _client_concurrency(cfg, point)
     _workflow_env(cfg)
+    if cfg["site"]["launcher"] == localhost.LAUNCHER:
+        _local_launcher(cfg, points)
     if cfg["site"]["container"]["runtime"] != "none":
         _model_source(cfg, workdir)
         _container_paths(cfg, workdir)
+
+
+def _local_launcher(cfg: Mapping, points: Sequence[Point]) -> None:
+    site = cfg["site"]
+    if site["container"]["runtime"] == "pyxis":
+        raise ConfigError("config key site.container.runtime: pyxis starts containers "
+                          "through srun; site.launcher: local takes apptainer or none")
+    if site["allocation_job_id"] is not None:
+        raise ConfigError("config key site.allocation_job_id: adopts a Slurm allocation; "
+                          "site.launcher: local has none (unset one of them)")
+    for size in sorted({p.allocated_nodes for p in points}):
+        localhost.slot_gpus(site, size)
 
 
 def _client_through_router(cfg: Mapping) -> None:

@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import commands, runstate, slurm, topology
+from . import commands, localhost, runstate, slurm, topology
 from .context import PointContext, now, progress
 from .errors import PdbenchError
 from .grid import Point, grid_points
@@ -248,8 +248,14 @@ def run_preflight(cfg: dict, experiment: str, results: str | Path, *,
         progress(f"preflight of {experiment} skipped (site.preflight.enabled: false)")
         return record
     adopted = cfg["site"]["allocation_job_id"] or adopt_job_id
-    checks = [check_secrets(cfg), *check_allocations(cfg, points, work, adopted)]
-    probed, where = _probe_on_node(cfg, points, results, work, adopted, queue_timeout_s)
+    checks = [check_secrets(cfg)]
+    if cfg["site"]["launcher"] == localhost.LAUNCHER:
+        checks.append(_result("allocation", "skipped", "site.launcher is local: no Slurm "
+                              "request to test; the slots' GPUs are checked by the probe"))
+        probed, where = _probe_here(cfg, points, results, work)
+    else:
+        checks += check_allocations(cfg, points, work, adopted)
+        probed, where = _probe_on_node(cfg, points, results, work, adopted, queue_timeout_s)
     checks += probed
     record.update(where, checks=checks, finished_at=now("seconds"))
     write_json(work / "result.json", record)
@@ -305,7 +311,25 @@ def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
             ExperimentPaths(work.parent).preflight_job.unlink(missing_ok=True)
 
 
-def _run_probe(cfg: dict, job_id: int, node: str, work: Path, spec: dict) -> list[dict]:
+def _probe_here(cfg: dict, points: list[Point], results: Path,
+                work: Path) -> tuple[list[dict], dict]:
+    """The probe on this host (site.launcher: local), in slot 0's GPUs."""
+    record = localhost.allocation_record(cfg["site"], 1)
+    node = record["nodes"][0]
+    tokens = {"token": secrets.token_hex(16), "return_token": secrets.token_hex(16),
+              "token_path": str((work / "token-submit").resolve()),
+              "return_token_path": str((work / "token-node").resolve())}
+    write_text(tokens["token_path"], tokens["token"] + "\n")
+    spec, failed = probe_spec(cfg, points, results, node, record["addresses"][node], True,
+                              tokens)
+    where = {"job_id": record["job_id"], "launcher": localhost.LAUNCHER, "adopted": False,
+             "node": node}
+    return failed + _run_probe(cfg, record, node, work, spec), where
+
+
+def _run_probe(cfg: dict, job: int | dict, node: str, work: Path, spec: dict) -> list[dict]:
+    """Run the probe on ``node`` of ``job`` (a Slurm job id, or the local launcher's
+    allocation record)."""
     pre = cfg["site"]["preflight"]
     probe = work / "preflight_probe.py"
     shutil.copyfile(PROBE, probe)
@@ -319,22 +343,37 @@ def _run_probe(cfg: dict, job_id: int, node: str, work: Path, spec: dict) -> lis
         # probe reports which of them reach the node, with every other check.
         commands.server_env(cfg, "decode"), role_name="preflight", node_names=[node]))
     name = f"pdbench-{Path(work).parent.name}-preflight"
-    srun = commands.srun_argv(cfg, job_id=job_id, nodes=[node], script_path=script.resolve(),
-                              step_name=name)
     log = work / "probe.log"
-    progress(f"preflight: probing {node} in job {job_id}")
+    if isinstance(job, dict):  # the local launcher: a local step of one task
+        runner = work / "preflight.local.sh"
+        write_text(runner, localhost.step_script(
+            job, [node], commands.local_task_argv(cfg, script.resolve()), name))
+        argv = ["bash", str(runner.resolve())]
+        progress(f"preflight: probing this host ({node}, GPUs {job['gpus'][node]})")
+    else:
+        argv = commands.srun_argv(cfg, job_id=job, nodes=[node],
+                                  script_path=script.resolve(), step_name=name)
+        progress(f"preflight: probing {node} in job {job}")
     with open(log, "w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            rc = subprocess.run(srun, stdout=fh, stderr=subprocess.STDOUT,
-                                timeout=pre["timeout_s"]).returncode
+            rc = proc.wait(timeout=pre["timeout_s"])
         except subprocess.TimeoutExpired:
-            for step_id, step_name in slurm.steps(job_id):
-                if step_name == name:
-                    slurm.cancel(step_id)
+            if isinstance(job, dict):
+                slurm.stop_process_group(proc.pid, grace_s=5.0)
+            else:
+                for step_id, step_name in slurm.steps(job):
+                    if step_name == name:
+                        slurm.cancel(step_id)
+                slurm.stop_process_group(proc.pid, grace_s=5.0)
             return [_result("probe", "failed", f"the probe on {node} did not finish within "
                             f"site.preflight.timeout_s ({pre['timeout_s']} s); log {log}",
                             "raise site.preflight.timeout_s if the container is slow to "
                             "start")]
+        except BaseException:
+            slurm.stop_process_group(proc.pid, grace_s=5.0)  # interrupted: leave nothing
+            raise
     if rc != 0 or not out_path.exists():
         from .steps import log_tail
 

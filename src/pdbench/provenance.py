@@ -20,7 +20,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from . import commands
+from . import commands, localhost
 from . import config as pdconfig
 from .context import PointContext, now
 from .errors import InputError
@@ -271,7 +271,12 @@ def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
     ready = {p.stem: read_json(p) for p in paths.ready_markers()}
     client = read_json_if(paths.client, {})
     stages = timeline(ctx, list(ready.values()), client)
-    usage = sacct if sacct is not None else sacct_usage(alloc["job_id"])
+    if sacct is not None:
+        usage = sacct
+    elif localhost.is_local(alloc):
+        usage = {"unavailable": "site.launcher is local: no Slurm accounting"}
+    else:
+        usage = sacct_usage(alloc["job_id"])
     shared = bool(alloc.get("adopted") or alloc.get("reused_from")
                   or ctx.cfg["site"]["reuse_allocation"])
     container = dict(ctx.cfg["site"]["container"])
@@ -304,6 +309,7 @@ def build_manifest(ctx: PointContext, *, workdir: Path | None = None,
             "job_id": alloc["job_id"],
             "nodelist": alloc.get("nodelist"),
             "adopted": bool(alloc.get("adopted")),
+            "launcher": alloc.get("launcher", "slurm"),
             "steps": {**{name: m.get("step_id") for name, m in ready.items()},
                       **({"client": client["step_id"]} if client.get("step_id") else {})},
         },

@@ -137,7 +137,7 @@ def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = N
             stall_s=timeouts["server_stall_s"],
         )
     except BaseException:
-        stop_step(ctx.job_id, step)
+        stop_step(step)
         raise
     marker = {
         "server": server,
@@ -272,7 +272,7 @@ def launch_router(ctx: PointContext, *, timeout_s: float | None = None) -> dict:
             timeout_s=300,
         ).json()
     except BaseException:
-        stop_step(ctx.job_id, step)
+        stop_step(step)
         raise
     marker = {
         "server": "router",

@@ -6,7 +6,10 @@ with one task per node; the node's command is chosen by ``SLURM_NODEID`` in a la
 script written to ``commands/<step>.sh`` (the exact commands, for provenance). The
 ``srun`` client runs in a session of its own so the step outlives the stage that started
 it; its pid and the step id go into the stage's marker. A step is alive while Slurm lists
-it and its srun client runs.
+it and its srun client runs. With the local launcher (``site.launcher: local``,
+:mod:`pdbench.localhost`) the same launcher script runs as a process group on this host
+in place of the ``srun`` client (the marker's ``srun_pid``), and a step is alive while
+that process runs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import commands, slurm
+from . import commands, localhost, slurm
 from .context import PointContext
 from .errors import PdbenchError
 from .layout import read_json, write_text
@@ -48,8 +51,9 @@ def step_name(ctx: PointContext, server: str) -> str:
 
 @dataclass(frozen=True)
 class StepLaunch:
-    """Everything one Slurm step of a point runs, before anything is written or started:
-    the launcher script (every node's command, by ``SLURM_NODEID``) and its ``srun``."""
+    """Everything one step of a point runs, before anything is written or started: the
+    launcher script (every node's command, by ``SLURM_NODEID``), what starts it
+    (``srun``, or the local step script), and the file that holds that."""
 
     server: str
     step_name: str
@@ -57,6 +61,12 @@ class StepLaunch:
     script_path: Path
     script: str
     srun: list[str]
+    runner_path: Path
+    runner: str
+
+    @property
+    def local(self) -> bool:
+        return self.srun[:1] != ["srun"]
 
 
 def step_launch(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
@@ -71,18 +81,28 @@ def step_launch(ctx: PointContext, server: str, argvs: list[list[str]], env: dic
         required_env=ctx.cfg["site"]["secret_env"],
     )
     name = step_name(ctx, server)
+    runner_path = ctx.paths.srun_script(server)
+    if localhost.is_local(ctx.allocation):
+        task = commands.local_task_argv(ctx.cfg, script_path.resolve())
+        runner = localhost.step_script(ctx.allocation, nodes, task, name)
+        return StepLaunch(server, name, list(nodes), script_path, script,
+                          ["bash", str(runner_path.resolve())], runner_path, runner)
     srun = commands.srun_argv(ctx.cfg, job_id=ctx.job_id, nodes=nodes,
                               script_path=script_path.resolve(), step_name=name)
-    return StepLaunch(server, name, list(nodes), script_path, script, srun)
+    runner = "#!/usr/bin/env bash\n" + commands.render_shell(srun) + "\n"
+    return StepLaunch(server, name, list(nodes), script_path, script, srun, runner_path, runner)
 
 
 def start_step(ctx: PointContext, launch: StepLaunch) -> dict:
-    """Write the launcher script, start its srun detached, return the step record."""
+    """Write the launcher script, start its srun (or local step) detached, return the
+    step record."""
     write_text(launch.script_path, launch.script)
-    write_text(ctx.paths.srun_script(launch.server),
-               "#!/usr/bin/env bash\n" + commands.render_shell(launch.srun) + "\n")
+    write_text(launch.runner_path, launch.runner)
     srun_log = ctx.paths.srun_log(launch.server)
     pid = slurm.start_detached(launch.srun, srun_log)
+    if launch.local:
+        return {"step_id": f"{localhost.STEP_PREFIX}{pid}", "step_name": launch.step_name,
+                "srun_pid": pid, "srun_log": str(srun_log), "script": str(launch.script_path)}
     try:
         step_id = slurm.find_step(ctx.job_id, launch.step_name)
     except slurm.SlurmError:
@@ -98,14 +118,19 @@ def start_step(ctx: PointContext, launch: StepLaunch) -> dict:
             "srun_log": str(srun_log), "script": str(launch.script_path)}
 
 
-def listed_steps(job_id: int) -> set[str]:
-    """Ids of the job's steps Slurm lists (one squeue for checking several markers)."""
+def listed_steps(job_id: int | str) -> set[str]:
+    """Ids of the job's steps Slurm lists (one squeue for checking several markers);
+    none for the local launcher's allocation (its steps are processes)."""
+    if job_id == localhost.JOB_ID:
+        return set()
     return {step_id for step_id, _ in slurm.steps(job_id)}
 
 
 def server_alive(marker: dict, listed: set[str] | None = None) -> bool:
     """The step still runs: listed by Slurm (``listed``, else asked now) and, where
-    visible, its srun client alive."""
+    visible, its srun client alive; a local step while its process runs."""
+    if localhost.is_local_step(marker["step_id"]):
+        return slurm.pid_alive(int(marker["srun_pid"]))
     if listed is None:
         listed = listed_steps(marker["job_id"])
     return marker["step_id"] in listed and slurm.pid_alive(int(marker["srun_pid"]))
@@ -119,9 +144,41 @@ def marker_alive(marker_path: Path, listed: set[str] | None = None) -> bool:
         return False
 
 
-def stop_step(job_id: int, step: dict) -> None:
-    slurm.cancel(step["step_id"])
+def describe_step(step: dict) -> str:
+    """How messages name a step: ``Slurm step 123.4`` or ``local step local.5678``."""
+    kind = "local" if localhost.is_local_step(step["step_id"]) else "Slurm"
+    return f"{kind} step {step['step_id']}"
+
+
+def stop_step(step: dict) -> None:
+    """Stop a step: ``scancel`` it and its srun client, or a local step's process group."""
+    if not localhost.is_local_step(step["step_id"]):
+        slurm.cancel(step["step_id"])
     slurm.stop_process_group(int(step["srun_pid"]), grace_s=10.0)
+
+
+def signal_step(step: dict, signal_name: str) -> str:
+    """Send a signal to every task of a step; a complaint, if any (see
+    :func:`pdbench.slurm.signal_step`)."""
+    if localhost.is_local_step(step["step_id"]):
+        return localhost.signal_tasks(int(step["srun_pid"]), signal_name)
+    return slurm.signal_step(step["step_id"], signal_name)
+
+
+def allocation_alive(allocation: dict) -> bool:
+    """The allocation still holds its nodes (the local launcher's host always does)."""
+    if localhost.is_local(allocation):
+        return True
+    return slurm.job_info(int(allocation["job_id"])).alive
+
+
+def release_allocation(allocation: dict) -> bool:
+    """Cancel the holder job pdbench submitted (never an adopted allocation, and nothing
+    for the local launcher); whether one was cancelled."""
+    if allocation.get("adopted") or localhost.is_local(allocation):
+        return False
+    slurm.cancel(str(allocation["job_id"]))
+    return True
 
 
 def check_servers(ctx: PointContext, servers: list[str]) -> None:
@@ -134,7 +191,7 @@ def check_servers(ctx: PointContext, servers: list[str]) -> None:
             # Killed"); each node's log follows.
             logs = "\n".join(f"  {log}:\n{log_tail(Path(log), 5)}" for log in marker["logs"])
             raise ServerError(
-                f"{server} (Slurm step {marker['step_id']} on {','.join(marker['nodes'])}) "
+                f"{server} ({describe_step(marker)} on {','.join(marker['nodes'])}) "
                 f"stopped running; srun ({marker['srun_log']}) ends:\n"
                 f"{log_tail(Path(marker['srun_log']), 5)}\nits logs end:\n" + logs
             )

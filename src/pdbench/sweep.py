@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import slurm
+from . import localhost, slurm
 from .layout import PointPaths, ResultsPaths, read_json
 from .steps import listed_steps, marker_alive, stop_step
 
@@ -41,15 +41,20 @@ def plan_sweep(results: str | os.PathLike) -> dict:
     """
     import shutil
 
-    if shutil.which("squeue") is None:
-        return {"points": [], "pending": [],
-                "skipped": "squeue not found: liveness not checked"}
-    points = []
+    has_slurm = shutil.which("squeue") is not None
+    points, skipped = [], []
     tree = ResultsPaths(Path(results))
     for paths in tree.point_dirs():
         try:
-            job_id = int(read_json(paths.allocation)["job_id"])
-            alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES
+            alloc = read_json(paths.allocation)
+            if not localhost.is_local(alloc) and not has_slurm:
+                skipped.append(str(paths.root))
+                continue
+            if localhost.is_local(alloc):
+                job_id, alive = alloc["job_id"], True
+            else:
+                job_id = int(alloc["job_id"])
+                alive = slurm.job_info(job_id).state in slurm.RUNNING_STATES
         except Exception:  # noqa: BLE001 - an unreadable marker is stale
             job_id, alive = None, False
         stale, stop = _stale_markers(paths, job_id if alive else None)
@@ -67,7 +72,7 @@ def plan_sweep(results: str | os.PathLike) -> dict:
                        "stale": [str(p) for p in stale], "stop": [str(p) for p in stop],
                        "set_aside": aside, "record": paths.teardown.exists()})
     pending = []
-    for path in tree.pending_allocations():
+    for path in tree.pending_allocations() if has_slurm else []:
         # A queued holder whose job is gone (a run stopped while it queued); one that is
         # still queued may belong to a run in progress and is left alone.
         try:
@@ -76,7 +81,10 @@ def plan_sweep(results: str | os.PathLike) -> dict:
             gone = True
         if gone:
             pending.append(str(path))
-    return {"points": points, "pending": pending}
+    result = {"points": points, "pending": pending}
+    if skipped:
+        result["skipped"] = f"squeue not found: liveness of {', '.join(skipped)} not checked"
+    return result
 
 
 def stale_paths(plan: dict) -> list[str]:
@@ -153,7 +161,7 @@ def _stop_marker_step(marker_path: Path) -> None:
     """Stop the step a stale marker names, in case it still runs (no-op if gone)."""
     try:
         marker = read_json(marker_path)
-        stop_step(int(marker["job_id"]), marker)
+        stop_step(marker)
     except Exception:  # noqa: BLE001 - nothing to stop
         pass
 

@@ -22,7 +22,7 @@ from .context import PointContext, now
 from .http import HTTPCallError, call
 from .layout import ResultsPaths, read_json
 from .loglines import LogFollower
-from .steps import marker_alive, stop_step
+from .steps import allocation_alive, marker_alive, release_allocation, stop_step
 from .wait import wait_for
 
 
@@ -40,19 +40,19 @@ def teardown_point(ctx: PointContext) -> dict:
         return {"kept": True, "stopped_steps": [], "cancelled_job": None}
     if passes_servers:
         name = f"{successor.experiment}/{successor.name}"
-        result = stop_point(ctx, release_allocation=False,
+        result = stop_point(ctx, release=False,
                             only=[ctx.paths.ready("router"), ctx.paths.client])
         result["reset"] = reset_shared_servers(ctx)
         result["servers_passed_to"] = result["allocation_passed_to"] = name
         result["at"] = now()
         return result
-    result = stop_point(ctx, release_allocation=successor is None)
+    result = stop_point(ctx, release=successor is None)
     if successor is not None:
         result["allocation_passed_to"] = f"{successor.experiment}/{successor.name}"
     return result
 
 
-def stop_point(ctx: PointContext, *, release_allocation: bool = True,
+def stop_point(ctx: PointContext, *, release: bool = True,
                only: list[Path] | None = None) -> dict:
     """Stop everything pdbench started for this point (``only``: the steps of these
     markers); keep adopted allocations."""
@@ -62,13 +62,12 @@ def stop_point(ctx: PointContext, *, release_allocation: bool = True,
         if marker_path.exists():
             marker = read_json(marker_path)
             if marker.get("step_id"):
-                stop_step(int(marker["job_id"]), marker)
+                stop_step(marker)
                 stopped.append(marker["step_id"])
     cancelled = None
     if ctx.paths.allocation.exists():
         alloc = read_json(ctx.paths.allocation)
-        if release_allocation and not alloc.get("adopted"):
-            slurm.cancel(str(alloc["job_id"]))
+        if release and release_allocation(alloc):
             cancelled = alloc["job_id"]
     return {"stopped_steps": stopped, "cancelled_job": cancelled,
             "at": now()}
@@ -139,16 +138,15 @@ def stop_all(results: str | os.PathLike, reason: str = "requested", *,
                 marker = read_json(marker_path)
                 if marker_path == client and keep_servers and not marker_alive(client):
                     continue  # a finished client: its srun pid may be reused
-                stop_step(int(marker["job_id"]), marker)
+                stop_step(marker)
                 stopped.append(marker["step_id"])
             except Exception:  # noqa: BLE001 - teardown must go on with the rest
                 continue
-        alive = slurm.job_info(int(alloc["job_id"])).alive
+        alive = allocation_alive(alloc)
         if keep_servers:
             if alive:
                 kept.append(f"{paths.root} (job {alloc['job_id']})")
-        elif not alloc.get("adopted") and alive:
-            slurm.cancel(str(alloc["job_id"]))
+        elif alive and release_allocation(alloc):
             cancelled.append(alloc["job_id"])
     # Holders still queued: their allocation stage is waiting for them (and ends when
     # they are cancelled).

@@ -76,7 +76,7 @@ def cleanup():
     yield state
     for step in state["steps"]:
         try:
-            stop_step(state["job_id"], step)
+            stop_step(step)
         except Exception:  # noqa: BLE001 - cleanup goes on
             pass
     if state["job_id"] is not None:
@@ -179,7 +179,7 @@ def test_decode_server_as_srun_step_in_a_holder_allocation(tmp_path, slurm_env, 
     assert len(running) == 2, running  # one emulator process per node
 
     # Teardown: the step, then the holder; nothing of ours is left behind.
-    stop_step(job_id, marker)
+    stop_step(marker)
     cleanup["steps"].clear()
     slurm.cancel(str(job_id))
     wait_for(
