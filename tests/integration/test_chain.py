@@ -40,6 +40,7 @@ VENV_BIN = REPO / ".venv" / "bin"
 SGLANG_PYTHON = REPO / ".venv-sglang" / "bin" / "python"
 TINY_MODEL = REPO / ".cache" / "tiny-model"
 REHEARSAL_PROFILE = REPO / "profiles" / "rehearsal" / "config.yaml"
+LOCAL_PROFILE = REPO / "profiles" / "local" / "config.yaml"
 CLUSTER_DIR = Path(os.environ.get("PDBENCH_SLURM_DIR", "/var/tmp/pdbench-slurm"))
 # Working directories live outside pytest's rotating basetemp (another pytest session
 # on the machine may remove old basetemps while a chain still runs). A test's directory
@@ -142,7 +143,7 @@ class Chain:
     """One Snakemake working directory on the local cluster, with its own ports."""
 
     def __init__(self, workdir: Path, name: str, overlays: list[str],
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, profile: Path = REHEARSAL_PROFILE) -> None:
         self.dir = workdir.resolve()
         self.name = name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -155,12 +156,13 @@ class Chain:
         }
         _deep_update(override, extra or {})
         (self.dir / "test-config.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
-        profile = yaml.safe_load(REHEARSAL_PROFILE.read_text())
-        profile["configfile"] = [str(CONFIGS / f) for f in overlays] + [
+        settings = yaml.safe_load(profile.read_text())
+        settings["configfile"] = [str(CONFIGS / f) for f in overlays] + [
             str(self.dir / "test-config.yaml")]
-        profile["slurm-jobname-prefix"] = f"pdbt-{name}"
+        if settings.get("executor") == "slurm":
+            settings["slurm-jobname-prefix"] = f"pdbt-{name}"
         (self.dir / "profile").mkdir()
-        (self.dir / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+        (self.dir / "profile" / "config.yaml").write_text(yaml.safe_dump(settings))
         self.runs = 0
         self.seen_jobs: set[str] = set()
         self.proc: subprocess.Popen | None = None
@@ -375,8 +377,9 @@ def make_chain(request):
     chains: list[Chain] = []
     failed_before = request.session.testsfailed
 
-    def make(name: str, overlays=("chain-small.yaml",), extra: dict | None = None) -> Chain:
-        chain = Chain(new_workdir(name) / "run", name, list(overlays), extra)
+    def make(name: str, overlays=("chain-small.yaml",), extra: dict | None = None,
+             profile: Path = REHEARSAL_PROFILE) -> Chain:
+        chain = Chain(new_workdir(name) / "run", name, list(overlays), extra, profile)
         chains.append(chain)
         return chain
 
@@ -1400,3 +1403,49 @@ def test_forcerun_until_omit_from_per_stage(completed, make_chain):
     finally:
         template.write_text(text)
         os.utime(template, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+
+# ------------------------------------------------------------------ the local launcher
+
+
+def test_local_launcher_runs_the_chain_without_slurm(make_chain):
+    """site.launcher local: the same stages on this host's processes, no Slurm job at all;
+    the measurement equals the emulator's ground truth and nothing is left running."""
+    chain = make_chain("local", overlays=("chain-small.yaml", "chain-local.yaml"),
+                       profile=LOCAL_PROFILE)
+    rc, text, wall = chain.run(f"results/{EXPERIMENT}/throughput.csv",
+                               f"results/{EXPERIMENT}/{POINT}/manifest.json")
+    assert rc == 0, text[-8000:]
+    print(f"local chain: {wall:.0f} s")
+    assert_ground_truth(chain)
+    alloc = json.loads((chain.point / "allocation.json").read_text())
+    assert alloc["launcher"] == "local" and alloc["nodelist"] == "local[0-2]"
+    # Three slots of 4 GPUs on a host of 4 (share_gpus): each slot gets all four.
+    assert set(alloc["gpus"].values()) == {"0,1,2,3"}
+    teardown = json.loads((chain.point / "teardown.json").read_text())
+    assert teardown["cancelled_job"] is None
+    assert len(teardown["stopped_steps"]) == 4
+    assert all(step.startswith("local.") for step in teardown["stopped_steps"])
+    manifest = json.loads((chain.point / "manifest.json").read_text())
+    assert manifest["slurm"]["launcher"] == "local"
+    preflight = json.loads((chain.results / EXPERIMENT / "preflight.json").read_text())
+    assert preflight["launcher"] == "local"
+    assert chain.submitted_jobs() == [], "the local launcher submits nothing to Slurm"
+    # Each decode node's task got its rank and the slot's GPUs.
+    runner = (chain.point / "commands" / "decode.srun.sh").read_text()
+    assert "PDBENCH_NODE_RANK=1 CUDA_VISIBLE_DEVICES=0,1,2,3 bash" in runner
+    assert_clean(chain)
+
+
+def test_local_launcher_interrupted_stops_every_process(make_chain):
+    """Snakemake stopped in the middle of the fill: onerror's stop-all ends every local
+    step (each runs in a session of its own, so only pdbench can stop it)."""
+    chain = make_chain("local-stop", overlays=("chain-small.yaml", "chain-local.yaml"),
+                       profile=LOCAL_PROFILE)
+    chain.start(f"results/{EXPERIMENT}/throughput.csv")
+    chain.wait_for_fill_running()
+    assert chain.processes(), "the servers run during the fill"
+    chain.proc.send_signal(signal.SIGINT)
+    rc, text = chain.wait(timeout=120)
+    assert rc != 0
+    assert_clean(chain, timeout=60)
