@@ -11,8 +11,8 @@ server its own ports, as on the local test cluster.
 A step runs the same launcher script ``srun`` would run, once per node of the step, with
 ``PDBENCH_NODE_RANK`` (the script's fallback for ``SLURM_NODEID``) and
 ``CUDA_VISIBLE_DEVICES`` set, in a session of its own. Like ``srun
---kill-on-bad-exit=1`` it ends when its first task ends and stops the others. Its id is
-``local.<pid>``; it is alive while that process is.
+--kill-on-bad-exit=1`` it stops the other tasks when one fails, with that task's status.
+Its id is ``local.<pid>``; it is alive while that process is.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def step_script(allocation: Mapping, nodes: Sequence[str], task_argv: Sequence[s
         "#!/usr/bin/env bash",
         f"# pdbench local step {q(step_name)}: one task per planned node on this host "
         "(site.launcher: local).",
-        "# It ends when its first task ends and stops the others (srun --kill-on-bad-exit).",
+        "# A task that fails stops the others (srun --kill-on-bad-exit).",
         "set -u",
         "tasks=()",
     ]
@@ -97,11 +97,14 @@ def step_script(allocation: Mapping, nodes: Sequence[str], task_argv: Sequence[s
         lines.append("tasks+=($!)")
     lines += [
         "trap 'kill -TERM \"${tasks[@]}\" 2>/dev/null' TERM INT",
-        "wait -n",
-        "status=$?",
-        'kill -TERM "${tasks[@]}" 2>/dev/null',
+        "status=0",
+        'for _ in "${tasks[@]}"; do',
+        "  wait -n",
+        "  rc=$?",
+        '  if [ "$rc" -ne 0 ]; then status=$rc; kill -TERM "${tasks[@]}" 2>/dev/null; break; fi',
+        "done",
         "wait",
-        "exit $status",
+        'exit "$status"',
     ]
     return "\n".join(lines) + "\n"
 
