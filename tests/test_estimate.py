@@ -51,8 +51,11 @@ def test_without_earlier_runs_every_point_costs_its_gpus_times_the_configured_pa
         r = row(result, name)
         assert (r["nodes"], r["gpus"], r["wall_s"]) == (nodes, nodes * 4, wall)
         assert r["gpu_hours"] == pytest.approx(nodes * 4 * wall / 3600)
-        assert {p["source"] for p in r["parts"].values()} == {
-            f"site.estimate.{k}_s" for k in ("startup", "fill", "profiles", "teardown")}
+        # the reset after p1 and p2 on shared servers is the group's, not the point's
+        resets = ("reset",) if name != "p3" else ()
+        assert {k: p["source"] for k, p in r["parts"].items()} == {
+            k: f"site.estimate.{k}_s" for k in ("startup", "fill", "profiles", "teardown",
+                                               *resets)}
     assert result["per_point"]["gpu_hours"] == pytest.approx((56 + 64 + 72) * wall / 3600)
     assert result["per_point"]["wall_s"] == 3 * wall
 
@@ -129,25 +132,140 @@ def test_earlier_runs_replace_the_guesses_own_point_first_then_the_experiments_m
 
 @pytest.mark.parametrize("shared, known", [
     (None, {"startup", "fill", "profiles", "teardown"}),
-    # the group's first point started the servers, then drained them for the next
-    ({"started_here": True, "passed_to": "ep48/p2"}, {"startup", "fill", "profiles"}),
+    # the group's first point started the servers, then drained and reset them for the
+    # next: its teardown stage is that reset
+    ({"started_here": True, "passed_to": "ep48/p2"}, {"startup", "fill", "profiles", "reset"}),
     # a middle point took them over and passed them on
-    ({"started_here": False, "passed_to": "ep48/p3"}, {"fill", "profiles"}),
+    ({"started_here": False, "passed_to": "ep48/p3"}, {"fill", "profiles", "reset"}),
     # the last point took them over and stopped them
     ({"started_here": False, "passed_to": None}, {"fill", "profiles", "teardown"}),
+    # a later point that found them gone started them again, and passed them on
+    ({"started_here": True, "passed_to": "ep48/p3"}, {"startup", "fill", "profiles", "reset"}),
 ])
 def test_a_run_on_shared_servers_says_nothing_of_the_start_up_or_teardown_it_skipped(
         shared, known):
     manifest = {"stages": stages(startup=5, router=1, fill=2, release=0, profiles=3,
                                  teardown=4), "shared_servers": shared}
-    assert set(estimate.measured_parts(manifest, Path("m.json"))) == known
+    parts = estimate.measured_parts(manifest, Path("m.json"))
+    assert set(parts) == known
+    assert parts.get("reset", 4) == parts.get("teardown", 4) == 4
+
+
+def shared_run(startup=None, teardown=None, *, started_here=False, passed_to=None,
+               router=4.5, fill=9.0, release=0.4, profiles=4.4) -> dict:
+    """A manifest of a point on shared servers: ``teardown`` is the stage after its
+    profiles (the reset where it passed the servers on)."""
+    return {"stages": stages(startup=startup, router=router, fill=fill, release=release,
+                             profiles=profiles, teardown=teardown),
+            "shared_servers": {"started_here": started_here, "passed_to": passed_to}}
+
+
+def own_run(startup, teardown) -> dict:
+    return {"stages": stages(startup=startup, router=4.5, fill=9.0, release=0.4,
+                             profiles=4.4, teardown=teardown), "shared_servers": None}
+
+
+@pytest.mark.parametrize("runs, expect", [
+    # no earlier run: the guess after every point but the group's last
+    ({}, {"p1": (20, "site.estimate.reset_s"), "p2": (20, "site.estimate.reset_s"),
+          "p3": None}),
+    # runs on servers of their own measured teardowns, never a reset
+    ({"p1": own_run(600, 30), "p2": own_run(600, 30), "p3": own_run(600, 30)},
+     {"p1": (20, "site.estimate.reset_s"), "p2": (20, "site.estimate.reset_s"),
+      "p3": None}),
+    # p1 passed the servers on after a 2 s reset: its own, and the experiment's for p2
+    ({"p1": shared_run(600, 2, started_here=True, passed_to="ep48/p2")},
+     {"p1": (2, "measured ep48/p1"), "p2": (2, "median of measured ep48/p1"), "p3": None}),
+    # each measured its own; the last point's teardown stopped the servers: no reset
+    ({"p1": shared_run(600, 2, started_here=True, passed_to="ep48/p2"),
+      "p2": shared_run(0.1, 6, passed_to="ep48/p3"), "p3": shared_run(0.1, 40)},
+     {"p1": (2, "measured ep48/p1"), "p2": (6, "measured ep48/p2"), "p3": None}),
+    # p2's run has no teardown stage (it stopped before): the experiment's median, p1's
+    ({"p1": shared_run(600, 2, started_here=True, passed_to="ep48/p2"),
+      "p2": shared_run(0.1, None, passed_to="ep48/p3")},
+     {"p1": (2, "measured ep48/p1"), "p2": (2, "median of measured ep48/p1"), "p3": None}),
+])
+def test_the_reset_between_points_comes_from_earlier_runs_like_every_part(tmp_path, runs,
+                                                                          expect):
+    results = tmp_path / "results"
+    for name, manifest in runs.items():
+        write_manifest(results, "ep48", name, manifest)
+    result = estimate.estimate(make_cfg(), results)
+    for name, reset in expect.items():
+        parts = row(result, name)["parts"]
+        assert (None if "reset" not in parts else
+                (parts["reset"]["seconds"], parts["reset"]["source"])) == reset, name
+    (group,) = result["shared"]["groups"]
+    resets = sum(r[0] for r in expect.values() if r)
+    assert group["resets_s"] == resets
+    # the reset is the group's, never a part of a point's own allocation
+    for name in expect:
+        r = row(result, name)
+        assert r["wall_s"] == sum(r["parts"][p]["seconds"]
+                                  for p in ("startup", "fill", "profiles", "teardown"))
+    teardown = max(row(result, n)["parts"]["teardown"]["seconds"] for n in expect)
+    startup = max(row(result, n)["parts"]["startup"]["seconds"] for n in expect)
+    measuring = sum(row(result, n)["parts"]["fill"]["seconds"]
+                    + row(result, n)["parts"]["profiles"]["seconds"] for n in expect)
+    assert group["wall_s"] == pytest.approx(startup + measuring + resets + teardown)
+    sources = estimate.as_text(result).split("times from: ")[1].splitlines()[0]
+    assert all(r[1] in sources.split("; ") for r in expect.values() if r)
+
+
+@pytest.mark.parametrize("runs, startups", [
+    # every later point took p1's servers over: their start-up on servers of their own is
+    # what p1's start-up of the same servers took
+    ({"p1": shared_run(600, 2, started_here=True, passed_to="ep48/p2"),
+      "p2": shared_run(0.5, 2, passed_to="ep48/p3"), "p3": shared_run(0.5, 40)},
+     {"p1": (600, "measured ep48/p1"), "p2": (600, "median of measured ep48/p1"),
+      "p3": (600, "median of measured ep48/p1")}),
+    # p2 found them gone and started them again: p3 took p2's over
+    ({"p1": shared_run(600, None, started_here=True, passed_to="ep48/p2"),
+      "p2": shared_run(700, 2, started_here=True, passed_to="ep48/p3"),
+      "p3": shared_run(0.5, 40)},
+     {"p1": (600, "measured ep48/p1"), "p2": (700, "measured ep48/p2"),
+      "p3": (650, "median of measured ep48/p1,p2")}),
+])
+def test_a_point_that_took_servers_over_is_estimated_with_the_start_up_of_who_started_them(
+        tmp_path, runs, startups):
+    results = tmp_path / "results"
+    for name, manifest in runs.items():
+        write_manifest(results, "ep48", name, manifest)
+    result = estimate.estimate(make_cfg(), results)
+    for name, (seconds, source) in startups.items():
+        assert row(result, name)["parts"]["startup"] == {"seconds": seconds,
+                                                         "source": source}, name
+
+
+def test_a_measured_reset_of_seconds_keeps_sharing_below_one_allocation_per_point(tmp_path):
+    """The rehearsal's stage times (emulated servers start in seconds, the reset takes 2 s,
+    stopping every server about 37 s): with the schema's 60 s reset the shared estimate
+    would exceed one allocation per point; measured, it does not."""
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["site"]["estimate"] = {"reset_s": 60}
+    cfg = config.validate(raw)
+    results = tmp_path / "results"
+    runs = {"p1": shared_run(3.7, 2.1, started_here=True, passed_to="ep48/p2"),
+            "p2": shared_run(0.2, 1.9, passed_to="ep48/p3"),
+            "p3": shared_run(0.2, 37.5)}
+    guessed = estimate.estimate(cfg, None)
+    assert guessed["points"][0]["parts"]["reset"]["seconds"] == 60
+    for name, manifest in runs.items():
+        write_manifest(results, "ep48", name, manifest)
+    measured = estimate.estimate(cfg, results)
+    (group,) = measured["shared"]["groups"]
+    assert group["resets_s"] == pytest.approx(4.0)
+    assert measured["shared"]["gpu_hours"] < measured["per_point"]["gpu_hours"]
+    # what the reset guess alone would have made of the same runs
+    with_guess = group["gpu_hours"] + 72 * (2 * 60 - 4.0) / 3600
+    assert with_guess > measured["per_point"]["gpu_hours"]
 
 
 def test_a_real_manifests_stage_times_are_read_back(ctx, tmp_path):  # noqa: F811
     manifest = provenance.build_manifest(ctx, workdir=tmp_path, sacct={})
     write_json(ctx.paths.manifest, manifest)
     result = estimate.estimate(ctx.cfg, ctx.paths.results.root)
-    parts = {k: v["seconds"] for k, v in row(result, "p1")["parts"].items()}
+    parts = {k: v["seconds"] for k, v in row(result, "p1")["parts"].items() if k != "reset"}
     assert parts == {"startup": 900, "fill": 60 + 300 + 2, "profiles": 78, "teardown": 60}
     # the parts tile the point's allocated time, as its stage records' GPU-hours do
     assert row(result, "p1")["gpu_hours"] == pytest.approx(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pdbench import config as config_mod
-from pdbench.render import render_point
+from pdbench.render import as_text, render_point
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pdbench.cli"]
@@ -126,3 +126,92 @@ def test_render_shows_the_recording_pass_and_the_relaunch_from_its_dump(tmp_path
     assert "expert_distribution_record" not in static + other
     assert "--expert-distribution-recorder-mode" not in static + other
     assert not (tmp_path / "results").exists()
+
+
+def shared_cfg(**grid):
+    raw = json.loads(json.dumps(config_mod.load(REPO / "config" / "config.yaml")))
+    raw["site"]["share_servers"] = True
+    raw["grid"].update(grid)
+    return config_mod.validate(raw)
+
+
+EIGHTEEN = [f"gb-{i:03d}" for i in range(1, 19)]
+STARTED = ["prefill-1", "prefill-2", "prefill-3", "decode"]
+URLS = {"prefill-1": "http://gb-001:30000", "prefill-2": "http://gb-003:30000",
+        "prefill-3": "http://gb-005:30000", "decode": "http://gb-007:30000"}
+
+
+@pytest.mark.parametrize("point, steps, router_prefill, servers_note, reset_before, passes_to", [
+    # the group's first point starts every server of the largest point; p2 and p3's
+    # prefill groups stay idle until their routers use them
+    ("p1", [*STARTED, "router", "client"], ["prefill-1"],
+     "servers: this point starts the shared servers", None, "ep48/p2"),
+    # later points launch only their router, with their own prefill groups, and client
+    ("p2", ["router", "client"], ["prefill-1", "prefill-2"],
+     "servers: ep48/p1's, taken over while they run", "ep48/p1", "ep48/p3"),
+    ("p3", ["router", "client"], ["prefill-1", "prefill-2", "prefill-3"],
+     "servers: started by ep48/p1, passed on by ep48/p2, taken over", "ep48/p2", None),
+])
+def test_render_on_shared_servers_shows_what_each_point_really_runs(
+        tmp_path, monkeypatch, point, steps, router_prefill, servers_note, reset_before,
+        passes_to):
+    monkeypatch.chdir(tmp_path)
+    sections = render_point(shared_cfg(), "ep48", point, EIGHTEEN)
+    titles = [s["title"] for s in sections]
+    assert [t.split(":")[0] for t in titles if "Slurm step" in t] == steps
+    holder = [s for s in sections if s["title"].startswith("allocation")]
+    if reset_before is None:
+        assert holder[0]["kind"] == "shell" and "--nodes 18 " in holder[0]["text"]
+    else:
+        assert holder[0]["kind"] == "note" and "sbatch" not in holder[0]["text"]
+        assert holder[0]["title"].startswith(f"allocation: {reset_before}'s, taken over")
+    assert any(t.startswith(servers_note) for t in titles), titles
+    router = next(s["text"] for s in sections if s["title"].startswith("router: launcher"))
+    assert [u for u in URLS.values() if f"--prefill {u} " in router] == [
+        URLS[g] for g in router_prefill]
+    assert f"--decode {URLS['decode']}" in router
+    flushes = [i for i, s in enumerate(sections) if "/flush_cache" in s["text"]]
+    router_at = titles.index(next(t for t in titles if t.startswith("router: Slurm step")))
+    before = [sections[i]["text"] for i in flushes if i < router_at]
+    after = [sections[i]["text"] for i in flushes if i > router_at]
+    # every server the group started is drained and flushed between two points, the idle
+    # prefill groups too: once before a later point's router, once after a point that
+    # passes the servers on
+    expect = [f"-X POST {URLS[s]}/flush_cache" for s in STARTED]
+    assert [t.split("--max-time 60 ")[1] for t in before] == (expect if reset_before else [])
+    assert [t.split("--max-time 60 ")[1] for t in after] == (expect if passes_to else [])
+    if reset_before:
+        assert any(t.startswith(f"drain and reset before ep48/{point} ({reset_before}'s "
+                                "teardown") for t in titles)
+    teardown = next(t for t in titles if t.startswith("teardown:"))
+    assert (f"the servers go on to {passes_to}" in teardown if passes_to
+            else "stops every server" in teardown)
+    # notes are comments of the reviewable document, their title and their text
+    lines = as_text(sections, "header").splitlines()
+    assert all(line.startswith("# --- ") for line in lines if "servers:" in line)
+    assert all(line.startswith("# ") for line in lines if "timeouts.drain_s" in line)
+    assert sum("timeouts.drain_s" in line for line in lines) == bool(reset_before) + bool(
+        passes_to)
+    assert _tree(tmp_path) == []
+
+
+def test_render_of_a_point_after_a_restart_names_who_started_its_servers(tmp_path,
+                                                                        monkeypatch):
+    """p2 found p1's servers gone and started them again: p3 runs on p2's, as its decode
+    marker and the manifest say (PointContext.servers_started_by)."""
+    from pdbench.layout import PointPaths, write_json
+
+    monkeypatch.chdir(tmp_path)
+    write_json(PointPaths.of("results", "ep48", "p3").ready("decode"),
+               {"servers_started_by": "ep48/p2", "shared_from": "ep48/p2"})
+    titles = [s["title"] for s in render_point(shared_cfg(), "ep48", "p3", EIGHTEEN)]
+    assert "servers: ep48/p2's, taken over while they run (" + ", ".join(STARTED) + \
+        "); none is launched here" in titles
+
+
+def test_render_without_shared_servers_has_no_reset_and_no_note(cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for point in ("p1", "p2", "p3"):
+        sections = render_point(cfg, "ep48", point, EIGHTEEN)
+        assert {s["kind"] for s in sections} == {"shell", "file", "http"}
+        assert not any("/flush_cache" in s["text"] for s in sections)

@@ -14,9 +14,13 @@ run when the results tree has its manifest, else from earlier runs of its experi
 
 Points that differ only in their prefill-group count can run on shared servers: one
 allocation of the largest point's size, servers started once, the router started per
-point and decode drained and reset between points (``reset_s``):
+point and decode drained and reset between points. The reset is a measured part too:
+the teardown of a point that passed the servers on (it stopped its router and client,
+then drained and flushed the servers), taken from the point's own run, else the median
+of its experiment's, else ``site.estimate.reset_s``:
 
-    wall(group)      = max startup + sum(fill + profiles) + (n - 1) x reset + max teardown
+    wall(group)      = max startup + sum(fill + profiles) + sum(reset of all but the last)
+                       + max teardown
     GPU-hours(group) = GPUs(largest) x wall(group) / 3600
 
 and the prefill groups a point does not use idle meanwhile, charged to the group and
@@ -44,17 +48,23 @@ from .provenance import (
     STAGE_TEARDOWN,
 )
 
-# Each part of a point's allocated time and the manifest stages it sums.
+# Each part of a point's allocated time on servers of its own and the manifest stages
+# it sums.
 PARTS = {
     "startup": (STAGE_STARTUP,),
     "fill": (STAGE_ROUTER_CLIENT, STAGE_FILL, STAGE_RELEASE),
     "profiles": (STAGE_PROFILES,),
     "teardown": (STAGE_TEARDOWN,),
 }
+# On shared servers, after a point that passes them on: its router and client stopped,
+# the servers drained and flushed. Its run measures it as its teardown stage.
+RESET = "reset"
+# Every part an earlier run can measure, each with its site.estimate.<part>_s guess.
+MEASURED_PARTS = (*PARTS, RESET)
 
 FORMULA = ("GPU-hours = allocated GPUs x (startup + fill + profiles + teardown) / 3600; "
            "shared servers: GPUs of the largest point x (one startup + sum of fill + profiles "
-           "+ a reset between points + one teardown) / 3600")
+           "+ a reset after each point but the last + one teardown) / 3600")
 
 
 def measured_parts(manifest: Mapping, source: Path) -> dict[str, float]:
@@ -69,15 +79,18 @@ def measured_parts(manifest: Mapping, source: Path) -> dict[str, float]:
             seconds[stage.get("stage")] = float(stage["seconds"])
     parts = {part: sum(seconds[s] for s in names) for part, names in PARTS.items()
              if all(s in seconds for s in names)}
-    # On shared servers a point that took the servers over started none, and one that
-    # passed them on drained and reset them instead of a teardown: neither measured
-    # what a point on servers of its own spends there.
+    # On shared servers a point that took the servers over started none: it measured no
+    # start-up. One that passed them on drained and reset them instead of a teardown: its
+    # teardown stage is the reset between two points, not what a point on servers of its
+    # own spends stopping them.
     shared = manifest.get("shared_servers")
     if isinstance(shared, Mapping):
         if not shared.get("started_here"):
             parts.pop("startup", None)
         if shared.get("passed_to"):
-            parts.pop("teardown", None)
+            reset = parts.pop("teardown", None)
+            if reset is not None:
+                parts[RESET] = reset
     return parts
 
 
@@ -92,12 +105,13 @@ def earlier_runs(results: Path, points: list[Point]) -> dict[tuple[str, str], di
     return runs
 
 
-def point_parts(cfg: Mapping, point: Point, runs: Mapping) -> dict[str, dict]:
-    """Each part's seconds and where it came from."""
+def point_parts(cfg: Mapping, point: Point, runs: Mapping,
+                names: tuple[str, ...] = tuple(PARTS)) -> dict[str, dict]:
+    """Each part's seconds (of ``names``) and where it came from."""
     guesses = cfg["site"]["estimate"]
     own = runs.get((point.experiment, point.name), {})
     parts = {}
-    for part in PARTS:
+    for part in names:
         if part in own:
             parts[part] = {"seconds": own[part],
                            "source": f"measured {point.experiment}/{point.name}"}
@@ -123,11 +137,15 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
     points = grid_points(cfg)
     runs = earlier_runs(Path(results), points) if results is not None else {}
     gpn = cfg["site"]["gpus_per_node"]
-    reset_s = float(cfg["site"]["estimate"]["reset_s"])
+    groups, alone = sharing_groups(points)
+    # On shared servers every point of a group but its last passes the servers on: a
+    # reset follows it.
+    passes_on = {p for members in groups for p in members[:-1]}
     rows = {}
     for point in points:
-        parts = point_parts(cfg, point, runs)
-        wall = sum(p["seconds"] for p in parts.values())
+        parts = point_parts(cfg, point, runs,
+                            MEASURED_PARTS if point in passes_on else tuple(PARTS))
+        wall = sum(parts[part]["seconds"] for part in PARTS)
         gpus = point.total_nodes * gpn
         rows[point] = {
             "experiment": point.experiment, "point": point.name, "nodes": point.total_nodes,
@@ -136,7 +154,6 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
     per_point = {"wall_s": sum(r["wall_s"] for r in rows.values()),
                  "gpu_hours": sum(r["gpu_hours"] for r in rows.values())}
 
-    groups, alone = sharing_groups(points)
     shared_groups = []
     for members in groups:
         largest = max(members, key=lambda p: p.total_nodes)
@@ -144,13 +161,13 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
         seconds = {part: [rows[p]["parts"][part]["seconds"] for p in members]
                    for part in PARTS}
         measuring = [f + p for f, p in zip(seconds["fill"], seconds["profiles"])]
-        wall = (max(seconds["startup"]) + sum(measuring) + (len(members) - 1) * reset_s
-                + max(seconds["teardown"]))
+        resets = sum(rows[p]["parts"][RESET]["seconds"] for p in members[:-1])
+        wall = max(seconds["startup"]) + sum(measuring) + resets + max(seconds["teardown"])
         bound = max(seconds["startup"]) + sum(measuring)
         idle = sum(_hours(gpus - rows[p]["gpus"], m) for p, m in zip(members, measuring))
         shared_groups.append({
             "points": [f"{p.experiment}/{p.name}" for p in members],
-            "nodes": largest.total_nodes, "gpus": gpus, "wall_s": wall,
+            "nodes": largest.total_nodes, "gpus": gpus, "wall_s": wall, "resets_s": resets,
             "gpu_hours": _hours(gpus, wall), "idle_prefill_gpu_hours": idle,
             "bound_gpu_hours": _hours(gpus, bound),
             "per_point_gpu_hours": sum(rows[p]["gpu_hours"] for p in members),
@@ -179,6 +196,8 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 59.5:  # a reset or an emulated start-up takes seconds, not minutes
+        return f"{seconds:.0f} s"
     minutes = round(seconds / 60.0)
     return f"{minutes // 60}h{minutes % 60:02d}" if minutes >= 60 else f"{minutes} min"
 
@@ -197,13 +216,15 @@ def summary_line(result: Mapping) -> str:
 
 def as_text(result: Mapping) -> str:
     lines = [f"{'point':<22} {'nodes':>5} {'GPUs':>5} {'startup':>9} {'fill':>9} "
-             f"{'profiles':>9} {'teardown':>9} {'wall':>9} {'GPU-h':>8}"]
+             f"{'profiles':>9} {'teardown':>9} {'wall':>9} {'GPU-h':>8} {'reset':>9}"]
     for row in result["points"]:
         parts = row["parts"]
+        # the reset after a point on shared servers is no part of its own allocation
+        reset = _duration(parts[RESET]["seconds"]) if RESET in parts else "-"
         lines.append(
             f"{row['experiment'] + '/' + row['point']:<22} {row['nodes']:>5} {row['gpus']:>5} "
             + " ".join(f"{_duration(parts[p]['seconds']):>9}" for p in PARTS)
-            + f" {_duration(row['wall_s']):>9} {row['gpu_hours']:>8.1f}")
+            + f" {_duration(row['wall_s']):>9} {row['gpu_hours']:>8.1f} {reset:>9}")
     sources = sorted({p["source"] for row in result["points"] for p in row["parts"].values()})
     lines.append("times from: " + "; ".join(sources))
     per_point, shared = result["per_point"], result["shared"]
@@ -215,7 +236,7 @@ def as_text(result: Mapping) -> str:
             f"nodes ({group['gpus']} GPUs), {group['gpu_hours']:.1f} GPU-hours (one allocation "
             f"per point: {group['per_point_gpu_hours']:.1f}; idle prefill groups "
             f"{group['idle_prefill_gpu_hours']:.1f}; bound {group['bound_gpu_hours']:.1f}), "
-            f"{_duration(group['wall_s'])}")
+            f"{_duration(group['wall_s'])} of which resets {_duration(group['resets_s'])}")
     for point in shared["not_shared"]:
         lines.append(f"own servers {point['point']}: {point['reason']}")
     mode = "on shared servers" if result["share_servers"] else "one allocation per point"

@@ -8,6 +8,14 @@ benchmark client held at its gate, and the control calls of the fill, the releas
 each profile snapshot with their bodies. Each piece comes from the function the stage
 itself calls (:func:`pdbench.servers.server_launch`, :func:`pdbench.client.client_launch`,
 :func:`pdbench.profile.start_profile_request` …), so what is shown is what would run.
+
+On shared servers (``site.share_servers``) the stages' own answers decide what a point
+runs: the point whose servers it takes over (:func:`pdbench.servers.servers_taken_over_from`)
+and the one it passes them to (:func:`pdbench.teardown.servers_passed_to`). The point that
+starts them shows every server of the group (every prefill group of the largest point,
+and decode); a later point shows no holder job and no server, only its router (with its
+own prefill groups) and client, which point's servers it runs on and the drain and
+reset (:func:`pdbench.teardown.reset_requests`) that precede it.
 """
 
 from __future__ import annotations
@@ -28,13 +36,15 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                  addresses: Mapping[str, str] | None = None) -> list[dict]:
     """The point's launch as sections ``{"title", "kind", "text"}`` in the order the
     workflow runs them; ``kind`` is ``shell`` (a command line), ``file`` (a file the
-    workflow writes) or ``http`` (a control call, as the equivalent ``curl``)."""
+    workflow writes), ``http`` (a control call, as the equivalent ``curl``) or ``note``
+    (what runs without a command of this point: shared servers taken over)."""
     from . import eplb
     from .allocation import holder_sbatch_argv
     from .client import client_launch
     from .fill import fill_sleep_s
     from .profile import start_profile_request
-    from .servers import router_launch, server_launch
+    from .servers import router_launch, server_launch, servers_taken_over_from
+    from .teardown import reset_requests, servers_passed_to
 
     point: Point = find_point(cfg, experiment, point_name)
     nodes = list(nodes)
@@ -49,12 +59,56 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                   "addresses": dict(addresses) if addresses else None}
     ctx = PointContext.for_allocation(dict(cfg), point, paths, allocation)
     shell = commands.render_shell
-    sections = [{"title": f"allocation: holder job for {point.allocated_nodes} nodes "
-                          f"({paths.allocation})", "kind": "shell",
-                 "text": shell(holder_sbatch_argv(dict(cfg), point, paths))},
-                {"title": f"node plan ({paths.env_sh})", "kind": "file",
-                 "text": ctx.plan.to_env_sh()}]
-    launches = [server_launch(ctx, s.name) for s in ctx.plan.started_servers]
+    previous = servers_taken_over_from(cfg, point)
+    following = servers_passed_to(cfg, point)
+
+    def reset_sections(passing: Point, receiving: Point) -> list[dict]:
+        """``passing``'s teardown: its router and client stopped, then every server it
+        started or took over drained and flushed before ``receiving`` takes them over."""
+        passing_ctx = PointContext.for_allocation(
+            dict(cfg), passing, PointPaths.of(results, passing.experiment, passing.name),
+            allocation)
+        plan = passing_ctx.plan
+        note = {"title": f"drain and reset before {receiving.experiment}/{receiving.name} "
+                         f"({passing.experiment}/{passing.name}'s teardown)",
+                "kind": "note",
+                "text": "Once its router and client are stopped, every server the group\n"
+                        "started is asked to flush its cache. SGLang refuses while a request\n"
+                        "runs or waits; the calls are repeated every 2 s until decode's log\n"
+                        "says the cache was flushed, within timeouts.drain_s."}
+        return [note, *({"title": f"reset: flush {server.name}'s cache", "kind": "http",
+                         "text": shell(commands.curl_argv(req))}
+                        for server, req in zip(plan.started_servers, reset_requests(plan)))]
+
+    if previous is None:
+        sections = [{"title": f"allocation: holder job for {point.allocated_nodes} nodes "
+                              f"({paths.allocation})", "kind": "shell",
+                     "text": shell(holder_sbatch_argv(dict(cfg), point, paths))}]
+    else:
+        sections = [{"title": f"allocation: {previous.experiment}/{previous.name}'s, taken "
+                              "over (site.share_servers); no holder job is submitted",
+                     "kind": "note", "text": ""}]
+    sections.append({"title": f"node plan ({paths.env_sh})", "kind": "file",
+                     "text": ctx.plan.to_env_sh()})
+    started = ", ".join(s.name for s in ctx.plan.started_servers)
+    idle = ", ".join(s.name for s in ctx.plan.idle_prefill)
+    if previous is None:
+        if point.shares_servers:
+            sections.append({
+                "title": f"servers: this point starts the shared servers ({started}"
+                         + (f"; {idle} idle until a later point's router uses them"
+                            if idle else "") + ")", "kind": "note", "text": ""})
+        launches = [server_launch(ctx, s.name) for s in ctx.plan.started_servers]
+    else:
+        name = f"{previous.experiment}/{previous.name}"
+        whose = (f"{name}'s," if ctx.servers_started_by == name
+                 else f"started by {ctx.servers_started_by}, passed on by {name},")
+        sections.append({
+            "title": f"servers: {whose} taken over while they run ({started}"
+                     + (f"; {idle} idle" if idle else "") + "); none is launched here",
+            "kind": "note", "text": ""})
+        sections += reset_sections(previous, point)
+        launches = []
     launches.append(router_launch(ctx))
     client, client_argv = client_launch(ctx)
     launches.append(client)
@@ -94,6 +148,14 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                                   "(eplb.static.record_s), copied to "
                                   f"{ExperimentPaths(ctx.paths.root.parent).expert_distribution}",
                          "kind": "http", "text": shell(commands.curl_argv(eplb.dump_request(ctx)))})
+    if following is not None:
+        sections.append({"title": "teardown: only this point's router and client are stopped; "
+                                  f"the servers go on to {following.experiment}/"
+                                  f"{following.name}", "kind": "note", "text": ""})
+        sections += reset_sections(point, following)
+    elif point.shares_servers:
+        sections.append({"title": "teardown: the group's last point stops every server and "
+                                  "releases the allocation", "kind": "note", "text": ""})
     return sections
 
 
@@ -104,6 +166,8 @@ def as_text(sections: list[dict], header: str) -> str:
         lines.append(f"# --- {section['title']}")
         if section["kind"] == "file":
             lines += ["<<'EOF'", section["text"].rstrip("\n"), "EOF"]
+        elif section["kind"] == "note":
+            lines += [f"# {line}" for line in section["text"].splitlines()]
         else:
             lines.append(section["text"])
         lines.append("")

@@ -13,7 +13,7 @@ log tail, and the step is cancelled.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from . import commands, slurm
@@ -101,13 +101,21 @@ def _wait_ready(what: str, ready: Callable[[], bool], pid: int, log: Path,
     return time.monotonic() - start
 
 
+def servers_taken_over_from(cfg: Mapping, point: Point) -> Point | None:
+    """On shared servers (site.share_servers): the previous point of the group, whose
+    running servers this point takes over; None: this point starts its servers (if that
+    point's are gone at run time, it starts them too: :func:`adopt_server`)."""
+    previous, _ = server_neighbours(cfg, point)
+    return previous
+
+
 def launch_server(ctx: PointContext, server: str, *, timeout_s: float | None = None) -> dict:
     """Start prefill group g or the decode server and wait for node 0's /health (within
     ``timeouts.server_ready_s``, unless ``timeout_s`` says otherwise). On shared servers
     (site.share_servers) a point after the group's first takes the previous point's
     server over while it runs; a server that is gone (a rerun after a failure) is started
     again here, and this point's run is then the one that started it."""
-    previous, _ = server_neighbours(ctx.cfg, ctx.point)
+    previous = servers_taken_over_from(ctx.cfg, ctx.point)
     if previous is not None:
         adopted = adopt_server(ctx, server, previous)
         if adopted is not None:

@@ -15,26 +15,35 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import commands, slurm
 from .context import PointContext, now
+from .grid import Point, allocation_neighbours
 from .http import HTTPCallError, call
 from .layout import ResultsPaths, read_json
 from .loglines import LogFollower
 from .steps import allocation_alive, marker_alive, release_allocation, stop_step
+from .topology import NodePlan
 from .wait import wait_for
+
+
+def servers_passed_to(cfg: Mapping, point: Point) -> Point | None:
+    """On shared servers (site.share_servers): the next point of the group, which takes
+    this point's servers over once its teardown drained and reset them; None: this
+    point's teardown stops its servers (or keeps them, site.keep_allocation)."""
+    _, successor = allocation_neighbours(cfg, point)
+    return successor if point.shares_servers else None
 
 
 def teardown_point(ctx: PointContext) -> dict:
     """Stop the point's servers and release its allocation, as the config says."""
-    from .grid import allocation_neighbours
-
     # With site.reuse_allocation the next point of the same size adopts the holder; on
     # shared servers (site.share_servers) it adopts the servers too, so they are passed on
     # even with site.keep_allocation (which then keeps them after the group's last point).
     _, successor = allocation_neighbours(ctx.cfg, ctx.point)
-    passes_servers = successor is not None and ctx.point.shares_servers
+    passes_servers = servers_passed_to(ctx.cfg, ctx.point) is not None
     if ctx.cfg["site"]["keep_allocation"] and not passes_servers:
         # Servers and allocation stay up for more snapshots; `pdbench stop-all` ends them.
         return {"kept": True, "stopped_steps": [], "cancelled_job": None}
@@ -73,6 +82,13 @@ def stop_point(ctx: PointContext, *, release: bool = True,
             "at": now()}
 
 
+def reset_requests(plan: NodePlan) -> list[commands.ControlRequest]:
+    """The reset's call to each started server (``plan.started_servers``, in that order):
+    every prefill group, the idle ones too, and decode."""
+    return [commands.control_request("flush_cache", server.url)
+            for server in plan.started_servers]
+
+
 def reset_shared_servers(ctx: PointContext) -> dict:
     """Between two points on shared servers, once this point's router and client are
     stopped: every started server flushes its cache, which SGLang does only when no
@@ -82,14 +98,14 @@ def reset_shared_servers(ctx: PointContext) -> dict:
     Refusals are retried every 2 s within ``timeouts.drain_s``."""
     follower = LogFollower(ctx.decode_logs(), from_end=True)
     servers = ctx.plan.started_servers
+    requests = reset_requests(ctx.plan)
     state = {"rounds": 0, "refused": [], "flushed": 0, "pending": None, "sent": 0.0}
 
     def send() -> None:
         state.update(rounds=state["rounds"] + 1, refused=[], flushed=0, pending=None,
                      sent=time.monotonic())
         follower.read()  # what decode logged before this request is not its answer
-        for server in servers:
-            req = commands.control_request("flush_cache", server.url)
+        for server, req in zip(servers, requests):
             try:
                 call(req.method, req.url, timeout_s=60, retry=False)
             except HTTPCallError as exc:
