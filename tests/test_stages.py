@@ -122,7 +122,7 @@ class FakeCluster:
                             lambda m, listed=None: m["step_id"] in self.steps)
         for module in (sweep, teardown):
             monkeypatch.setattr(module, "stop_step",
-                                lambda job_id, m: self.stopped.append(m["step_id"]))
+                                lambda m: self.stopped.append(m["step_id"]))
 
 
 def point_with_servers(root: Path, *, client_go: bool = False, filled: bool = False) -> Path:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError, PdbenchError
+from .errors import ConfigError, InputError, PdbenchError
 
 
 def _dump(obj) -> None:
@@ -177,16 +177,21 @@ def cmd_render(args) -> None:
     from .render import as_text, render_point
 
     cfg = config.load(args.config)
-    nodes = topology.expand_nodelist(args.nodelist)
+    local = cfg["site"]["launcher"] == "local"
+    point = config.find_point(cfg, args.experiment, args.point)
+    if args.nodelist is None and not local:
+        raise ConfigError("pdbench render: --nodelist is required (site.launcher is slurm)")
+    nodes = (topology.expand_nodelist(args.nodelist) if args.nodelist else
+             [f"local{k}" for k in range(point.allocated_nodes)])
+    where = "this host (site.launcher: local)" if local else args.nodelist
     addresses = dict(a.split("=", 1) for a in args.address) if args.address else None
     sections = render_point(cfg, args.experiment, args.point, nodes, results=args.results,
                             job_id=args.job_id, addresses=addresses)
     if args.json:
         _dump(sections)
         return
-    point = config.find_point(cfg, args.experiment, args.point)
     sys.stdout.write(as_text(sections, (
-        f"pdbench render: {args.experiment}/{args.point} on {args.nodelist} "
+        f"pdbench render: {args.experiment}/{args.point} on {where} "
         f"({point.allocated_nodes} nodes"
         + (f"; shared servers: {point.started_prefill_groups} prefill groups started"
            if point.shares_servers else "")
@@ -554,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--experiment", required=True, help="e.g. ep48")
     p.add_argument("--point", required=True, help="e.g. p2, p2-eplb_static")
-    p.add_argument("--nodelist", required=True, help="Slurm hostlist, e.g. 'gb-[001-018]'")
+    p.add_argument("--nodelist", help="Slurm hostlist, e.g. 'gb-[001-018]' (not with "
+                   "site.launcher: local, whose nodes are this host's slots)")
     p.add_argument("--address", action="append", metavar="NODE=ADDR",
                    help="a node's address, if not its name (repeatable)")
     p.add_argument("--job-id", type=COUNT, default=None, help="allocation job id to show")

@@ -550,7 +550,8 @@ def client_env(cfg: Mapping) -> dict[str, str]:
 
 def _config_env(cfg: Mapping, sections) -> dict[str, str]:
     """The variables of config ``sections`` (``(key, mapping)``, later ones win) as
-    strings; a name listed in ``site.secret_env`` may not be given a value."""
+    strings; a name listed in ``site.secret_env`` may not be given a value. A null value
+    removes what an earlier section (or config file) set."""
     secrets = set(cfg["site"].get("secret_env", []))
     env: dict[str, str] = {}
     for key, values in sections:
@@ -560,6 +561,9 @@ def _config_env(cfg: Mapping, sections) -> dict[str, str]:
                     f"config key {key}.{name}: {name} is listed in site.secret_env; its "
                     "value must come from the submitting environment, not the config"
                 )
+            if value is None:
+                env.pop(name, None)
+                continue
             env[name] = _env_value(value, f"{key}.{name}")
     return env
 

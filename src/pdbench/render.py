@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import commands, topology
+from . import commands, localhost, topology
 from .grid import Point, find_point
 from .context import PointContext
 from .layout import ExperimentPaths, PointPaths
@@ -54,9 +54,13 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
         raise InputError(f"{experiment}/{point_name} needs {point.allocated_nodes} nodes; the "
                          f"node list has {len(nodes)}")
     paths = PointPaths.of(results, experiment, point_name)
-    allocation = {"job_id": job_id if job_id is not None else JOB_ID_PLACEHOLDER,
-                  "nodelist": topology.compress_nodelist(nodes),
-                  "addresses": dict(addresses) if addresses else None}
+    local = cfg["site"]["launcher"] == localhost.LAUNCHER
+    if local:  # the slots of this host, whatever node names were given
+        allocation = localhost.allocation_record(cfg["site"], point.allocated_nodes)
+    else:
+        allocation = {"job_id": job_id if job_id is not None else JOB_ID_PLACEHOLDER,
+                      "nodelist": topology.compress_nodelist(nodes),
+                      "addresses": dict(addresses) if addresses else None}
     ctx = PointContext.for_allocation(dict(cfg), point, paths, allocation)
     shell = commands.render_shell
     previous = servers_taken_over_from(cfg, point)
@@ -80,7 +84,13 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                          "text": shell(commands.curl_argv(req))}
                         for server, req in zip(plan.started_servers, reset_requests(plan)))]
 
-    if previous is None:
+    if previous is None and local:
+        sections = [{"title": f"allocation: {point.allocated_nodes} slot(s) on this host "
+                              f"(site.launcher: local; {paths.allocation}): "
+                              + ", ".join(f"{n} GPUs {g}" for n, g in
+                                          allocation["gpus"].items()),
+                     "kind": "note", "text": ""}]
+    elif previous is None:
         sections = [{"title": f"allocation: holder job for {point.allocated_nodes} nodes "
                               f"({paths.allocation})", "kind": "shell",
                      "text": shell(holder_sbatch_argv(dict(cfg), point, paths))}]
@@ -113,9 +123,14 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
     client, client_argv = client_launch(ctx)
     launches.append(client)
     for launch in launches:
-        sections.append({"title": f"{launch.server}: Slurm step {launch.step_name} on "
-                                  f"{','.join(launch.nodes)}", "kind": "shell",
-                         "text": shell(launch.srun)})
+        if launch.local:
+            sections.append({"title": f"{launch.server}: local step {launch.step_name} on "
+                                      f"{','.join(launch.nodes)} ({launch.runner_path})",
+                             "kind": "file", "text": launch.runner})
+        else:
+            sections.append({"title": f"{launch.server}: Slurm step {launch.step_name} on "
+                                      f"{','.join(launch.nodes)}", "kind": "shell",
+                             "text": shell(launch.srun)})
         sections.append({"title": f"{launch.server}: launcher script ({launch.script_path})",
                          "kind": "file", "text": launch.script})
     sections.append({"title": "client: the benchmark command the gate runs once let go",
@@ -133,7 +148,8 @@ def render_point(cfg: Mapping, experiment: str, point_name: str, nodes: Sequence
                  for title, req in calls]
     sections.append({"title": "fill: let the client go (repeated until its log says "
                               "released)", "kind": "shell",
-                     "text": shell(["scancel", "--signal=USR1", f"{allocation['job_id']}.STEP"])})
+                     "text": "# USR1 to the client step's tasks (pdbench.localhost)" if local
+                     else shell(["scancel", "--signal=USR1", f"{allocation['job_id']}.STEP"])})
     release = commands.control_request("slow_down", decode, forward_sleep_time=None)
     sections.append({"title": "release: clear slow_down once every decode rank holds "
                               f"{point.target_batch_per_rank} requests", "kind": "http",
