@@ -232,7 +232,7 @@ def test_a_decode_that_does_not_empty_stops_the_teardown_naming_what_is_left(
 @pytest.fixture
 def stopped(monkeypatch):
     record = {"steps": [], "cancelled": []}
-    monkeypatch.setattr(teardown, "stop_step", lambda job, m: record["steps"].append(m["step_id"]))
+    monkeypatch.setattr(teardown, "stop_step", lambda m: record["steps"].append(m["step_id"]))
     monkeypatch.setattr(teardown.slurm, "cancel", lambda job: record["cancelled"].append(job))
     return record
 
