@@ -858,6 +858,37 @@ def test_requests_reaching_the_context_length_are_refused_like_sglang(launch):
     assert fits.status_code == 200
 
 
+@pytest.mark.parametrize("version, error_keys, log_head", [
+    ("0.4.6.post3", {"message"}, "] Error: Requested token count"),
+    ("0.5.9", {"message"}, "] [http_server] Error: Requested token count"),
+    ("0.5.17", {"message", "type", "code", "retryable"},
+     "] [http_server] Error: Requested token count"),
+])
+def test_a_streamed_request_past_the_context_is_refused_inside_a_200(launch, version,
+                                                                     error_keys, log_head):
+    """SGLang 0.5.17 on an H100: a streamed /generate past the context length is answered
+    200 with one error event and [DONE] (bench_serving counts it a success), and the
+    server logs the refusal; not streamed, 400."""
+    server = launch(
+        f"ctx-stream-{version}",
+        decode_args(1, ["--context-length", "64", "--disaggregation-transfer-backend", "fake",
+                        "--max-running-requests", "8"]),
+        env={"PDBENCH_EMULATOR_SGLANG_VERSION": version},
+    )
+    body = {"input_ids": [5] * 30, "sampling_params": {"max_new_tokens": 40}, "stream": True}
+    answer = requests.post(f"{server.url}/generate", json=body, timeout=30)
+    assert answer.status_code == 200
+    events = [line[len("data: "):] for line in answer.text.splitlines() if line]
+    assert events, (answer.status_code, answer.headers, answer.text, server.text()[-3000:])
+    assert events[-1] == "[DONE]" and len(events) == 2
+    error = json.loads(events[0])["error"]
+    assert set(error) == error_keys and error["message"].startswith("Requested token count")
+    refused = [line for line in server.text().splitlines() if log_head in line]
+    assert len(refused) == 1, server.text()[-2000:]
+    body["stream"] = False
+    assert requests.post(f"{server.url}/generate", json=body, timeout=30).status_code == 400
+
+
 # ------------------------------------------------------------------------------ snapshots
 
 

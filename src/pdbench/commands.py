@@ -540,6 +540,10 @@ def client_python(cfg: Mapping) -> str:
     return cfg["workload"].get("python") or cfg["site"]["python"]
 
 
+# The bench_serving datasets whose prompts are random token ids (--tokenize-prompt).
+TOKENIZED_DATASETS = ("random", "random-ids")
+
+
 def client_env(cfg: Mapping) -> dict[str, str]:
     """Environment of the benchmark client: ``site.env``, then ``workload.env`` (the
     servers' ``env.*`` sections are theirs). Names in ``site.secret_env`` may not be given
@@ -617,6 +621,11 @@ def client_argv(
             str(w["request_rate"]),
         ]
         argv += ["--max-concurrency", str(client_concurrency(cfg, point))]
+        if dialect.bench_serving_tokenize_prompt and w["dataset"] in TOKENIZED_DATASETS:
+            # Token ids, not text: every request has exactly input_len input tokens. As
+            # text the server tokenizes the decoded random ids again, and the count
+            # drifts (SGLang 0.5.17 on an H100 got up to 316 for 128, past the context).
+            argv.append("--tokenize-prompt")
         # No warm-up request: the fill sets /slow_down before the client starts, and a
         # warm-up request (up to 32 tokens) would then take 32 sleeps before the run.
         argv += ["--warmup-requests", "0"]

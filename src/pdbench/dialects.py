@@ -126,6 +126,17 @@ class Dialect:
     through ``run_batch``, whose by-stage check refused them (``RuntimeError: unsupported
     profile stage: ForwardMode.PREBUILT``)."""
     server_info_path: str = "/get_server_info"
+    request_error_log: str = "[http_server] Error: "
+    """How the HTTP server logs a request it refuses (e.g. longer than the context), before
+    the message."""
+    stream_error_detail: bool = False
+    """A streamed request that the server refuses is answered 200 with one event
+    ``data: {"error": {...}}`` and ``data: [DONE]``: True: the error has ``type``, ``code``
+    and ``retryable`` besides ``message``. (Not streamed: 400.)"""
+    bench_serving_tokenize_prompt: bool = False
+    """``bench_serving --tokenize-prompt``: the random datasets' prompts go out as token ids,
+    so a request has exactly ``--random-input-len`` input tokens (as text, the server
+    tokenizes the decoded ids again and gets another count)."""
     bench_serving_module: str = "sglang.bench_serving"
     bench_one_batch_server_module: str = "sglang.bench_one_batch_server"
     one_batch_server_info_path: str | None = None
@@ -309,6 +320,9 @@ class Dialect:
             "profile_by_stage_on_pd_decode": self.profile_by_stage_on_pd_decode,
             "decode_snapshot": self.decode_snapshot,
             "server_info_path": self.server_info_path,
+            "request_error_log": self.request_error_log,
+            "stream_error_detail": self.stream_error_detail,
+            "bench_serving_tokenize_prompt": self.bench_serving_tokenize_prompt,
             "bench_serving_module": self.bench_serving_module,
             "bench_one_batch_server_module": self.bench_one_batch_server_module,
             "one_batch_server_info_path": self.one_batch_server_info_path,
@@ -407,6 +421,12 @@ CHANGES: tuple[Change, ...] = (
             "profile_by_stage_on_pd_decode": False,
             # /get_server_info (merged endpoint since 2024-11-24, #2152).
             "server_info_path": "/get_server_info",
+            # wheel 0.4.6.post3 http_server.py: logger.error(f"Error: {e}"); a streamed
+            # refusal is {"error": {"message": ...}} then [DONE].
+            "request_error_log": "Error: ",
+            "stream_error_detail": False,
+            # wheel 0.4.6.post3's bench_serving has no --tokenize-prompt.
+            "bench_serving_tokenize_prompt": False,
             # The benchmark clients' modules (python -m ...).
             "bench_serving_module": "sglang.bench_serving",
             "bench_one_batch_server_module": "sglang.bench_one_batch_server",
@@ -430,6 +450,11 @@ CHANGES: tuple[Change, ...] = (
             # rank, honoured by round_robin only (the only method that routes).
             "routed_rank_keys": ("data_parallel_rank",),
             "routed_rank_methods": frozenset({"round_robin"}),
+            # wheel 0.4.7 http_server.py: logger.error(f"[http_server] Error: {e}").
+            "request_error_log": "[http_server] Error: ",
+            # wheel 0.4.7's bench_serving has --tokenize-prompt (random datasets, sglang
+            # backend only).
+            "bench_serving_tokenize_prompt": True,
             # wheel 0.4.7's bench_one_batch_server reads GET /get_server_info
             # (internal_states[0].last_gen_throughput) after the batch; 0.4.10 also takes
             # its tokenizer from there (tokenizer_path, or prefill[0].tokenizer_path).
@@ -658,6 +683,11 @@ CHANGES: tuple[Change, ...] = (
             "one_batch_server_info_path": "/server_info",
             "one_batch_server_datasets": frozenset({"mmmu", "random", "random-ids",
                                                     "generated-shared-prefix"}),
+            # wheel 0.5.14 http_server.py: a streamed refusal's error also has "type":
+            # "invalid_request_error", "code": 400, "retryable": false (0.5.9: message
+            # only; 0.5.10-0.5.13 not checked). SGLang 0.5.17 on an H100 logged
+            # "[http_server] Error: Requested token count exceeds …" and answered 200.
+            "stream_error_detail": True,
             # per-phase cuda-graph flags (#23906, 2026-06-09); wheel 0.5.14 parses
             # --cuda-graph-bs-decode and still accepts --cuda-graph-bs; wheel 0.5.12 has
             # no -decode form (0.5.13 not checked).

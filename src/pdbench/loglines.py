@@ -109,7 +109,8 @@ __all__ = [
 ]
 
 KINDS = ("decode", "prefill", "profile_start", "profile_stop", "profile_done", "slow_down", "ready",
-         "eplb_rebalance_start", "eplb_rebalance_end", "cache_flushed", "cache_not_flushed")
+         "eplb_rebalance_start", "eplb_rebalance_end", "cache_flushed", "cache_not_flushed",
+         "request_refused")
 
 # ---------------------------------------------------------------------------------------
 # Prefix and timestamp
@@ -566,6 +567,10 @@ _REBALANCE_END = re.compile(r"\[EPLBManager\] rebalance end(?: time=(\S+?)s)?$")
 # sglang/srt/managers/scheduler.py flush_cache (v0.4.6.post3 to v0.5.23): one of these per
 # scheduler that was asked (/flush_cache); the refusal names what is still there.
 _FLUSHED = "Cache flushed successfully!"
+# sglang/srt/entrypoints/http_server.py /generate: a request the tokenizer manager refuses
+# (a ValueError: past the context length, …); "Error: " before v0.4.7 (wheel 0.4.6.post3).
+# Streamed, the client got 200 and one error event (pdbench.dialects, stream_error_detail).
+_REFUSED = ("[http_server] Error: ", "Error: ")
 _NOT_FLUSHED = re.compile(r"Cache not flushed because there are pending requests\. "
                           r"#queue-req: (\d+), #running-req: (\d+)$")
 
@@ -645,6 +650,12 @@ def _parse_message(msg: str, rec: dict, line: str | None) -> dict | None:
                 return None
             rec["kind"] = "eplb_rebalance_end"
             return rec
+    if c in "[E":
+        for head in _REFUSED:
+            if msg.startswith(head):
+                rec["kind"] = "request_refused"
+                rec["message"] = msg[len(head):].rstrip()
+                return rec
     return None
 
 
@@ -695,12 +706,13 @@ def parse_line(line: str) -> dict | None:
         if rec is not None:
             return rec
     elif ("rofiling" not in line and "fired up" not in line and "EPLBManager" not in line
-          and "Cache " not in line):
+          and "Cache " not in line and "Error: " not in line):
         if "\x1b" not in line:
             return None
         line = _ANSI.sub("", line)
         if ("batch" not in line and "rofiling" not in line and "fired up" not in line
-                and "EPLBManager" not in line and "Cache " not in line):
+                and "EPLBManager" not in line and "Cache " not in line
+                and "Error: " not in line):
             return None
     return _parse_prefixed(line)
 

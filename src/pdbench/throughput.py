@@ -78,6 +78,7 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
         raise InputError(f"no decode logs in {paths.logs}")
     rows, snapshots = [], []
     minimum = cfg["fill"]["min_batch_fraction"] * point.target_global_batch
+    refused = refused_requests(ctx, filled)
     for k in range(1, cfg["profile"]["snapshots"] + 1):
         snap = read_json(paths.snapshot(k))
         m = measure(
@@ -91,6 +92,8 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
         spread = m.get("step_ms_spread") or {}
         if snap.get("eplb_rebalance_overlap"):  # online EPLB moved experts mid-profile
             m["flags"] = [*m["flags"], "eplb_rebalance_in_window"]
+        if refused["count"]:
+            m["flags"] = [*m["flags"], f"requests_refused_{refused['count']}"]
         invalid = "" if m["global_batch"] >= minimum else (
             f"global batch {m['global_batch']} below fill.min_batch_fraction "
             f"({cfg['fill']['min_batch_fraction']}) x target {point.target_global_batch}")
@@ -142,9 +145,38 @@ def point_measurement(ctx: PointContext) -> tuple[list[dict], dict]:
         "target_per_rank": point.target_global_batch / max(1, point.decode_dp),
         "snapshots": snapshots,
         "fill_curve": fill_curve(logs, filled, read_json_if(paths.released, {})),
+        "requests_refused": refused,
         "emulated": emulated(cfg),
     }
     return rows, details
+
+
+def refused_requests(ctx: PointContext, filled: dict) -> dict:
+    """Requests the servers refused from this point's fill on (pdbench.loglines
+    ``request_refused``: past the context length, …). A streamed refusal is a 200 with an
+    error event that bench_serving counts as a success, so the client's result does not
+    show them; the servers' logs do (SGLang 0.5.17 on an H100 refused 10 of 128 whose
+    prompts, sent as text, tokenized to more than the context)."""
+    from .filltrack import iso_epoch
+    from .loglines import iter_log
+
+    start = iso_epoch(filled.get("started_at"))
+    servers = {"decode": ctx.decode_logs(),
+               **{s.name: ctx.servers_paths.server_logs(s.name) for s in ctx.plan.prefill}}
+    by_server, first = {}, None
+    for server, logs in servers.items():
+        for log in logs:
+            for rec in iter_log(log):
+                if rec["kind"] != "request_refused":
+                    continue
+                if start is not None and rec.get("epoch") is not None \
+                        and rec["epoch"] < start - 1:
+                    continue  # an earlier point's, on shared servers
+                by_server[server] = by_server.get(server, 0) + 1
+                first = first or f"{log}:{rec['line']}: {rec['message'][:200]}"
+    # A PD request reaches decode and one prefill group; each server logs its refusal.
+    return {"count": max(by_server.values(), default=0), "by_server": by_server,
+            "first": first}
 
 
 def fill_curve(logs: Sequence[Path], filled: dict, released: dict) -> dict:

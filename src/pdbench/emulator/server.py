@@ -291,6 +291,20 @@ class GenerateCall(Call):
 # --------------------------------------------------------------------------- node 0
 
 
+class RequestRefused(httpd.HTTPError):
+    """A request SGLang's tokenizer manager refuses (a ValueError there): 400, or for a
+    streamed /generate one error event."""
+
+
+async def _stream_error(sink: httpd.ChunkSink, message: str, detail: bool) -> None:
+    error: dict[str, Any] = {"message": message}
+    if detail:
+        error.update(type="invalid_request_error", code=400, retryable=False)
+    sink.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+    sink.write(b"data: [DONE]\n\n")
+    await sink.drain()
+
+
 def _listify(value: Any, n: int, name: str) -> list:
     if isinstance(value, list):
         if len(value) != n:
@@ -846,7 +860,16 @@ class NodeZero:
             echo_ids=ids is not None,
         )
         call.intervals = [self._stream_interval(p) for p in sp]
-        self._submit(call, body, [prompt_len(p) for p in prompts], max_new)
+        try:
+            self._submit(call, body, [prompt_len(p) for p in prompts], max_new)
+        except RequestRefused as exc:
+            # SGLang's /generate logs the refusal; streamed, it answers 200 with one error
+            # event and [DONE] (what bench_serving then counts as a success), else 400.
+            message, detail = exc.message, self.cfg.dialect.base.stream_error_detail
+            self.log.line(self.cfg.dialect.base.request_error_log + message)
+            if not call.stream:
+                raise
+            return httpd.StreamResponse(lambda sink: _stream_error(sink, message, detail))
         return await self._respond(call)
 
     async def h_completions(self, req: httpd.Request):
@@ -900,10 +923,10 @@ class NodeZero:
         limit = self.context_len()
         for plen, new in zip(plens, max_new):
             if plen >= limit:
-                raise httpd.HTTPError(400, f"The input ({plen} tokens) is longer than the "
+                raise RequestRefused(400, f"The input ({plen} tokens) is longer than the "
                                            f"model's context length ({limit} tokens).")
             if plen + new >= limit:
-                raise httpd.HTTPError(
+                raise RequestRefused(
                     400,
                     "Requested token count exceeds the model's maximum context length of "
                     f"{limit} tokens. You requested a total of {plen + new} tokens: {plen} "
