@@ -41,6 +41,7 @@ import datetime as dt
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -293,7 +294,13 @@ def allocation_cost(workdir: Path, experiment: str) -> dict:
     gpn = cfg["site"]["gpus_per_node"]
     jobs: dict[str, dict] = {}
     parts = {}
-    for point_dir in sorted((workdir / "results" / experiment).glob("p*")):
+    from pdbench.grid import POINT_PATTERN
+
+    for point_dir in sorted((workdir / "results" / experiment).iterdir()):
+        # The grid's points only (not preflight/: its one-node job is the same in every
+        # sweep, seconds long).
+        if not re.fullmatch(POINT_PATTERN, point_dir.name):
+            continue
         alloc = json.loads((point_dir / "allocation.json").read_text())
         job = jobs.setdefault(str(alloc["job_id"]), {"gpus": len(alloc["nodes"]) * gpn})
         if not alloc.get("reused_from"):
@@ -319,7 +326,9 @@ def cost(args) -> int:
     runs = {}
     for mode, share in (("one allocation per point", False), ("shared servers", True)):
         workdir = root / ("shared" if share else "fresh")
-        if args.analyse is None:
+        if (workdir / "results" / "ep48" / "report.html").exists():
+            wall = None  # this sweep ran to the end before: its records are read again
+        elif args.analyse is None:
             setup(workdir, True, False, cost_config(args.server_startup_s, share))
             if share:
                 # What the estimate predicts for sharing from the runs one allocation per

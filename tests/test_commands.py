@@ -345,7 +345,7 @@ def test_client_bench_serving(cfg, p3, plan):
         "--base-url", "http://gb-001:7000", "--dataset-name", "random-ids",
         "--random-input-len", "1000", "--random-output-len", "1000",
         "--random-range-ratio", "1.0", "--num-prompts", "98304", "--request-rate", "inf",
-        "--max-concurrency", "60000", "--warmup-requests", "0",
+        "--max-concurrency", "60000", "--tokenize-prompt", "--warmup-requests", "0",
         "--tokenizer", "models/nvidia/DeepSeek-R1-0528-FP4", "--output-file", "/r/ep48/p3/bench/bench.jsonl",
     ]  # fmt: skip
     raw = raw_default()
@@ -877,3 +877,25 @@ def test_held_client_keeps_a_signal_sent_while_it_imports(tmp_path):
 def test_gated_client_argv_needs_python_dash_m():
     with pytest.raises(ValueError, match="python -m"):
         gated_client_argv(["python", "bench.py"])
+
+
+@pytest.mark.parametrize("version, dataset, tokenized", [
+    ("0.5.5.post2", "random-ids", True),
+    ("0.5.5.post2", "random", True),
+    ("0.5.5.post2", "sharegpt", False),   # bench_serving asserts it off for sharegpt
+    ("0.4.7", "random-ids", True),
+    ("0.4.6.post3", "random-ids", False),  # no --tokenize-prompt yet
+])
+def test_random_prompts_go_out_as_token_ids_where_the_client_can(p3, plan, version, dataset,
+                                                                  tokenized):
+    """As text, the server tokenizes decoded random ids again and the input length drifts
+    (a real 0.5.17 run: up to 316 tokens for 128, refused past the context)."""
+    raw = raw_default()
+    if version != "0.5.5.post2":
+        del raw["server_args"]["decode"]["prefill-round-robin-balance"]
+        raw["server_args"]["decode"].pop("cuda-graph-bs-decode", None)
+    extra = {"dataset_path": "/d/sg.json"} if dataset == "sharegpt" else {}
+    cfg = make(raw, sglang__version=version, workload={"dataset": dataset, **extra},
+               site__container__mounts=["/d"])
+    argv = client_argv(cfg, p3, plan, output_file="o.jsonl")
+    assert ("--tokenize-prompt" in argv) is tokenized
