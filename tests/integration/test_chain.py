@@ -56,6 +56,9 @@ TARGET_GLOBAL = TARGET_PER_RANK * DECODE_RANKS
 LAUNCH_RULES = ("allocation", "node_list", "prefill_server", "decode_server", "router")
 RUN_TIMEOUT_S = 600
 TRUTH_MARK = "emulator ground truth (test double, not a measurement): "
+# chain-small.yaml leaves the preflight's probe out (its rule still records that it was
+# skipped): the tests of the preflight, and the full chain, turn it on.
+PREFLIGHT_ON = {"site": {"preflight": {"enabled": True}}}
 
 
 # ------------------------------------------------------------------------------ setup
@@ -453,7 +456,7 @@ def swept(text: str) -> set[str]:
 def completed(request):
     """One full small chain, shared by the tests that only read its tree."""
     failed_before = request.session.testsfailed
-    chain = Chain(new_workdir("full") / "run", "full", ["chain-small.yaml"])
+    chain = Chain(new_workdir("full") / "run", "full", ["chain-small.yaml"], PREFLIGHT_ON)
     try:
         rc, text, wall = chain.run(f"results/{EXPERIMENT}/report.html")
         left = chain.wait_clean()
@@ -896,7 +899,8 @@ def test_preflight_names_every_problem_before_any_allocation(make_chain):
         "site": {"secret_env": ["PDBENCH_TEST_ABSENT_SECRET"],
                  # Slurm cannot place 3 nodes outside node01-17; the 1-node job can.
                  "sbatch_extra": ["--exclude=node[01-17]"],
-                 "preflight": {"gpu_list_command": ["printf", "GPU 0: emulated\\n"],
+                 "preflight": {"enabled": True,
+                               "gpu_list_command": ["printf", "GPU 0: emulated\\n"],
                                "ib_devices": ["mlx5_missing"]}},
         "model": {"architecture": "Qwen3MoeForCausalLM"},
         "env": {"common": {"PDBENCH_EMULATOR_SGLANG_VERSION": "0.5.8"}},
@@ -1412,7 +1416,7 @@ def test_local_launcher_runs_the_chain_without_slurm(make_chain):
     """site.launcher local: the same stages on this host's processes, no Slurm job at all;
     the measurement equals the emulator's ground truth and nothing is left running."""
     chain = make_chain("local", overlays=("chain-small.yaml", "chain-local.yaml"),
-                       profile=LOCAL_PROFILE)
+                       extra=PREFLIGHT_ON, profile=LOCAL_PROFILE)
     rc, text, wall = chain.run(f"results/{EXPERIMENT}/throughput.csv",
                                f"results/{EXPERIMENT}/{POINT}/manifest.json")
     assert rc == 0, text[-8000:]
