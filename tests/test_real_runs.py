@@ -104,3 +104,64 @@ def test_the_first_run_shows_refused_prompts_and_profiler_cost():
     assert float(rows[0]["trace_log_ratio"]) == pytest.approx(4.51, abs=0.01)
     snapshot = json.loads((WITH_STACK / "snapshot-1.json").read_text())
     assert snapshot["request"]["body"]["with_stack"] is True
+
+
+EPLB = RUNS / "h200-sglang-0.5.17-pd-local-eplb"
+
+
+def test_the_real_expert_dump_reads_as_what_was_recorded():
+    """SGLang 0.5.17's stat recorder on one H200 (config/single-gpu-pd-eplb.yaml): 985
+    forward passes at the full batch of 64, 8 experts per token, the first layer dense."""
+    from pdbench.balance import load_pt, read_dump
+
+    doc, reader = load_pt(EPLB / "expert_distribution.pt")
+    assert reader == "built-in" and set(doc) == {"rank", "logical_count",
+                                                 "average_utilization_rate_over_window"}
+    counts = doc["logical_count"]
+    assert counts.shape == (985, 4, 32) and str(counts.dtype) == "int32"
+    assert counts[:, 0].sum() == 0                      # first_k_dense_replace: 1
+    assert set(counts[:, 1:].sum(axis=2).ravel()) == {64 * 8}
+    dump = read_dump(EPLB / "expert_distribution.pt")
+    assert dump is not None
+    recording = json.loads((EPLB / "recording.json").read_text())
+    assert recording["point"] == "p1" and recording["record_s"] == 3
+    # The static point's decode started from it.
+    assert "--init-expert-location" in (EPLB / "static-decode.sh").read_text()
+
+
+def test_the_emulators_dump_has_the_real_dumps_format(tmp_path):
+    """The emulator's recorder, on the same model and passes of the same batch, writes a
+    dump of the real one's keys, dtype, shape and per-pass sums."""
+    from pdbench.balance import load_pt
+    from pdbench.emulator.experts import ExpertRecorder
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 4, "first_k_dense_replace": 1, "n_routed_experts": 32,
+        "num_experts_per_tok": 8}))
+    recorder = ExpertRecorder("stat", -1, str(model), out_dir=str(tmp_path))
+    recorder.start()
+    for _ in range(5):
+        recorder.record(64)
+    emulated, _ = load_pt(recorder.dump())
+    real, _ = load_pt(EPLB / "expert_distribution.pt")
+    assert set(emulated) == set(real)
+    assert emulated["rank"] == real["rank"] == 0
+    assert emulated["average_utilization_rate_over_window"] is None
+    counts = emulated["logical_count"]
+    assert counts.dtype == real["logical_count"].dtype
+    assert counts.shape[1:] == real["logical_count"].shape[1:] and counts.shape[0] == 5
+    assert counts[:, 0].sum() == 0
+    assert set(counts[:, 1:].sum(axis=2).ravel()) == {64 * 8}
+
+
+def test_static_eplb_on_one_gpu_measures_what_none_measures():
+    """EP 1 cannot move an expert: both points measure the full batch; the trace's steps
+    agree within the run's spread (2.9 and 2.8 ms at the second snapshot)."""
+    rows = recorded_rows(EPLB / "throughput.csv")
+    assert [(r["point"], r["snapshot"]) for r in rows] == [
+        ("p1", "1"), ("p1", "2"), ("p1-eplb_static", "1"), ("p1-eplb_static", "2")]
+    assert all(r["global_batch"] == "64" and r["valid"] == "True" for r in rows)
+    second = {r["point"]: float(r["step_ms"]) for r in rows if r["snapshot"] == "2"}
+    assert second["p1-eplb_static"] == pytest.approx(second["p1"], rel=0.1)

@@ -122,6 +122,14 @@ def point_parts(cfg: Mapping, point: Point, runs: Mapping,
             parts[part] = {"seconds": statistics.median(s for _, s in others),
                            "source": f"median of measured {point.experiment}/"
                                      + ",".join(name for name, _ in others)}
+        elif part == RESET and "teardown" in parts and \
+                parts["teardown"]["source"].startswith(("measured", "median")):
+            # No run passed servers on yet: a reset waits for what a teardown waits for
+            # (the client's requests still running after the last snapshot end, then the
+            # caches are flushed instead of the servers stopped), so a measured teardown
+            # is a closer guess than site.estimate.reset_s.
+            parts[part] = {"seconds": parts["teardown"]["seconds"],
+                           "source": "teardown, " + parts["teardown"]["source"]}
         else:
             parts[part] = {"seconds": float(guesses[f"{part}_s"]),
                            "source": f"site.estimate.{part}_s"}

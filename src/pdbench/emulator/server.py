@@ -291,6 +291,9 @@ class GenerateCall(Call):
 # --------------------------------------------------------------------------- node 0
 
 
+RECORDER_RESET = "Resetting ExpertDistributionRecorder..."
+
+
 class RequestRefused(httpd.HTTPError):
     """A request SGLang's tokenizer manager refuses (a ValueError there): 400, or for a
     streamed /generate one error event."""
@@ -794,6 +797,8 @@ class NodeZero:
         rec = self.recorder
 
         def run():
+            # The recorder resets on start and after each dump, and says so
+            # (sglang/srt/eplb/expert_distribution.py _reset; seen on 0.5.17).
             if action == "start":
                 if not rec.start():
                     self.log.line(
@@ -801,11 +806,13 @@ class NodeZero:
                         "to dump the expert ids recorded so far?",
                         self._rank0_prefix(),
                     )
+                self.log.line(RECORDER_RESET, self._rank0_prefix())
             elif action == "stop":
                 rec.stop()
             else:
                 path = rec.dump()
                 self.log.line(f"Write expert distribution to {path}", self._rank0_prefix())
+                self.log.line(RECORDER_RESET, self._rank0_prefix())
             return True
 
         try:
