@@ -168,3 +168,30 @@ def test_local_task_runs_the_script_in_the_configured_container(runtime, image, 
     cfg = {"site": {"container": {"runtime": runtime, "image": image, "mounts": [],
                                   "workdir": None, "mount_workdir": True, "extra_args": []}}}
     assert commands.local_task_argv(cfg, "/w/s.sh") == expected
+
+
+def _merged(*names: str) -> dict:
+    cfg = copy.deepcopy(BASE)
+    for name in names:
+        _deep_update(cfg, yaml.safe_load((REPO / "config" / name).read_text()))
+    return config.validate(cfg)
+
+
+@pytest.mark.parametrize("names, experiment, points, slots", [
+    (("single-gpu-pd.yaml",), "ep1", ["p1"], {"local0": "0", "local1": "0"}),
+    (("single-gpu-pd.yaml", "single-gpu-pd-eplb.yaml"), "ep1", ["p1", "p1-eplb_static"],
+     {"local0": "0", "local1": "0"}),
+    (("single-gpu-pd.yaml", "multi-gpu-ep.yaml"), "ep4",
+     ["p1", "p1-eplb_static", "p1-eplb_online"], {"local0": "0,1,2,3", "local1": "4,5,6,7"}),
+])
+def test_the_shipped_one_host_configs_plan_their_gpus(names, experiment, points, slots):
+    """The configs for one host validate on top of config/config.yaml (its GB200 settings
+    removed) and place prefill and decode on the GPUs their comments say."""
+    from pdbench.grid import grid_points
+
+    cfg = _merged(*names)
+    grid = grid_points(cfg)
+    assert [p.name for p in grid] == points and {p.experiment for p in grid} == {experiment}
+    record = localhost.allocation_record(cfg["site"], grid[0].allocated_nodes)
+    assert record["gpus"] == slots
+    assert cfg["env"]["common"].get("MC_FORCE_MNNVL") is None  # removed by null
