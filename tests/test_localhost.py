@@ -195,3 +195,15 @@ def test_the_shipped_one_host_configs_plan_their_gpus(names, experiment, points,
     record = localhost.allocation_record(cfg["site"], grid[0].allocated_nodes)
     assert record["gpus"] == slots
     assert cfg["env"]["common"].get("MC_FORCE_MNNVL") is None  # removed by null
+
+
+@pytest.mark.parametrize("launcher, gpus, per_node, share, nodes, held", [
+    ("slurm", [0], 4, False, 14, 56),            # Slurm: GPUs per node, whatever site.local says
+    ("local", [0], 1, True, 2, 1),               # prefill and decode share one GPU
+    ("local", [0, 1, 2, 3], 1, True, 6, 4),      # six slots wrap around four GPUs
+    ("local", list(range(8)), 4, False, 2, 8),
+])
+def test_gpu_hours_count_the_gpus_a_point_holds(launcher, gpus, per_node, share, nodes, held):
+    """The estimate and the manifest charge GPUs held: slots that share a GPU count it once."""
+    site_ = {**site(gpus, per_node, share), "launcher": launcher}
+    assert localhost.gpus_held(site_, nodes) == held

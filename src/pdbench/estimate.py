@@ -36,6 +36,7 @@ import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import localhost
 from .errors import InputError
 from .grid import Point, grid_points, sharing_groups
 from .layout import ResultsPaths, read_json
@@ -144,7 +145,6 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
     """The grid's estimate: per point, one allocation per point, shared servers, bound."""
     points = grid_points(cfg)
     runs = earlier_runs(Path(results), points) if results is not None else {}
-    gpn = cfg["site"]["gpus_per_node"]
     groups, alone = sharing_groups(points)
     # On shared servers every point of a group but its last passes the servers on: a
     # reset follows it.
@@ -154,7 +154,7 @@ def estimate(cfg: Mapping, results: str | Path | None = None) -> dict:
         parts = point_parts(cfg, point, runs,
                             MEASURED_PARTS if point in passes_on else tuple(PARTS))
         wall = sum(parts[part]["seconds"] for part in PARTS)
-        gpus = point.total_nodes * gpn
+        gpus = localhost.gpus_held(cfg["site"], point.total_nodes)
         rows[point] = {
             "experiment": point.experiment, "point": point.name, "nodes": point.total_nodes,
             "gpus": gpus, "parts": parts, "wall_s": wall, "gpu_hours": _hours(gpus, wall),

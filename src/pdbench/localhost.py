@@ -59,6 +59,15 @@ def slot_gpus(site: Mapping, slots: int) -> list[list[int]]:
     return [gpus[(k % fits) * per_slot:(k % fits + 1) * per_slot] for k in range(slots)]
 
 
+def gpus_held(site: Mapping, nodes: int) -> int:
+    """GPUs that ``nodes`` planned nodes hold: on Slurm ``site.gpus_per_node`` each; with
+    the local launcher the distinct GPUs of their slots (slots that share GPUs count them
+    once)."""
+    if site.get("launcher") != LAUNCHER:
+        return nodes * int(site["gpus_per_node"])
+    return len({gpu for slot in slot_gpus(site, nodes) for gpu in slot})
+
+
 def allocation_record(site: Mapping, slots: int) -> dict:
     """The allocation record of ``slots`` slots on this host (``allocation.json``)."""
     nodes = [f"local{k}" for k in range(slots)]

@@ -148,7 +148,7 @@ STAGE_TEARDOWN = "drain and teardown"
 
 
 def allocated_gpus(ctx: PointContext) -> int:
-    return len(ctx.allocation["nodes"]) * int(ctx.cfg["site"]["gpus_per_node"])
+    return localhost.gpus_held(ctx.cfg["site"], len(ctx.allocation["nodes"]))
 
 
 def timeline(ctx: PointContext, ready: list[dict], client: dict) -> list[dict]:
