@@ -987,6 +987,25 @@ OTHER_CASES = [
         rec("cache_not_flushed", None, None, queue_req=0, running_req=1),
         id="cache-not-flushed-root-logger-without-prefix",
     ),
+    # SGLang 0.5.17 on an H100 (tests/data/real-runs): a streamed prompt past the context.
+    pytest.param(
+        "[2026-12-05 15:43:38] [http_server] Error: Requested token count exceeds the "
+        "model's maximum context length of 2048 tokens. You requested a total of 2108 "
+        "tokens: 316 tokens from the input messages and 1792 tokens for the completion.",
+        rec("request_refused", "2026-12-05 15:43:38", 1796485418.0,
+            message="Requested token count exceeds the model's maximum context length of "
+                    "2048 tokens. You requested a total of 2108 tokens: 316 tokens from the "
+                    "input messages and 1792 tokens for the completion."),
+        id="request-refused-http-server",
+    ),
+    # wheel 0.4.6.post3: logger.error(f"Error: {e}") without the [http_server] mark.
+    pytest.param(
+        f"[{T0}] Error: The input (4100 tokens) is longer than the model's context length "
+        "(4096 tokens).",
+        rec("request_refused", T0, E0, message="The input (4100 tokens) is longer than the "
+            "model's context length (4096 tokens)."),
+        id="request-refused-before-0.4.7",
+    ),
 ]
 
 
@@ -1065,6 +1084,7 @@ def test_every_kind_is_covered_and_known():
         "eplb_rebalance_end",
         "cache_flushed",
         "cache_not_flushed",
+        "request_refused",
     )
 
 
@@ -1352,6 +1372,10 @@ def test_field_problems_counts_lines_per_label():
         "[2025-11-22] Decode batch, #running-req: 1",
         "[2025-13-45 99:99:99] The server is fired up and ready to roll!",
         "[2026-02-30 12:00:00 DP0] Decode batch, #running-req: 1, #queue-req: 0",
+        # An error that is not the HTTP server's refusal of a request.
+        f"[{T1}] OpenAI Responses API (/v1/responses) disabled: OpenAIServingResponses init "
+        "failed (ModuleNotFoundError: No module named 'openai_harmony')",
+        f"[{T1}] ValueError: Error: nested",
     ],
 )
 def test_unrecognised_lines(line):
