@@ -297,10 +297,7 @@ def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
                                       check_run=lambda: runstate.check(results))
         node = topology.expand_nodelist(info.nodelist)[0]
         address = topology.slurm_node_addresses([node])[node]
-        tokens = {"token": secrets.token_hex(16), "return_token": secrets.token_hex(16),
-                  "token_path": str((work / "token-submit").resolve()),
-                  "return_token_path": str((work / "token-node").resolve())}
-        write_text(tokens["token_path"], tokens["token"] + "\n")
+        tokens = _shared_filesystem_tokens(work)
         spec, failed = probe_spec(cfg, points, results, node, address, _hosts_shared(site),
                                   tokens)
         where = {"job_id": job_id, "adopted": bool(adopted), "node": node}
@@ -311,15 +308,22 @@ def _probe_on_node(cfg: dict, points: list[Point], results: Path, work: Path,
             ExperimentPaths(work.parent).preflight_job.unlink(missing_ok=True)
 
 
+def _shared_filesystem_tokens(work: Path) -> dict:
+    """A token written here for the probe to read, and one it writes back: the shared
+    filesystem check, from both ends."""
+    tokens = {"token": secrets.token_hex(16), "return_token": secrets.token_hex(16),
+              "token_path": str((work / "token-submit").resolve()),
+              "return_token_path": str((work / "token-node").resolve())}
+    write_text(tokens["token_path"], tokens["token"] + "\n")
+    return tokens
+
+
 def _probe_here(cfg: dict, points: list[Point], results: Path,
                 work: Path) -> tuple[list[dict], dict]:
     """The probe on this host (site.launcher: local), in slot 0's GPUs."""
     record = localhost.allocation_record(cfg["site"], 1)
     node = record["nodes"][0]
-    tokens = {"token": secrets.token_hex(16), "return_token": secrets.token_hex(16),
-              "token_path": str((work / "token-submit").resolve()),
-              "return_token_path": str((work / "token-node").resolve())}
-    write_text(tokens["token_path"], tokens["token"] + "\n")
+    tokens = _shared_filesystem_tokens(work)
     spec, failed = probe_spec(cfg, points, results, node, record["addresses"][node], True,
                               tokens)
     where = {"job_id": record["job_id"], "launcher": localhost.LAUNCHER, "adopted": False,

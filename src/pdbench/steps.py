@@ -63,10 +63,8 @@ class StepLaunch:
     srun: list[str]
     runner_path: Path
     runner: str
-
-    @property
-    def local(self) -> bool:
-        return self.srun[:1] != ["srun"]
+    local: bool = False
+    """Started by the local launcher (``site.launcher: local``), not ``srun``."""
 
 
 def step_launch(ctx: PointContext, server: str, argvs: list[list[str]], env: dict,
@@ -86,7 +84,7 @@ def step_launch(ctx: PointContext, server: str, argvs: list[list[str]], env: dic
         task = commands.local_task_argv(ctx.cfg, script_path.resolve())
         runner = localhost.step_script(ctx.allocation, nodes, task, name)
         return StepLaunch(server, name, list(nodes), script_path, script,
-                          ["bash", str(runner_path.resolve())], runner_path, runner)
+                          ["bash", str(runner_path.resolve())], runner_path, runner, local=True)
     srun = commands.srun_argv(ctx.cfg, job_id=ctx.job_id, nodes=nodes,
                               script_path=script_path.resolve(), step_name=name)
     runner = "#!/usr/bin/env bash\n" + commands.render_shell(srun) + "\n"
